@@ -1,0 +1,26 @@
+"""The ``ggserve`` command: one Typer app assembling one sub-command module per concern."""
+
+from __future__ import annotations
+
+import os
+
+# No model hub at run time, ever: set before anything imports huggingface_hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import typer  # noqa: E402
+
+from cli import models  # noqa: E402
+
+app = typer.Typer(
+    name="ggserve",
+    help="llama.cpp edge server: convert LoRA models to GGUF, index documents, serve them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(models.app, name="models")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""ggserve model pipeline: LoRA merge → GGUF → quantize → evaluate → manifest."""

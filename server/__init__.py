@@ -1,0 +1,1 @@
+"""ggserve HTTP service."""

@@ -1,0 +1,144 @@
+"""The engine's small protocol: a request in, an async stream of events out.
+
+Nothing here knows about HTTP or llama.cpp; the HTTP layer and the tests speak only this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length", "cancelled", "timeout", "error"]
+LoadState = Literal["loading", "ready", "failed"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens for one request. ``temperature == 0`` means greedy."""
+
+    max_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    grammar: str | None = None  # GBNF text, e.g. from a JSON schema
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    ignore_eos: bool = False
+
+
+@dataclass
+class GenerationRequest:
+    """One generation: already tokenized prompt plus sampling parameters."""
+
+    request_id: str
+    prompt_tokens: list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """New text for the client. ``text`` may be empty while a UTF-8 sequence is incomplete."""
+
+    text: str
+    token_id: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int  # prompt tokens reused from the KV cache, not evaluated again
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Timings:
+    queue_ms: float  # waiting for a slot
+    prompt_ms: float  # admitted → first token sampled (prompt evaluation)
+    ttft_ms: float  # submitted → first token
+    decode_ms: float  # first token → finish
+    total_ms: float  # submitted → finish
+    prompt_tokens_evaluated: int  # prompt tokens actually run through the model
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    """Last event of every stream."""
+
+    finish_reason: FinishReason
+    usage: Usage
+    timings: Timings
+    error: str | None = None
+
+
+EngineEvent = TokenEvent | FinishEvent
+
+
+class EngineError(Exception):
+    """Base of the errors the engine raises before a stream starts."""
+
+
+class QueueFullError(EngineError):
+    """The admission queue is full; retry later."""
+
+    def __init__(self, retry_after_s: float = 1.0) -> None:
+        super().__init__("server overloaded: the admission queue is full")
+        self.retry_after_s = retry_after_s
+
+
+class ContextLengthExceededError(EngineError):
+    """Prompt plus max_tokens does not fit in a slot's context."""
+
+    def __init__(self, prompt_tokens: int, max_tokens: int, n_ctx: int) -> None:
+        super().__init__(
+            f"This model's context per request is {n_ctx} tokens; the prompt has {prompt_tokens} "
+            f"tokens and max_tokens asks for {max_tokens}. Shorten the prompt or lower max_tokens."
+        )
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.n_ctx = n_ctx
+
+
+class EngineNotReadyError(EngineError):
+    """The model is not loaded (still loading, or the load failed)."""
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    slots_total: int
+    slots_active: int
+    queue_depth: int
+
+
+class Engine(Protocol):
+    """What the HTTP layer needs from an inference engine."""
+
+    @property
+    def n_ctx_per_slot(self) -> int: ...
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]: ...
+
+    def detokenize(self, tokens: list[int]) -> str: ...
+
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True
+    ) -> str: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]:
+        """Stream events for ``request``. Raises ``QueueFullError`` or
+        ``ContextLengthExceededError`` before the first event. Closing the iterator early
+        (client gone) cancels the generation and frees its slot at once."""
+        ...
+
+    def stats(self) -> EngineStats: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,148 @@
+"""The single source of configuration: environment variables prefixed ``GGSERVE_`` and ``.env``.
+
+Every field here is documented in ``.env.example``; ``tests/unit/test_settings.py`` checks that
+the two never drift apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+KVCacheType = Literal["f16", "q8_0", "q4_0"]
+LogFormat = Literal["json", "text"]
+NoContextPolicy = Literal["refuse", "answer"]
+
+
+def _split_csv(value: object) -> object:
+    """Accept ``a,b,c`` from the environment as well as a JSON list."""
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("["):
+            import json
+
+            return json.loads(stripped)
+        return [part.strip() for part in stripped.split(",") if part.strip()]
+    return value
+
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Runtime configuration of the ggserve server."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GGSERVE_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    # --- model -------------------------------------------------------------------------
+    model_path: Path = Field(
+        Path("models/SmolLM2-135M-Instruct.Q4_1.gguf"), description="GGUF file to serve."
+    )
+    model_alias: str | None = Field(
+        None, description="Name reported by /v1/models; defaults to the manifest name or file stem."
+    )
+    lora_path: Path | None = Field(
+        None, description="GGUF LoRA adapter applied at load time (no merge needed)."
+    )
+    lora_scale: float = Field(1.0, description="Strength of the runtime LoRA adapter.")
+    verify_sha256: bool = Field(
+        False, description="Check the model's sha256 against its manifest.json before loading."
+    )
+
+    # --- engine --------------------------------------------------------------------------
+    n_slots: int = Field(4, ge=1, le=64, description="Concurrent sequences (llama.cpp n_seq_max).")
+    n_ctx: int = Field(2048, ge=128, description="Context tokens per slot.")
+    n_batch: int = Field(512, ge=16, description="Max tokens submitted to one llama_decode call.")
+    n_ubatch: int = Field(512, ge=16, description="Physical micro-batch size.")
+    n_threads: int = Field(0, ge=0, description="Decode threads; 0 = all physical cores.")
+    n_threads_batch: int = Field(0, ge=0, description="Prompt threads; 0 = same as n_threads.")
+    n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1 = all.")
+    flash_attn: bool = Field(False, description="Use flash attention where the backend has it.")
+    kv_cache_type: KVCacheType = Field("f16", description="KV cache element type.")
+    max_queue: int = Field(64, ge=0, description="Requests waiting for a slot before 503.")
+    request_timeout_s: float = Field(300.0, gt=0, description="Wall-clock limit per request.")
+    max_tokens_default: int = Field(256, ge=1, description="max_tokens when a request has none.")
+    max_tokens_limit: int = Field(2048, ge=1, description="Largest max_tokens accepted.")
+    warmup: bool = Field(True, description="Run one short generation before reporting ready.")
+
+    # --- HTTP ----------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8000, ge=0, le=65535, description="Bind port.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted.")
+    cors_origins: CsvList = Field(
+        default_factory=list, description="Origins allowed by CORS (comma list); empty = none."
+    )
+
+    # --- security ------------------------------------------------------------------------
+    api_keys: CsvList = Field(
+        default_factory=list,
+        description="API key hashes, comma list of 'id:sha256hex' or 'id:name:sha256hex'.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File with one 'id[:name]:sha256hex' line per key."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="One plaintext key (dev convenience; hashed at start, never logged)."
+    )
+    auth_disabled: bool = Field(
+        False, description="Serve without API keys (only sensible on a private loopback)."
+    )
+    admin_key_ids: CsvList = Field(
+        default_factory=list, description="Key ids allowed to call /admin/* endpoints."
+    )
+    metrics_public: bool = Field(True, description="False: /metrics needs an API key.")
+    rate_limit_rpm: int = Field(0, ge=0, description="Requests per minute per key; 0 = unlimited.")
+    rate_limit_tpm: int = Field(
+        0, ge=0, description="Generated tokens per minute per key; 0 = unlimited."
+    )
+    rate_limit_storage: str = Field(
+        "memory://", description="limits storage URI: memory:// or redis://host:port/db."
+    )
+    guardrails_file: Path | None = Field(
+        None, description="Blocked topics/patterns (one regex per line); unset = off."
+    )
+
+    # --- retrieval -----------------------------------------------------------------------
+    index_path: Path | None = Field(None, description="FAISS index folder built by 'index build'.")
+    embedder_path: Path = Field(
+        Path("models/all-MiniLM-L6-v2"), description="sentence-transformers model folder."
+    )
+    rag_top_k: int = Field(4, ge=1, le=50, description="Passages retrieved per question.")
+    rag_score_threshold: float = Field(
+        0.3, description="Cosine similarity a passage needs to be used."
+    )
+    rag_no_context: NoContextPolicy = Field(
+        "refuse", description="No passage passes: 'refuse' (say I don't know) or 'answer'."
+    )
+    agent: str | None = Field(None, description="Custom agent class, 'package.module:Class'.")
+    system_prompt: str = Field(
+        "You are a helpful assistant. Answer concisely.",
+        description="System prompt used by /v1/ask.",
+    )
+
+    # --- feedback ------------------------------------------------------------------------
+    feedback_db: Path = Field(Path("data/feedback.db"), description="SQLite file for feedback.")
+
+    # --- logging -------------------------------------------------------------------------
+    log_level: str = Field("INFO", description="Log level.")
+    log_format: LogFormat = Field("json", description="'json' lines or human 'text'.")
+    log_file: Path | None = Field(None, description="Also write logs to this file.")
+
+    @field_validator("cors_origins", "api_keys", "admin_key_ids", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
