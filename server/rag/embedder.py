@@ -1,0 +1,88 @@
+"""Sentence embeddings from a local sentence-transformers folder; never from a model hub."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from server.rag.errors import EmbedderLoadError
+
+Vectors = npt.NDArray[np.float32]
+EmbedProgress = Callable[[int, int], None]  # (done, total)
+
+
+class Embedder:
+    """A sentence-transformers model loaded from a folder, producing unit-length float32 rows.
+
+    torch and sentence-transformers are imported here, on first construction, so that
+    importing ``server`` stays light.
+    """
+
+    def __init__(self, path: Path, *, device: str = "cpu", batch_size: int = 32) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+            raise EmbedderLoadError(
+                f"embedder folder {path} is not a sentence-transformers model (no modules.json "
+                "or config.json). Run 'ggserve models fetch' or set GGSERVE_EMBEDDER_PATH."
+            )
+        try:
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            model: Any = SentenceTransformer(str(path), device=device, local_files_only=True)
+        except Exception as exc:  # any library error becomes one actionable message
+            raise EmbedderLoadError(
+                f"cannot load the embedder from {path}: {type(exc).__name__}: {exc}"
+            ) from exc
+        self._model = model
+        self.path = path
+        self.name: str = path.resolve().name
+        self.dimension: int = int(model.get_embedding_dimension())
+        self.max_seq_length: int = int(model.max_seq_length)
+        self.batch_size = batch_size
+        self._tokenizer = self._model.tokenizer
+        self._lock = threading.Lock()
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """Character span of each token of ``text`` (no special tokens), for chunking."""
+        encoded = self._tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )
+        return [(int(a), int(b)) for a, b in encoded["offset_mapping"]]
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens ``text`` takes in this embedder (no special tokens)."""
+        return len(self._tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    def embed(self, texts: Sequence[str], *, progress: EmbedProgress | None = None) -> Vectors:
+        """Embed ``texts`` in batches; rows are L2-normalised so inner product is cosine."""
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            batch = list(texts[start : start + self.batch_size])
+            # One encode at a time: torch already uses every core, and concurrent calls from
+            # request threads would only fight over them.
+            with self._lock:
+                rows = self._model.encode(
+                    batch,
+                    batch_size=self.batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+            out[start : start + len(batch)] = rows
+            if progress is not None:
+                progress(start + len(batch), len(texts))
+        return out
+
+    def embed_query(self, text: str) -> Vectors:
+        """Embed one query; shape ``(1, dimension)``."""
+        return self.embed([text])
