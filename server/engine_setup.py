@@ -1,0 +1,86 @@
+"""Settings → a loaded, warmed engine. The only place that knows both Settings and the engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from server.defaults import sha256_file
+from server.engine.types import Engine, GenerationRequest, SamplingParams
+from server.generation import chat_prompt_tokens
+from server.settings import Settings
+
+
+class ModelIntegrityError(RuntimeError):
+    """The model file does not match the sha256 in its manifest."""
+
+
+def read_manifest_entry(model_path: Path) -> dict[str, Any] | None:
+    """The manifest artifact describing ``model_path`` (from ``ggserve convert``), if any."""
+    manifest = model_path.parent / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    for artifact in data.get("artifacts", []):
+        if artifact.get("file") == model_path.name:
+            return {"manifest_name": data.get("name"), **artifact}
+    return None
+
+
+def create_engine(settings: Settings) -> tuple[Engine, dict[str, Any]]:
+    """Load the model described by ``settings``; blocking, run it in a thread."""
+    from server.engine.llama_engine import EngineConfig, LlamaEngine
+
+    path = settings.model_path
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model file {path} does not exist (run 'ggserve models fetch' or set "
+            "GGSERVE_MODEL_PATH)"
+        )
+    entry = read_manifest_entry(path)
+    if settings.verify_sha256:
+        if entry is None or not entry.get("sha256"):
+            raise ModelIntegrityError(
+                f"GGSERVE_VERIFY_SHA256 is on but {path.parent / 'manifest.json'} has no sha256 "
+                f"for {path.name}"
+            )
+        actual = sha256_file(path)
+        if actual != entry["sha256"]:
+            raise ModelIntegrityError(
+                f"model file {path} has sha256 {actual[:16]}…, its manifest says "
+                f"{str(entry['sha256'])[:16]}…: the file is corrupt or was replaced"
+            )
+    config = EngineConfig(
+        model_path=path,
+        n_slots=settings.n_slots,
+        n_ctx=settings.n_ctx,
+        n_batch=settings.n_batch,
+        n_ubatch=settings.n_ubatch,
+        n_threads=settings.n_threads,
+        n_threads_batch=settings.n_threads_batch,
+        n_gpu_layers=settings.n_gpu_layers,
+        flash_attn=settings.flash_attn,
+        kv_cache_type=settings.kv_cache_type,
+        max_queue=settings.max_queue,
+        request_timeout_s=settings.request_timeout_s,
+        lora_path=settings.lora_path,
+        lora_scale=settings.lora_scale,
+    )
+    engine = LlamaEngine(config)
+    meta: dict[str, Any] = dict(engine.model_info())
+    if entry is not None:
+        meta["manifest_name"] = entry.get("manifest_name")
+        meta["quantization"] = entry.get("quant_type") or entry.get("quant")
+    return engine, meta
+
+
+async def warm_up(engine: Engine) -> None:
+    """One tiny greedy generation, so the first user does not pay for lazy initialisation."""
+    tokens = chat_prompt_tokens(engine, [{"role": "user", "content": "Hi"}])
+    request = GenerationRequest("warmup", tokens, SamplingParams(max_tokens=2, temperature=0.0))
+    async for _ in engine.generate(request):
+        pass

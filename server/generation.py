@@ -1,0 +1,250 @@
+"""The one path from an HTTP request to the engine and back, shared by every endpoint.
+
+Chat completions, text completions and /v1/ask all come here: engine errors become API
+errors, output guardrails run, usage lands in metrics, logs and the token rate limit, and a
+client that goes away cancels its generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+
+from server.engine.types import (
+    ContextLengthExceededError,
+    Engine,
+    EngineNotReadyError,
+    FinishEvent,
+    GenerationRequest,
+    QueueFullError,
+    SamplingParams,
+    Timings,
+    TokenEvent,
+    Usage,
+)
+from server.errors import InvalidRequestError, ServiceUnavailableError
+from server.observability.metrics import Metrics
+from server.security.guardrails import Guardrails
+from server.security.rate_limit import RateLimiter
+
+T = TypeVar("T")
+
+# Engine finish reasons as the OpenAI protocol names them.
+_OPENAI_FINISH = {
+    "stop": "stop",
+    "length": "length",
+    "timeout": "length",
+    "cancelled": "stop",
+    "error": "stop",
+}
+
+
+@dataclass
+class RequestContext:
+    """Who is asking and where the per-request log fields go."""
+
+    request_id: str
+    key_id: str
+    route: str
+    log_fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Completed:
+    """End of a generation, with the OpenAI-style finish reason."""
+
+    finish_reason: str
+    usage: Usage
+    timings: Timings
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        if self.usage.completion_tokens < 2 or self.timings.decode_ms <= 0:
+            return None
+        return (self.usage.completion_tokens - 1) / (self.timings.decode_ms / 1000)
+
+
+GenerationItem = TextDelta | Completed
+
+
+class GenerationService:
+    """Runs generations for the HTTP layer; lives on ``app.state``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        limiter: RateLimiter | None,
+        guardrails: Guardrails | None,
+        *,
+        max_tokens_default: int,
+        max_tokens_limit: int,
+    ) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.limiter = limiter
+        self.guardrails = guardrails
+        self.max_tokens_default = max_tokens_default
+        self.max_tokens_limit = max_tokens_limit
+
+    def resolve_max_tokens(self, requested: int | None, prompt_tokens: int) -> int:
+        """Requested max_tokens, checked; or the default, capped to the room left."""
+        n_ctx = self.engine.n_ctx_per_slot
+        if requested is not None:
+            if requested > self.max_tokens_limit:
+                raise InvalidRequestError(
+                    f"max_tokens is {requested}; this server allows at most "
+                    f"{self.max_tokens_limit}.",
+                    code="invalid_value",
+                    param="max_tokens",
+                )
+            return requested
+        room = n_ctx - prompt_tokens
+        if room < 1:
+            raise _context_error(prompt_tokens, 1, n_ctx)
+        return min(self.max_tokens_default, room)
+
+    def input_violation(self, text: str) -> str | None:
+        return self.guardrails.violation(text) if self.guardrails else None
+
+    async def stream(
+        self, ctx: RequestContext, prompt_tokens: list[int], params: SamplingParams
+    ) -> AsyncIterator[GenerationItem]:
+        """Text deltas, then one ``Completed``. Raises APIError before the first item."""
+        request = GenerationRequest(ctx.request_id, prompt_tokens, params)
+        try:
+            events = self.engine.generate(request)
+            first = await anext(events)
+        except QueueFullError as exc:
+            raise ServiceUnavailableError(
+                str(exc) + "; retry shortly.",
+                code="overloaded",
+                headers={"Retry-After": str(max(1, round(exc.retry_after_s)))},
+            ) from exc
+        except ContextLengthExceededError as exc:
+            raise _context_error(exc.prompt_tokens, exc.max_tokens, exc.n_ctx) from exc
+        except EngineNotReadyError as exc:
+            raise ServiceUnavailableError(
+                str(exc), code="model_not_ready", headers={"Retry-After": "5"}
+            ) from exc
+        text_so_far: list[str] = []
+        completion_tokens = 0
+        try:
+            event: TokenEvent | FinishEvent | None = first
+            while event is not None:
+                if isinstance(event, FinishEvent):
+                    yield self._finish(ctx, event, event.finish_reason)
+                    return
+                completion_tokens += 1
+                if event.text:
+                    text_so_far.append(event.text)
+                    if self.guardrails and self.guardrails.violation("".join(text_so_far)):
+                        await events.aclose()  # stop decoding now: frees the slot
+                        yield self._finish_filtered(ctx, prompt_tokens, completion_tokens)
+                        return
+                    yield TextDelta(event.text)
+                event = await anext(events, None)
+        finally:
+            await events.aclose()
+
+    def _finish(self, ctx: RequestContext, event: FinishEvent, reason: str) -> Completed:
+        if event.finish_reason == "error":
+            raise RuntimeError(f"engine error: {event.error}")
+        done = Completed(_OPENAI_FINISH.get(reason, reason), event.usage, event.timings)
+        self.record(ctx, done)
+        return done
+
+    def _finish_filtered(
+        self, ctx: RequestContext, prompt_tokens: list[int], completion_tokens: int
+    ) -> Completed:
+        usage = Usage(len(prompt_tokens), completion_tokens, 0)
+        timings = Timings(0, 0, 0, 0, 0, 0)
+        done = Completed("content_filter", usage, timings)
+        self.record(ctx, done)
+        return done
+
+    def record(self, ctx: RequestContext, done: Completed) -> None:
+        """Usage and timings into metrics and the request's log record."""
+        usage, timings = done.usage, done.timings
+        self.metrics.prompt_tokens.labels(key_id=ctx.key_id).inc(usage.prompt_tokens)
+        self.metrics.completion_tokens.labels(key_id=ctx.key_id).inc(usage.completion_tokens)
+        self.metrics.cached_prompt_tokens.inc(usage.cached_prompt_tokens)
+        self.metrics.finished.labels(finish_reason=done.finish_reason).inc()
+        if timings.ttft_ms > 0:
+            self.metrics.ttft.labels(route=ctx.route).observe(timings.ttft_ms / 1000)
+            self.metrics.queue_wait.observe(timings.queue_ms / 1000)
+        if done.tokens_per_s is not None:
+            self.metrics.tokens_per_s.observe(done.tokens_per_s)
+        ctx.log_fields.update(
+            prompt_tokens=usage.prompt_tokens,
+            cached_prompt_tokens=usage.cached_prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            ttft_ms=round(timings.ttft_ms, 1),
+            tokens_per_s=None if done.tokens_per_s is None else round(done.tokens_per_s, 1),
+            finish_reason=done.finish_reason,
+        )
+
+    async def charge(self, ctx: RequestContext, done: Completed) -> None:
+        if self.limiter is not None:
+            await self.limiter.charge_tokens(ctx.key_id, done.usage.completion_tokens)
+
+
+def _context_error(prompt_tokens: int, max_tokens: int, n_ctx: int) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"This model's context per request is {n_ctx} tokens. The prompt has {prompt_tokens} "
+        f"tokens and {max_tokens} more were requested for the completion "
+        f"({prompt_tokens + max_tokens} in total). Shorten the prompt or lower max_tokens.",
+        code="context_length_exceeded",
+        param="messages",
+    )
+
+
+async def until_disconnected(request: Request, work: Awaitable[T], poll_s: float = 0.25) -> T:
+    """Await ``work`` but cancel it when the client disconnects (non-streaming requests)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll_s)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                raise asyncio.CancelledError("client disconnected")
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+async def collect(items: AsyncIterator[GenerationItem]) -> tuple[str, Completed]:
+    """Drain a generation into its full text and final ``Completed``."""
+    parts: list[str] = []
+    final: Completed | None = None
+    async for item in items:
+        if isinstance(item, TextDelta):
+            parts.append(item.text)
+        else:
+            final = item
+    if final is None:  # the engine always ends with a FinishEvent; this is a bug guard
+        raise RuntimeError("generation ended without a finish event")
+    return "".join(parts), final
+
+
+def chat_prompt_tokens(engine: Engine, messages: list[dict[str, str]]) -> list[int]:
+    """The one way a chat becomes prompt tokens: the GGUF's template, then the tokenizer.
+
+    ``add_special`` lets llama.cpp add BOS when the model wants one; templates that render the
+    BOS text themselves are de-duplicated by the engine's tokenizer.
+    """
+    return engine.tokenize(engine.apply_chat_template(messages), add_special=True)

@@ -1,0 +1,112 @@
+"""Prometheus metrics, on a registry owned by the app (no module-level globals)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from server.engine.types import EngineStats
+from server.observability.resources import rss_mb, vram_mb
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+TOKENS_PER_S_BUCKETS = (1, 5, 10, 20, 40, 80, 160, 320, 640)
+
+
+class _LiveCollector(Collector):
+    """Values read at scrape time: engine queue/slots, load state, memory."""
+
+    def __init__(
+        self, stats: Callable[[], EngineStats | None], load_state: Callable[[], str]
+    ) -> None:
+        self._stats = stats
+        self._load_state = load_state
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        stats = self._stats()
+        queue = GaugeMetricFamily("ggserve_queue_depth", "Requests waiting for a slot.")
+        active = GaugeMetricFamily("ggserve_slots_active", "Slots generating now.")
+        total = GaugeMetricFamily("ggserve_slots_total", "Slots (parallel sequences).")
+        if stats is not None:
+            queue.add_metric([], stats.queue_depth)
+            active.add_metric([], stats.slots_active)
+            total.add_metric([], stats.slots_total)
+        yield from (queue, active, total)
+        state = GaugeMetricFamily(
+            "ggserve_model_load_state", "1 for the current model load state.", labels=["state"]
+        )
+        current = self._load_state()
+        for name in ("loading", "ready", "failed"):
+            state.add_metric([name], 1.0 if name == current else 0.0)
+        yield state
+        rss = GaugeMetricFamily("ggserve_process_rss_bytes", "Resident memory of the server.")
+        rss.add_metric([], rss_mb() * 1024 * 1024)
+        yield rss
+        vram = vram_mb()
+        if vram is not None:
+            gpu = GaugeMetricFamily("ggserve_vram_used_bytes", "GPU 0 memory in use.")
+            gpu.add_metric([], vram * 1024 * 1024)
+            yield gpu
+
+
+class Metrics:
+    """All ggserve metrics; one instance per app."""
+
+    def __init__(
+        self,
+        stats: Callable[[], EngineStats | None],
+        load_state: Callable[[], str],
+    ) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "ggserve_requests", "HTTP requests.", ["route", "status", "key_id"], registry=r
+        )
+        self.latency = Histogram(
+            "ggserve_request_latency_seconds",
+            "Request latency.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "ggserve_ttft_seconds",
+            "Time to first token.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "ggserve_queue_wait_seconds",
+            "Time waiting for a slot.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "ggserve_prompt_tokens", "Prompt tokens received.", ["key_id"], registry=r
+        )
+        self.cached_prompt_tokens = Counter(
+            "ggserve_prompt_tokens_cached", "Prompt tokens reused from the KV cache.", registry=r
+        )
+        self.completion_tokens = Counter(
+            "ggserve_completion_tokens", "Tokens generated.", ["key_id"], registry=r
+        )
+        self.tokens_per_s = Histogram(
+            "ggserve_decode_tokens_per_second",
+            "Per-request decode speed.",
+            buckets=TOKENS_PER_S_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("ggserve_requests_in_flight", "Requests being served.", registry=r)
+        self.finished = Counter(
+            "ggserve_generations", "Generations by finish reason.", ["finish_reason"], registry=r
+        )
+        self.rate_limited = Counter(
+            "ggserve_rate_limited",
+            "Requests refused by rate limits.",
+            ["key_id", "limit"],
+            registry=r,
+        )
+        r.register(_LiveCollector(stats, load_state))

@@ -1,0 +1,35 @@
+"""Process memory and GPU memory readings for logs and metrics."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Any
+
+import psutil
+
+
+def rss_mb() -> float:
+    """Resident set size of this process, MiB."""
+    return psutil.Process(os.getpid()).memory_info().rss / (1024 * 1024)
+
+
+@lru_cache(maxsize=1)
+def _nvml_handle() -> Any | None:
+    try:
+        import pynvml  # type: ignore[import-not-found]
+
+        pynvml.nvmlInit()
+        return pynvml.nvmlDeviceGetHandleByIndex(0)
+    except Exception:  # no NVML library or no GPU: VRAM is simply not reported
+        return None
+
+
+def vram_mb() -> float | None:
+    """GPU 0 memory in use (MiB) through NVML, or None when there is no GPU/NVML."""
+    handle = _nvml_handle()
+    if handle is None:
+        return None
+    import pynvml
+
+    return float(pynvml.nvmlDeviceGetMemoryInfo(handle).used) / (1024 * 1024)

@@ -1,0 +1,83 @@
+"""API keys stored only as sha256 hashes, each with an id (and name) for logs and metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+KEY_PREFIX = "ggs-"
+_HEX = set("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A known key: its id (safe to log), an optional name, and the sha256 of the secret."""
+
+    key_id: str
+    name: str | None
+    sha256: str
+
+
+class KeyConfigError(ValueError):
+    """A key entry in the settings or keys file is malformed."""
+
+
+def hash_key(plaintext: str) -> str:
+    """sha256 hex of a key, as stored in configuration."""
+    return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
+
+
+def new_key() -> str:
+    """A fresh random key (256 bits of entropy)."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def parse_key_entry(entry: str) -> ApiKey:
+    """Parse ``id:sha256`` or ``id:name:sha256``."""
+    parts = entry.strip().split(":")
+    if len(parts) not in (2, 3):
+        raise KeyConfigError(
+            f"API key entry {entry[:12]!r}… must be 'id:sha256hex' or 'id:name:sha256hex'"
+        )
+    key_id, digest = parts[0], parts[-1].lower()
+    name = parts[1] if len(parts) == 3 else None
+    if not key_id or len(digest) != 64 or not set(digest) <= _HEX:
+        raise KeyConfigError(
+            f"API key entry for id {key_id!r}: the last field must be a 64-character sha256 hex "
+            "digest (make one with 'ggserve keys create')"
+        )
+    return ApiKey(key_id=key_id, name=name, sha256=digest)
+
+
+def load_keys_file(path: Path) -> list[ApiKey]:
+    """One entry per line; blank lines and ``#`` comments are ignored."""
+    if not path.is_file():
+        raise KeyConfigError(f"API keys file {path} does not exist")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [parse_key_entry(ln) for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+class KeyStore:
+    """Looks a presented key up by hash, comparing in constant time."""
+
+    def __init__(self, keys: list[ApiKey]) -> None:
+        ids = [k.key_id for k in keys]
+        duplicates = {i for i in ids if ids.count(i) > 1}
+        if duplicates:
+            raise KeyConfigError(f"duplicate API key ids: {', '.join(sorted(duplicates))}")
+        self._keys = keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def verify(self, presented: str) -> ApiKey | None:
+        """The key whose hash matches ``presented``, else None."""
+        digest = hash_key(presented)
+        match: ApiKey | None = None
+        for key in self._keys:  # no early exit: time does not depend on which key matched
+            if hmac.compare_digest(digest, key.sha256):
+                match = key
+        return match

@@ -1,0 +1,100 @@
+"""Per-key rate limits: requests per minute and generated tokens per minute.
+
+Built on the ``limits`` library's moving-window limiter, in memory or in Redis (so replicas
+behind one Service share one budget). Token budgets are charged after a generation with its
+real token count; a key whose token budget is spent is refused until the window frees up.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItemPerMinute
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
+
+
+@dataclass(frozen=True)
+class LimitDecision:
+    allowed: bool
+    limit_name: str  # "requests" | "tokens"
+    limit: int
+    remaining: int
+    reset_after_s: float
+
+    def headers(self) -> dict[str, str]:
+        """X-RateLimit-* headers (and Retry-After when refused)."""
+        headers = {
+            "X-RateLimit-Limit-" + self.limit_name.capitalize(): str(self.limit),
+            "X-RateLimit-Remaining-" + self.limit_name.capitalize(): str(max(self.remaining, 0)),
+            "X-RateLimit-Reset-" + self.limit_name.capitalize(): f"{self.reset_after_s:.0f}s",
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(max(1, math.ceil(self.reset_after_s)))
+        return headers
+
+
+def _async_uri(uri: str) -> str:
+    return uri if uri.startswith("async+") else "async+" + uri
+
+
+class RateLimiter:
+    """Request and token budgets per API key id."""
+
+    def __init__(self, storage_uri: str, requests_per_minute: int, tokens_per_minute: int) -> None:
+        self._storage = storage_from_string(_async_uri(storage_uri))
+        self._limiter = MovingWindowRateLimiter(self._storage)  # type: ignore[arg-type]
+        self._rpm = RateLimitItemPerMinute(requests_per_minute) if requests_per_minute else None
+        self._tpm = RateLimitItemPerMinute(tokens_per_minute) if tokens_per_minute else None
+
+    @property
+    def enabled(self) -> bool:
+        return self._rpm is not None or self._tpm is not None
+
+    async def check(self) -> None:
+        """Fail fast at start-up when the storage (e.g. Redis) is unreachable."""
+        if not await self._storage.check():
+            raise ConnectionError("rate-limit storage is not reachable")
+
+    async def admit(self, key_id: str) -> LimitDecision | None:
+        """Count one request for ``key_id``; the refusing decision, or the request one."""
+        decision: LimitDecision | None = None
+        if self._tpm is not None:
+            stats = await self._limiter.get_window_stats(self._tpm, "tokens", key_id)
+            token_decision = self._decision("tokens", self._tpm.amount, stats)
+            if stats.remaining <= 0:
+                return token_decision
+            decision = token_decision
+        if self._rpm is not None:
+            allowed = await self._limiter.hit(self._rpm, "requests", key_id)
+            stats = await self._limiter.get_window_stats(self._rpm, "requests", key_id)
+            request_decision = self._decision("requests", self._rpm.amount, stats, allowed)
+            if not allowed:
+                return request_decision
+            decision = request_decision
+        return decision
+
+    async def charge_tokens(self, key_id: str, tokens: int) -> None:
+        """Charge generated tokens to the key's token budget (may overdraw the last request)."""
+        if self._tpm is None or tokens <= 0:
+            return
+        remaining = (await self._limiter.get_window_stats(self._tpm, "tokens", key_id)).remaining
+        cost = min(tokens, max(remaining, 0))
+        if cost > 0:
+            await self._limiter.hit(self._tpm, "tokens", key_id, cost=cost)
+
+    @staticmethod
+    def _decision(
+        name: str, amount: int, stats: object, allowed: bool | None = None
+    ) -> LimitDecision:
+        remaining = int(getattr(stats, "remaining", 0))
+        reset_time = float(getattr(stats, "reset_time", time.time()))
+        return LimitDecision(
+            allowed=remaining > 0 if allowed is None else allowed,
+            limit_name=name,
+            limit=amount,
+            remaining=remaining,
+            reset_after_s=max(0.0, reset_time - time.time()),
+        )
