@@ -40,6 +40,7 @@ class Settings(BaseSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
+        env_ignore_empty=True,  # "GGSERVE_X=" as in .env.example means "use the default"
     )
 
     # --- model -------------------------------------------------------------------------

@@ -1,0 +1,94 @@
+"""A scripted engine for fast unit tests of the HTTP layer (never instead of the real one:
+tests/integration runs the same API against the real SmolLM2)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from server.engine.types import (
+    ContextLengthExceededError,
+    EngineEvent,
+    EngineStats,
+    FinishEvent,
+    GenerationRequest,
+    QueueFullError,
+    Timings,
+    TokenEvent,
+    Usage,
+)
+
+
+@dataclass
+class FakeEngine:
+    """Answers every prompt with ``reply`` word by word; knobs make it fail on purpose."""
+
+    reply: str = "Paris is the capital of France."
+    n_ctx: int = 256
+    queue_full: bool = False
+    token_delay_s: float = 0.0
+    explode: bool = False
+    requests: list[GenerationRequest] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    active: int = 0
+
+    @property
+    def n_ctx_per_slot(self) -> int:
+        return self.n_ctx
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        return [len(word) for word in text.split()] or [0]
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return " ".join("x" * t for t in tokens)
+
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True
+    ) -> str:
+        return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+
+    def model_info(self) -> dict[str, object]:
+        return {"architecture": "fake"}
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]:
+        if self.queue_full:
+            raise QueueFullError(2.0)
+        prompt, max_tokens = len(request.prompt_tokens), request.params.max_tokens
+        if prompt + max_tokens > self.n_ctx:
+            raise ContextLengthExceededError(prompt, max_tokens, self.n_ctx)
+        self.requests.append(request)
+        self.active += 1
+        words = self.reply.split(" ")
+        emitted, reason = 0, "stop"
+        try:
+            for i, word in enumerate(words):
+                if emitted >= max_tokens:
+                    reason = "length"
+                    break
+                if self.explode and i == 1:
+                    raise RuntimeError("/secret/path/engine.py exploded")
+                if self.token_delay_s:
+                    await asyncio.sleep(self.token_delay_s)
+                text = word if i == 0 else " " + word
+                stop_hit = next((s for s in request.params.stop if s in text), None)
+                if stop_hit:
+                    break
+                emitted += 1
+                yield TokenEvent(text=text, token_id=i)
+            yield FinishEvent(
+                finish_reason=reason,  # type: ignore[arg-type]
+                usage=Usage(prompt, emitted, 0),
+                timings=Timings(1.0, 2.0, 3.0, 4.0, 7.0, prompt),
+            )
+        except (GeneratorExit, asyncio.CancelledError):
+            self.cancelled.append(request.request_id)
+            raise
+        finally:
+            self.active -= 1
+
+    def stats(self) -> EngineStats:
+        return EngineStats(slots_total=4, slots_active=self.active, queue_depth=0)
+
+    def close(self) -> None:
+        pass
