@@ -56,7 +56,11 @@ def _window_ends(spans: list[tuple[int, int]], size: int, overlap: int) -> list[
         windows.append((i, j))
         if j >= n:
             break
-        i = max(j - overlap, i + 1)
+        next_i = max(j - overlap, i + 1)
+        # Start the next window at the beginning of a word, too.
+        while next_i > i + 1 and spans[next_i][0] == spans[next_i - 1][1]:
+            next_i -= 1
+        i = next_i
     return windows
 
 

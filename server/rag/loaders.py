@@ -205,6 +205,14 @@ def _pdf_sections(data: bytes) -> tuple[str, str | None, list[Section]]:
     return "\n\n".join(parts), (meta_title or "").strip() or None, sections
 
 
+def _has_body(text: str, section: Section, *, headed: bool) -> bool:
+    """False for blank sections and for a heading immediately followed by a sub-heading."""
+    body = text[section.start : section.end]
+    if headed and section.heading:
+        body = body.strip().partition("\n")[2]
+    return bool(body.strip())
+
+
 def load_document(path: Path, key: str) -> Document | Skipped:
     """Read one file. Returns a :class:`Skipped` with the reason when it yields no text."""
     suffix = path.suffix.lower()
@@ -231,7 +239,7 @@ def load_document(path: Path, key: str) -> Document | Skipped:
         return Skipped(key, str(exc))
     if not text.strip():
         return Skipped(key, "empty: no text to index")
-    kept = tuple(s for s in sections if text[s.start : s.end].strip())
+    kept = tuple(s for s in sections if _has_body(text, s, headed=suffix != ".pdf"))
     return Document(key, title or path.stem, text, kept, sha256_bytes(data))
 
 
