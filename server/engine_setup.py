@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from server.defaults import sha256_file
-from server.engine.types import Engine, GenerationRequest, SamplingParams
+from server.engine.types import Engine, FinishEvent, GenerationRequest, SamplingParams
 from server.generation import chat_prompt_tokens
 from server.settings import Settings
 
@@ -36,12 +36,7 @@ def create_engine(settings: Settings) -> tuple[Engine, dict[str, Any]]:
     from server.engine.llama_engine import EngineConfig, LlamaEngine
 
     path = settings.model_path
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"model file {path} does not exist (run 'ggserve models fetch' or set "
-            "GGSERVE_MODEL_PATH)"
-        )
-    entry = read_manifest_entry(path)
+    entry = read_manifest_entry(path) if path.is_file() else None
     if settings.verify_sha256:
         if entry is None or not entry.get("sha256"):
             raise ModelIntegrityError(
@@ -71,7 +66,17 @@ def create_engine(settings: Settings) -> tuple[Engine, dict[str, Any]]:
         lora_scale=settings.lora_scale,
     )
     engine = LlamaEngine(config)
-    meta: dict[str, Any] = dict(engine.model_info())
+    info = engine.model_info()
+    meta: dict[str, Any] = {
+        "architecture": info.architecture,
+        "description": info.description,
+        "n_params": info.n_params,
+        "n_ctx_train": info.n_ctx_train,
+        "size_bytes": info.size_bytes,
+        "file_name": info.file_name,
+        "lora_path": info.lora_path,
+        "created": int(path.stat().st_mtime),
+    }
     if entry is not None:
         meta["manifest_name"] = entry.get("manifest_name")
         meta["quantization"] = entry.get("quant_type") or entry.get("quant")
@@ -82,5 +87,6 @@ async def warm_up(engine: Engine) -> None:
     """One tiny greedy generation, so the first user does not pay for lazy initialisation."""
     tokens = chat_prompt_tokens(engine, [{"role": "user", "content": "Hi"}])
     request = GenerationRequest("warmup", tokens, SamplingParams(max_tokens=2, temperature=0.0))
-    async for _ in engine.generate(request):
-        pass
+    async for event in engine.generate(request):
+        if isinstance(event, FinishEvent) and event.finish_reason == "error":
+            raise RuntimeError(f"warm-up generation failed: {event.error}")

@@ -27,6 +27,9 @@ from server.engine.types import (
     TokenEvent,
     Usage,
 )
+from server.engine.types import (
+    InvalidRequestError as EngineInvalidRequestError,
+)
 from server.errors import InvalidRequestError, ServiceUnavailableError
 from server.observability.metrics import Metrics
 from server.security.guardrails import Guardrails
@@ -133,6 +136,8 @@ class GenerationService:
             ) from exc
         except ContextLengthExceededError as exc:
             raise _context_error(exc.prompt_tokens, exc.max_tokens, exc.n_ctx) from exc
+        except EngineInvalidRequestError as exc:
+            raise InvalidRequestError(str(exc), code="invalid_value") from exc
         except EngineNotReadyError as exc:
             raise ServiceUnavailableError(
                 str(exc), code="model_not_ready", headers={"Retry-After": "5"}

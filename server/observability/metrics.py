@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from server.engine.types import EngineStats
@@ -24,7 +24,7 @@ class _LiveCollector(Collector):
         self._stats = stats
         self._load_state = load_state
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         stats = self._stats()
         queue = GaugeMetricFamily("ggserve_queue_depth", "Requests waiting for a slot.")
         active = GaugeMetricFamily("ggserve_slots_active", "Slots generating now.")
@@ -34,6 +34,33 @@ class _LiveCollector(Collector):
             active.add_metric([], stats.slots_active)
             total.add_metric([], stats.slots_total)
         yield from (queue, active, total)
+        if stats is not None:
+            for name, help_text, value in (
+                (
+                    "engine_tokens_generated",
+                    "Tokens sampled by the engine.",
+                    stats.tokens_generated_total,
+                ),
+                (
+                    "engine_prompt_tokens_evaluated",
+                    "Prompt tokens run through the model.",
+                    stats.prompt_tokens_evaluated_total,
+                ),
+                (
+                    "engine_prompt_tokens_cached",
+                    "Prompt tokens reused from the KV cache.",
+                    stats.prompt_tokens_cached_total,
+                ),
+                ("engine_decode_steps", "llama_decode calls.", stats.decode_steps_total),
+                (
+                    "engine_requests_rejected",
+                    "Requests refused because the queue was full.",
+                    stats.requests_rejected_total,
+                ),
+            ):
+                counter = CounterMetricFamily("ggserve_" + name, help_text)
+                counter.add_metric([], value)
+                yield counter
         state = GaugeMetricFamily(
             "ggserve_model_load_state", "1 for the current model load state.", labels=["state"]
         )

@@ -1,0 +1,179 @@
+"""The real server with the real SmolLM2 GGUF, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.integration.server_proc import ServerHandle, running_server
+
+# SmolLM2's end-of-generation tokens: <|endoftext|> = 0, <|im_end|> = 2. Biasing them away
+# makes a generation that is guaranteed to run to max_tokens.
+NEVER_STOP = {"0": -100, "2": -100}
+
+
+def test_ask_returns_a_non_empty_answer_with_usage_and_timings(server: ServerHandle) -> None:
+    response = httpx.post(
+        server.url + "/v1/ask",
+        json={"question": "What is the capital of France?", "max_tokens": 32, "temperature": 0},
+        headers=server.headers,
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["answer"].strip()
+    assert "Paris" in body["answer"]
+    assert body["usage"]["prompt_tokens"] > 10
+    assert 0 < body["usage"]["completion_tokens"] <= 32
+    assert (
+        body["timings"]["ttft_ms"] > 0 and body["timings"]["total_ms"] >= body["timings"]["ttft_ms"]
+    )
+    assert response.headers["x-request-id"] == body["id"]
+
+
+def test_ask_without_or_with_a_wrong_key_is_401(server: ServerHandle) -> None:
+    for headers in ({}, {"X-API-KEY": "wrong"}, {"Authorization": "Bearer wrong"}):
+        response = httpx.post(server.url + "/v1/ask", json={"question": "hi"}, headers=headers)
+        assert response.status_code == 401
+        assert response.json()["error"]["type"] == "authentication_error"
+
+
+def test_health_answers_while_a_long_generation_runs(server: ServerHandle) -> None:
+    payload = {
+        "prompt": "Once upon a time",
+        "max_tokens": 150,
+        "temperature": 0,
+        "logit_bias": NEVER_STOP,
+        "stream": True,
+    }
+    first_token = threading.Event()
+    finished: list[float] = []
+
+    def generate() -> None:
+        with httpx.stream(
+            "POST",
+            server.url + "/v1/completions",
+            json=payload,
+            headers=server.headers,
+            timeout=300,
+        ) as response:
+            for line in response.iter_lines():
+                if line.startswith("data:"):
+                    first_token.set()
+        finished.append(time.monotonic())
+
+    worker = threading.Thread(target=generate)
+    worker.start()
+    assert first_token.wait(120)
+    started = time.monotonic()
+    health = httpx.get(server.url + "/health", timeout=5)
+    latency = time.monotonic() - started
+    generating_during_probe = not finished
+    worker.join(300)
+    assert health.status_code == 200 and health.json()["status"] == "ready"
+    assert generating_during_probe, "generation ended before the probe; make it longer"
+    assert latency < 1.0, f"/health took {latency:.2f}s during a generation"
+
+
+def test_json_logs_have_one_record_per_request_without_the_key(server: ServerHandle) -> None:
+    request_id = "log-check-123"
+    httpx.post(
+        server.url + "/v1/ask",
+        json={"question": "Say hi", "max_tokens": 4},
+        headers={**server.headers, "X-Request-ID": request_id},
+        timeout=120,
+    )
+    time.sleep(0.2)
+    log = server.log()
+    assert server.api_key not in log
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    mine = [r for r in records if r.get("request_id") == request_id and r.get("event") == "request"]
+    assert len(mine) == 1
+    record = mine[0]
+    assert record["route"] == "/v1/ask" and record["status"] == 200 and record["key_id"] == "test"
+    for name in (
+        "latency_ms",
+        "ttft_ms",
+        "prompt_tokens",
+        "completion_tokens",
+        "rss_mb",
+        "finish_reason",
+    ):
+        assert record[name] is not None, name
+    assert "vram_mb" in record
+
+
+def _health_cli(url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", "health", "--url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_health_cli_exit_codes(server: ServerHandle) -> None:
+    assert _health_cli(server.url).returncode == 0
+    assert _health_cli("http://127.0.0.1:9").returncode == 2
+
+
+def test_missing_and_corrupt_models_keep_the_process_up_and_say_why(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.gguf"
+    corrupt.write_bytes(b"GGUF" + b"\x00garbage" * 100)
+    for model in (tmp_path / "missing.gguf", corrupt):
+        with running_server({"GGSERVE_MODEL_PATH": str(model)}, wait_ready=False) as srv:
+            for _ in range(100):
+                ready = httpx.get(srv.url + "/ready", timeout=5)
+                if ready.json()["status"] == "failed":
+                    break
+                time.sleep(0.1)
+            assert ready.status_code == 503
+            assert model.name in ready.json()["reason"]
+            assert httpx.get(srv.url + "/health").status_code == 200
+            ask = httpx.post(srv.url + "/v1/ask", json={"question": "hi"}, headers=srv.headers)
+            assert ask.status_code == 503
+            assert ask.json()["error"]["code"] == "model_not_ready"
+            assert _health_cli(srv.url).returncode == 1
+            assert srv.proc.poll() is None
+
+
+def test_client_disconnect_stops_the_generation(server: ServerHandle) -> None:
+    def generated() -> float:
+        metrics = httpx.get(server.url + "/metrics").text
+        line = next(
+            ln
+            for ln in metrics.splitlines()
+            if ln.startswith("ggserve_engine_tokens_generated_total")
+        )
+        return float(line.split()[-1])
+
+    before = generated()
+    payload = {
+        "prompt": "Count: 1, 2, 3,",
+        "max_tokens": 1000,
+        "temperature": 0,
+        "logit_bias": NEVER_STOP,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST", server.url + "/v1/completions", json=payload, headers=server.headers, timeout=60
+    ) as response:
+        chunks = 0
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                chunks += 1
+            if chunks >= 5:
+                break  # leaving the block closes the connection mid-stream
+    time.sleep(1.5)
+    after_stop = generated()
+    time.sleep(1.5)
+    assert generated() == after_stop, "the engine kept decoding after the client left"
+    assert after_stop - before < 200, "generation ran far past the disconnect"
+    slots = httpx.get(server.url + "/health").json()["slots_active"]
+    assert slots == 0
