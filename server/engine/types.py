@@ -112,11 +112,27 @@ class EngineNotReadyError(EngineError):
     """The model is not loaded (still loading, or the load failed)."""
 
 
+class ModelLoadError(EngineError):
+    """The model or its LoRA adapter could not be loaded; the message names the file and fix."""
+
+
+class InvalidRequestError(EngineError):
+    """The request itself is wrong (empty prompt, unknown token id, bad grammar, bad parameter)."""
+
+
 @dataclass(frozen=True)
 class EngineStats:
     slots_total: int
     slots_active: int
     queue_depth: int
+    # Monotonic counters since the engine started (Prometheus counters).
+    requests_admitted_total: int = 0
+    requests_rejected_total: int = 0  # QueueFullError
+    prompt_tokens_evaluated_total: int = 0  # run through the model
+    prompt_tokens_cached_total: int = 0  # reused from the KV cache
+    tokens_generated_total: int = 0
+    decode_steps_total: int = 0  # llama_decode calls
+    queue_wait_seconds_total: float = 0.0  # summed over admitted requests
 
 
 class Engine(Protocol):

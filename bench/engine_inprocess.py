@@ -1,0 +1,204 @@
+"""In-process engine benchmark: ggserve's LlamaEngine vs raw ``llama_cpp.Llama``.
+
+1. single stream: decode tok/s of one greedy streaming chat completion (128 new tokens) through
+   the engine and through ``llama_cpp.Llama.create_chat_completion`` with the same model, the
+   same threads and the same prompt; prints the engine/raw ratio (target: overhead <= 5%).
+2. aggregate: tok/s with 1/2/4/8 concurrent sequences through the engine (8 slots).
+
+End-of-generation tokens are biased away in both so every run produces exactly
+``--max-tokens`` tokens. Runs alternate engine/raw ``--repeats`` times and report the best of
+each, because the machine may be shared. No HTTP here: see the HTTP benchmarks for that.
+
+    .venv/bin/python bench/engine_inprocess.py [--model PATH] [--threads N] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--model", type=Path, default=ROOT / "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="0 = physical cores")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--concurrency", default="1,2,4,8")
+    parser.add_argument(
+        "--gomp-spincount",
+        default=None,
+        help="override GOMP_SPINCOUNT for this run (the engine's default otherwise)",
+    )
+    parser.add_argument("--skip-raw", action="store_true")
+    parser.add_argument("--skip-aggregate", action="store_true")
+    return parser.parse_args()
+
+
+ARGS = _parse()
+if ARGS.gomp_spincount is not None:  # must happen before llama_cpp/libgomp is loaded
+    os.environ["GOMP_SPINCOUNT"] = ARGS.gomp_spincount
+
+import asyncio  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+
+import llama_cpp  # noqa: E402  (after server.engine: OpenMP defaults first)
+
+from server.engine.config import EngineConfig  # noqa: E402
+from server.engine.llama_engine import LlamaEngine  # noqa: E402
+from server.engine.threads import resolve_threads  # noqa: E402
+from server.engine.types import FinishEvent, GenerationRequest, SamplingParams  # noqa: E402
+
+PROMPTS = [
+    "Write a long story about a lighthouse keeper and a storm.",
+    "Explain in detail how a steam engine works.",
+    "Describe the history of the printing press.",
+    "Write a detailed travel guide for a week in Japan.",
+    "Explain photosynthesis to a ten year old, step by step.",
+    "Write a long letter from a sailor to his family.",
+    "Describe how computers store numbers in memory.",
+    "Write an essay about the importance of sleep.",
+]
+
+
+def messages(prompt: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}]
+
+
+def eog_bias(engine: LlamaEngine) -> tuple[tuple[int, float], ...]:
+    model = engine._model
+    return tuple((t, -1000.0) for t in range(model.n_vocab) if model.is_eog(t))
+
+
+async def engine_stream(
+    engine: LlamaEngine, prompt: str, max_tokens: int
+) -> tuple[int, float, float]:
+    """Returns (tokens, seconds from submit to first token, seconds first → last token)."""
+    tokens = engine.tokenize(engine.apply_chat_template(messages(prompt)))
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, logit_bias=eog_bias(engine))
+    start = time.perf_counter()
+    first = last = start
+    count = 0
+    async for event in engine.generate(GenerationRequest("bench", tokens, params)):
+        now = time.perf_counter()
+        if isinstance(event, FinishEvent):
+            return event.usage.completion_tokens, first - start, last - first
+        if count == 0:
+            first = now
+        last = now
+        count += 1
+    raise RuntimeError("stream ended without a FinishEvent")
+
+
+def raw_stream(
+    llm: llama_cpp.Llama, prompt: str, max_tokens: int, bias: dict[str, float]
+) -> tuple[int, float, float]:
+    start = time.perf_counter()
+    first = last = start
+    count = 0
+    for _chunk in llm.create_chat_completion(
+        messages=messages(prompt),  # type: ignore[arg-type]
+        max_tokens=max_tokens,
+        temperature=0.0,
+        stream=True,
+        logit_bias=bias,
+    ):
+        now = time.perf_counter()
+        if count == 0:
+            first = now
+        last = now
+        count += 1
+    # the first chunk carries only the role, the last only the finish reason
+    return count - 2, first - start, last - first
+
+
+def main() -> None:
+    threads, _ = resolve_threads(ARGS.threads, 0)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
+        f"threads={threads}, GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+        f"llama-cpp-python {llama_cpp.__version__}"
+    )
+    print(f"model: {ARGS.model.name}, greedy, {ARGS.max_tokens} new tokens, streaming chat")
+    concurrency = [int(c) for c in ARGS.concurrency.split(",")]
+    config = EngineConfig(
+        model_path=ARGS.model,
+        n_slots=max(concurrency),
+        n_ctx=1024,
+        n_threads=threads,
+        n_threads_batch=threads,
+    )
+    engine = LlamaEngine(config)
+    engine.warmup()
+    llm = None
+    if not ARGS.skip_raw:
+        llm = llama_cpp.Llama(
+            str(ARGS.model), n_ctx=1024, n_threads=threads, n_threads_batch=threads, verbose=False
+        )
+        bias = {str(t): b for t, b in eog_bias(engine)}
+        raw_stream(llm, PROMPTS[0], 8, bias)  # warm up
+
+    prompt = PROMPTS[0]
+    best_engine = best_raw = 0.0
+    for run in range(ARGS.repeats):
+        n, ttft, decode = asyncio.run(engine_stream(engine, prompt, ARGS.max_tokens))
+        engine_tps = (n - 1) / decode
+        best_engine = max(best_engine, engine_tps)
+        line = f"run {run + 1}: engine {engine_tps:6.1f} tok/s (ttft {ttft * 1000:.0f} ms)"
+        if llm is not None:
+            n_raw, ttft_raw, decode_raw = raw_stream(llm, prompt, ARGS.max_tokens, bias)
+            raw_tps = (n_raw - 1) / decode_raw
+            best_raw = max(best_raw, raw_tps)
+            line += f" | raw Llama {raw_tps:6.1f} tok/s (ttft {ttft_raw * 1000:.0f} ms)"
+        print(line, flush=True)
+    print(f"\nsingle stream decode: engine {best_engine:.1f} tok/s", end="")
+    if llm is not None:
+        ratio = best_engine / best_raw
+        print(
+            f", raw llama_cpp.Llama {best_raw:.1f} tok/s, ratio {ratio:.3f} "
+            f"(overhead {(1 - ratio) * 100:+.1f}%, target <= 5%)"
+        )
+    else:
+        print()
+
+    if not ARGS.skip_aggregate:
+        print("\nconcurrent sequences | aggregate tok/s | mean TTFT ms | wall s")
+
+        async def burst(n: int) -> tuple[int, float, float]:
+            start = time.perf_counter()
+            results = await asyncio.gather(
+                *(
+                    engine_stream(engine, PROMPTS[i % len(PROMPTS)], ARGS.max_tokens)
+                    for i in range(n)
+                )
+            )
+            wall = time.perf_counter() - start
+            return sum(r[0] for r in results), wall, sum(r[1] for r in results) / n
+
+        for n in concurrency:
+            best = None
+            for _ in range(max(1, ARGS.repeats - 1)):
+                tokens, wall, ttft = asyncio.run(burst(n))
+                if best is None or tokens / wall > best[0] / best[1]:
+                    best = (tokens, wall, ttft)
+            assert best is not None
+            print(
+                f"{n:20d} | {best[0] / best[1]:15.1f} | {best[2] * 1000:12.0f} | {best[1]:6.2f}",
+                flush=True,
+            )
+    engine.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""How the engine is built: model file, slots, context, threads, KV cache, LoRA.
+
+The lead maps ``server.settings.Settings`` onto this; the engine never reads settings itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+KVCacheType = Literal["f16", "q8_0", "q4_0"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything ``LlamaEngine`` needs to load a model and schedule requests."""
+
+    model_path: Path
+    n_slots: int = 4  # concurrent sequences: llama.cpp n_seq_max
+    n_ctx: int = 2048  # tokens PER SLOT; the context holds n_ctx * n_slots
+    n_batch: int = 512  # most tokens submitted to one llama_decode
+    n_ubatch: int = 512  # physical micro-batch
+    n_threads: int = 0  # decode threads; 0 = physical cores
+    n_threads_batch: int = 0  # prompt threads; 0 = n_threads
+    n_gpu_layers: int = 0  # -1 = all layers
+    flash_attn: bool = False
+    kv_cache_type: KVCacheType = "f16"
+    max_queue: int = 64  # requests waiting for a slot before QueueFullError
+    request_timeout_s: float = 300.0  # wall clock from submission to finish
+    lora_path: Path | None = None  # GGUF LoRA adapter applied at load time
+    lora_scale: float = 1.0
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field and its allowed range."""
+        checks = [
+            (self.n_slots >= 1, f"n_slots must be >= 1, got {self.n_slots}"),
+            (self.n_ctx >= 16, f"n_ctx (per slot) must be >= 16, got {self.n_ctx}"),
+            (self.n_batch >= 1, f"n_batch must be >= 1, got {self.n_batch}"),
+            (self.n_ubatch >= 1, f"n_ubatch must be >= 1, got {self.n_ubatch}"),
+            (self.n_threads >= 0, f"n_threads must be >= 0 (0 = auto), got {self.n_threads}"),
+            (
+                self.n_threads_batch >= 0,
+                f"n_threads_batch must be >= 0 (0 = n_threads), got {self.n_threads_batch}",
+            ),
+            (self.n_gpu_layers >= -1, f"n_gpu_layers must be >= -1, got {self.n_gpu_layers}"),
+            (
+                self.kv_cache_type in ("f16", "q8_0", "q4_0"),
+                f"kv_cache_type must be f16, q8_0 or q4_0, got {self.kv_cache_type!r}",
+            ),
+            (self.max_queue >= 0, f"max_queue must be >= 0, got {self.max_queue}"),
+            (
+                self.request_timeout_s > 0,
+                f"request_timeout_s must be > 0, got {self.request_timeout_s}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)

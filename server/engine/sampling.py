@@ -1,0 +1,125 @@
+"""Per-request llama.cpp sampler chains built from ``SamplingParams``.
+
+Chain order (as in llama.cpp's common sampler): logit bias → penalties → grammar → top-k →
+top-p → min-p → temperature → draw with the request's seed. ``temperature == 0`` ends in greedy
+instead, so greedy output is deterministic and independent of the seed. Penalties see only the
+generated tokens (the prompt is not fed in), matching OpenAI's presence/frequency semantics.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import llama_cpp
+
+from server.engine import llama_log
+from server.engine.types import InvalidRequestError, SamplingParams
+
+PENALTY_LAST_N = 64  # window for repeat/presence/frequency penalties (llama.cpp's default)
+
+
+def validate_params(params: SamplingParams, n_vocab: int) -> None:
+    """Raise ``InvalidRequestError`` naming the first out-of-range parameter."""
+    problems = [
+        (params.max_tokens >= 1, f"max_tokens must be >= 1, got {params.max_tokens}"),
+        (
+            math.isfinite(params.temperature) and params.temperature >= 0,
+            f"temperature must be >= 0, got {params.temperature}",
+        ),
+        (0 < params.top_p <= 1, f"top_p must be in (0, 1], got {params.top_p}"),
+        (params.top_k >= 0, f"top_k must be >= 0 (0 = off), got {params.top_k}"),
+        (0 <= params.min_p <= 1, f"min_p must be in [0, 1], got {params.min_p}"),
+        (params.repeat_penalty > 0, f"repeat_penalty must be > 0, got {params.repeat_penalty}"),
+        (
+            math.isfinite(params.presence_penalty) and -2 <= params.presence_penalty <= 2,
+            f"presence_penalty must be in [-2, 2], got {params.presence_penalty}",
+        ),
+        (
+            math.isfinite(params.frequency_penalty) and -2 <= params.frequency_penalty <= 2,
+            f"frequency_penalty must be in [-2, 2], got {params.frequency_penalty}",
+        ),
+    ]
+    for ok, message in problems:
+        if not ok:
+            raise InvalidRequestError(message)
+    for token, bias in params.logit_bias:
+        if not 0 <= token < n_vocab:
+            raise InvalidRequestError(
+                f"logit_bias names token {token}, but the vocabulary has ids 0..{n_vocab - 1}."
+            )
+        if math.isnan(bias):
+            raise InvalidRequestError(f"logit_bias for token {token} is NaN.")
+
+
+class SamplerChain:
+    """Owns one llama.cpp sampler chain; ``free()`` it when the request ends."""
+
+    def __init__(self, params: SamplingParams, vocab: Any, n_vocab: int) -> None:
+        validate_params(params, n_vocab)
+        chain_params = llama_cpp.llama_sampler_chain_default_params()
+        chain_params.no_perf = True
+        self._chain: Any = llama_cpp.llama_sampler_chain_init(chain_params)
+        try:
+            self._build(params, vocab, n_vocab)
+        except BaseException:
+            self.free()
+            raise
+        self.seed = self._seed
+
+    def _add(self, sampler: Any) -> None:
+        llama_cpp.llama_sampler_chain_add(self._chain, sampler)
+
+    def _build(self, params: SamplingParams, vocab: Any, n_vocab: int) -> None:
+        if params.logit_bias:
+            biases = (llama_cpp.llama_logit_bias * len(params.logit_bias))(
+                *(llama_cpp.llama_logit_bias(token, bias) for token, bias in params.logit_bias)
+            )
+            self._add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(biases), biases))
+        if (
+            params.repeat_penalty != 1.0
+            or params.presence_penalty != 0.0
+            or params.frequency_penalty != 0.0
+        ):
+            self._add(
+                llama_cpp.llama_sampler_init_penalties(
+                    n_vocab,
+                    PENALTY_LAST_N,
+                    params.repeat_penalty,
+                    params.frequency_penalty,
+                    params.presence_penalty,
+                )
+            )
+        if params.grammar:
+            llama_log.clear_problems()
+            grammar = llama_cpp.llama_sampler_init_grammar(
+                vocab, params.grammar.encode("utf-8"), b"root"
+            )
+            if not grammar:
+                problems = llama_log.recent_problems()
+                detail = f": {problems[-1]}" if problems else ""
+                raise InvalidRequestError(f"The grammar (GBNF) does not parse{detail}")
+            self._add(grammar)
+        self._seed = params.seed if params.seed is not None else random.getrandbits(32)
+        if params.temperature == 0:
+            self._add(llama_cpp.llama_sampler_init_greedy())
+            return
+        if params.top_k > 0:
+            self._add(llama_cpp.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            self._add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0.0:
+            self._add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+        self._add(llama_cpp.llama_sampler_init_temp(params.temperature))
+        self._add(llama_cpp.llama_sampler_init_dist(self._seed & 0xFFFFFFFF))
+
+    def sample(self, ctx: int, batch_index: int) -> int:
+        """Sample (and accept) the next token from the logits at ``batch_index``."""
+        return int(llama_cpp.llama_sampler_sample(self._chain, ctx, batch_index))
+
+    def free(self) -> None:
+        """Release the chain and every sampler in it (idempotent)."""
+        if self._chain:
+            llama_cpp.llama_sampler_free(self._chain)
+            self._chain = None
