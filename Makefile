@@ -43,6 +43,7 @@ models: $(STAMP)
 	$(BIN)/ggserve models fetch --dest models
 
 run: setup
+	@$(BIN)/ggserve keys init-env  # a development key in .env, unless keys are configured
 	$(BIN)/ggserve serve --host $(HOST) --port $(PORT)
 
 # redis-server (shared rate limits) and chromium (offline /docs check) come from Debian's

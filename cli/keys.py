@@ -42,7 +42,7 @@ def hash_(
 def init_env(path: Path = typer.Option(Path(".env"), help="The .env file to create.")) -> None:
     """Create a .env with a fresh development key (GGSERVE_API_KEY) if it has none yet."""
     text = path.read_text(encoding="utf-8") if path.exists() else ""
-    if re.search(r"^GGSERVE_API_KEYS?(_FILE)?=\S", text, flags=re.MULTILINE):
+    if re.search(r"^GGSERVE_(API_KEYS?|API_KEYS_FILE|AUTH_DISABLED)=\S", text, flags=re.M):
         typer.echo(f"{path} already configures API keys; left unchanged")
         return
     key = new_key()

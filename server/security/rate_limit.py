@@ -44,7 +44,10 @@ class RateLimiter:
     """Request and token budgets per API key id."""
 
     def __init__(self, storage_uri: str, requests_per_minute: int, tokens_per_minute: int) -> None:
-        self._storage = storage_from_string(_async_uri(storage_uri))
+        uri = _async_uri(storage_uri)
+        # limits' async Redis storage defaults to coredis; use redis-py, which we already ship.
+        options = {"implementation": "redispy"} if uri.startswith("async+redis") else {}
+        self._storage = storage_from_string(uri, **options)
         self._limiter = MovingWindowRateLimiter(self._storage)  # type: ignore[arg-type]
         self._rpm = RateLimitItemPerMinute(requests_per_minute) if requests_per_minute else None
         self._tpm = RateLimitItemPerMinute(tokens_per_minute) if tokens_per_minute else None
