@@ -79,3 +79,9 @@ def test_env_example_documents_every_setting() -> None:
     text = example.read_text()
     missing = [name for name in Settings.model_fields if f"GGSERVE_{name.upper()}=" not in text]
     assert not missing, f".env.example lacks: {missing}"
+
+
+def test_readme_settings_table_lists_every_setting() -> None:
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    missing = [name for name in Settings.model_fields if f"`GGSERVE_{name.upper()}`" not in readme]
+    assert not missing, f"README settings table lacks: {missing}"
