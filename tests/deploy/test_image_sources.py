@@ -78,9 +78,9 @@ def test_copied_sources_install_a_working_ggserve_command(
 
 def test_the_cli_imports_neither_llama_cpp_nor_torch_until_a_command_needs_them() -> None:
     # The CUDA image smoke-tests `ggserve --help` at build time, where no GPU driver exists and
-    # loading llama.cpp's CUDA library fails; and the HEALTHCHECK starts the CLI every 30 s, so it
-    # must stay light (0.84 s, 48 MB measured).
-    heavy = ("llama_cpp", "torch", "sentence_transformers", "faiss", "transformers")
+    # loading llama.cpp's CUDA library fails; the serving images lack the convert extra (peft,
+    # gguf); and the HEALTHCHECK starts the CLI every 30 s, so it must stay light (0.84 s, 48 MB).
+    heavy = ("llama_cpp", "torch", "sentence_transformers", "faiss", "transformers", "peft", "gguf")
     code = f"import sys, cli.main; print([m for m in {heavy!r} if m in sys.modules])"
     probe = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO
