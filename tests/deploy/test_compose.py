@@ -48,6 +48,15 @@ def test_gpu_server_reserves_an_nvidia_gpu_and_cpu_server_none(compose: dict[str
     assert "deploy" not in compose["services"]["ggserve-cpu"]
 
 
+def test_gpu_server_offloads_every_layer_and_otherwise_shares_the_cpu_settings(
+    compose: dict[str, Any],
+) -> None:
+    cpu, gpu = (_env(compose["services"][name]) for name in SERVERS)
+    assert gpu.pop("GGSERVE_N_GPU_LAYERS") == "-1"
+    assert "GGSERVE_N_GPU_LAYERS" not in cpu
+    assert gpu == cpu
+
+
 @pytest.mark.parametrize("service", SERVERS)
 def test_server_mounts_models_and_indexes_read_only_and_keeps_feedback(
     compose: dict[str, Any], service: str
