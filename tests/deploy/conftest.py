@@ -48,7 +48,8 @@ def check_ggserve_env(env: dict[str, str], where: str) -> None:
     unknown = sorted(set(ours) - known)
     assert not unknown, f"{where} sets {unknown}, which server/settings.py does not read"
     values = {k.removeprefix("GGSERVE_").lower(): v for k, v in ours.items()}
-    Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    # model_validate: these values against the fields, without reading this process's env.
+    Settings.model_validate(values)
 
 
 def compose_default(value: str) -> str:
