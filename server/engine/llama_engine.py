@@ -180,6 +180,7 @@ class LlamaEngine:
         self._counters = _Counters()
         self._wake = threading.Event()
         self._closing = False
+        self._reset_cache_requested = False
         self._batch = llama_cpp.llama_batch_init(self._model.n_batch, 0, 1)
         self._thread = threading.Thread(target=self._run, name="ggserve-engine", daemon=True)
         self._thread.start()
@@ -284,6 +285,14 @@ class LlamaEngine:
         if isinstance(finish, FinishEvent) and finish.finish_reason == "error":
             raise RuntimeError(f"warmup generation failed: {finish.error}")
 
+    def reset_prefix_cache(self) -> None:
+        """Forget the prompt prefixes kept in idle slots (e.g. after changing a system prompt).
+
+        Takes effect at the loop's next step; running requests keep their cache.
+        """
+        self._reset_cache_requested = True
+        self._wake.set()
+
     def close(self) -> None:
         """Stop the loop (open streams end with finish_reason 'error') and free the model."""
         if self._closing:
@@ -344,6 +353,9 @@ class LlamaEngine:
     def _run(self) -> None:
         while not self._closing:
             try:
+                if self._reset_cache_requested:
+                    self._reset_cache_requested = False
+                    self._drop_idle_caches()
                 self._reap()
                 self._admit()
                 if not any(slot.generation for slot in self._slots):
@@ -355,6 +367,12 @@ class LlamaEngine:
                 logger.exception("engine step failed; failing the requests in flight")
                 self._fail_active("internal engine error (see the server log)")
         self._shutdown()
+
+    def _drop_idle_caches(self) -> None:
+        for slot in self._slots:
+            if slot.generation is None:
+                llama_cpp.llama_memory_seq_rm(self._model.memory, slot.seq_id, -1, -1)
+                slot.cached_tokens.clear()
 
     def _reap(self) -> None:
         """Finish cancelled and timed-out requests, running or waiting."""

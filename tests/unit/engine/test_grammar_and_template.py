@@ -1,0 +1,70 @@
+import pytest
+
+from server.engine.chat_template import CHATML_TEMPLATE, ChatTemplate
+from server.engine.config import EngineConfig
+from server.engine.grammar import json_object_grammar, json_schema_grammar
+from server.engine.types import InvalidRequestError
+
+
+def test_json_object_grammar_has_a_root_rule() -> None:
+    assert "root" in json_object_grammar()
+
+
+def test_json_schema_grammar_encodes_required_property_names() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+    }
+    rules = dict(
+        line.split(" ::= ", 1) for line in json_schema_grammar(schema).splitlines() if line
+    )
+    assert rules["root"] == '"{" space city-kv "," space population-kv "}" space'
+    assert rules["city-kv"].startswith('"\\"city\\"" space ":"')
+
+
+def test_bad_schema_gives_an_invalid_request_error() -> None:
+    with pytest.raises(InvalidRequestError, match="JSON schema"):
+        json_schema_grammar({"type": "object", "properties": {"x": {"$ref": "#/missing/x"}}})
+    with pytest.raises(InvalidRequestError, match="must be an object"):
+        json_schema_grammar(["not", "a", "schema"])  # type: ignore[arg-type]
+
+
+def test_template_renders_messages_and_generation_prompt() -> None:
+    template = ChatTemplate(CHATML_TEMPLATE, bos_token="<s>", eos_token="</s>")
+    text = template.render([{"role": "user", "content": "Hi"}])
+    assert text == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_missing_template_falls_back_to_chatml() -> None:
+    template = ChatTemplate(None, bos_token="", eos_token="")
+    assert template.is_fallback
+    assert "<|im_start|>system\nS<|im_end|>" in template.render(
+        [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+    )
+
+
+def test_template_sees_bos_eos_and_raise_exception() -> None:
+    source = (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'tool' %}"
+        "{{ raise_exception('no tools') }}{% endif %}{{ m['content'] }}{{ eos_token }}{% endfor %}"
+    )
+    template = ChatTemplate(source, bos_token="<s>", eos_token="</s>")
+    assert template.render([{"role": "user", "content": "x"}]) == "<s>x</s>"
+    with pytest.raises(InvalidRequestError, match="no tools"):
+        template.render([{"role": "tool", "content": "x"}])
+
+
+def test_messages_without_content_are_rejected_with_the_index() -> None:
+    template = ChatTemplate(None, bos_token="", eos_token="")
+    with pytest.raises(InvalidRequestError, match=r"messages\[1\]"):
+        template.render([{"role": "user", "content": "a"}, {"role": "user"}])
+    with pytest.raises(InvalidRequestError, match="empty"):
+        template.render([])
+
+
+def test_config_validation_names_the_field() -> None:
+    with pytest.raises(ValueError, match="n_slots"):
+        EngineConfig(model_path="m.gguf", n_slots=0).validate()  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="kv_cache_type"):
+        EngineConfig(model_path="m.gguf", kv_cache_type="q5").validate()  # type: ignore[arg-type]
