@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.deploy.conftest import K8S, REPO, load_yaml_documents
+from tests.deploy.conftest import DOCKERFILES, K8S, REPO, load_yaml_documents
 from tests.deploy.dockerfile import Dockerfile, parse
 from tests.integration.server_proc import free_port, running_server
 
@@ -41,10 +41,14 @@ def _probe_paths() -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.cuda"])
-def test_healthcheck_reports_an_unreachable_server_as_unhealthy_not_reserved(name: str) -> None:
+def test_both_images_share_one_healthcheck() -> None:
+    checks = [parse(REPO / name).final.of("HEALTHCHECK")[0].args for name in DOCKERFILES]
+    assert checks[0] == checks[1]
+
+
+def test_healthcheck_reports_an_unreachable_server_as_unhealthy_not_reserved() -> None:
     # `ggserve health` exits 2 when nothing answers; Docker reserves 2, the command must say 1.
-    assert _healthcheck(parse(REPO / name), free_port()) == 1
+    assert _healthcheck(parse(REPO / "Dockerfile.cpu"), free_port()) == 1
 
 
 @pytest.mark.slow
