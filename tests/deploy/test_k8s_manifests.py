@@ -222,11 +222,10 @@ def test_redis_accepts_connections_only_from_the_server_pods() -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_llama_cpp_threads_follow_the_pod_cpu_request(variant: str) -> None:
+def test_llama_cpp_threads_leave_one_requested_core_to_the_server(variant: str) -> None:
     container = _container(_server(_variant(variant)))
     [threads] = [e for e in container["env"] if e["name"] == "GGSERVE_N_THREADS"]
-    field = threads["valueFrom"]["resourceFieldRef"]
-    assert (field["containerName"], field["resource"]) == (container["name"], "requests.cpu")
+    assert int(threads["value"]) == int(container["resources"]["requests"]["cpu"]) - 1
     assert "cpu" not in container["resources"].get("limits", {}), "CPU limits throttle streams"
 
 
