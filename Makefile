@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 
 STAMP := $(VENV)/.ggserve-installed
 
-.PHONY: setup run test test-fast lint fmt bench eval models system-deps clean help
+.PHONY: setup run test test-fast lint fmt bench eval models system-deps docker-cpu docker-cuda clean help
 
 help:
 	@echo "make run    set up and serve the embedded default model on $(HOST):$(PORT)"
@@ -80,6 +80,14 @@ bench: setup
 
 eval: setup
 	$(BIN)/python bench/rag_eval.py
+
+# Images (need a Docker engine; none runs on the development machines: see docs/deploy.md).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+docker-cpu:
+	docker build -f Dockerfile.cpu -t ggserve:$(VERSION)-cpu .
+
+docker-cuda:
+	docker build -f Dockerfile.cuda -t ggserve:$(VERSION)-cuda .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -52,7 +52,8 @@ def test_wrong_type_is_400_naming_the_field(client: TestClient) -> None:
 
 def test_malformed_json_is_400(client: TestClient) -> None:
     response = client.post(
-        "/v1/chat/completions", content=b"{not json",
+        "/v1/chat/completions",
+        content=b"{not json",
         headers={**auth(), "content-type": "application/json"},
     )
     assert response.status_code == 400

@@ -22,7 +22,9 @@ def test_chat_completion_has_openai_shape_and_usage(client: TestClient) -> None:
     body = response.json()
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"] == {
-        "role": "assistant", "content": "Paris is the capital of France.", "refusal": None
+        "role": "assistant",
+        "content": "Paris is the capital of France.",
+        "refusal": None,
     }
     assert body["choices"][0]["finish_reason"] == "stop"
     assert body["usage"]["completion_tokens"] == 6
@@ -53,9 +55,17 @@ def test_max_tokens_gives_finish_reason_length(client: TestClient) -> None:
 
 
 def test_sampling_fields_reach_the_engine(client: TestClient, fake_engine: FakeEngine) -> None:
-    payload = {**CHAT, "temperature": 0, "top_p": 0.5, "seed": 7, "stop": ["capital"],
-               "presence_penalty": 0.5, "frequency_penalty": 0.25, "logit_bias": {"42": -100},
-               "some_future_field": {"ignored": True}}
+    payload = {
+        **CHAT,
+        "temperature": 0,
+        "top_p": 0.5,
+        "seed": 7,
+        "stop": ["capital"],
+        "presence_penalty": 0.5,
+        "frequency_penalty": 0.25,
+        "logit_bias": {"42": -100},
+        "some_future_field": {"ignored": True},
+    }
     response = client.post("/v1/chat/completions", json=payload, headers=auth())
     assert response.status_code == 200
     params = fake_engine.requests[-1].params
@@ -72,8 +82,9 @@ def test_text_completion_and_streaming(client: TestClient) -> None:
     ).json()
     assert body["object"] == "text_completion"
     assert body["choices"][0]["text"] == "Paris is the"
-    with client.stream("POST", "/v1/completions", json={"prompt": "x", "stream": True},
-                       headers=auth()) as resp:
+    with client.stream(
+        "POST", "/v1/completions", json={"prompt": "x", "stream": True}, headers=auth()
+    ) as resp:
         data = sse_data(resp.read().decode())
     assert data[-1] == "[DONE]"
     assert "".join(json.loads(d)["choices"][0]["text"] for d in data[:-1]).startswith("Paris")

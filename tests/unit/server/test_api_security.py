@@ -47,14 +47,18 @@ def test_cors_preflight_allows_only_configured_origins(
     make_client: Callable[..., TestClient],
 ) -> None:
     client = make_client(cors_origins="https://app.example")
-    preflight = {"Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "x-api-key,content-type"}
-    ok = client.options("/v1/chat/completions",
-                        headers={"Origin": "https://app.example", **preflight})
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "x-api-key,content-type",
+    }
+    ok = client.options(
+        "/v1/chat/completions", headers={"Origin": "https://app.example", **preflight}
+    )
     assert ok.status_code == 200
     assert ok.headers["access-control-allow-origin"] == "https://app.example"
-    denied = client.options("/v1/chat/completions",
-                            headers={"Origin": "https://evil.example", **preflight})
+    denied = client.options(
+        "/v1/chat/completions", headers={"Origin": "https://evil.example", **preflight}
+    )
     assert "access-control-allow-origin" not in denied.headers
 
 
@@ -76,8 +80,9 @@ def test_metrics_public_by_default_and_keyed_when_configured(
 def test_metrics_count_requests_tokens_and_slots(client: TestClient) -> None:
     client.post("/v1/chat/completions", json=CHAT, headers=auth())
     text = client.get("/metrics").text
-    assert ('ggserve_requests_total{key_id="alpha",route="/v1/chat/completions",status="200"}'
-            in text)
+    assert (
+        'ggserve_requests_total{key_id="alpha",route="/v1/chat/completions",status="200"}' in text
+    )
     assert 'ggserve_completion_tokens_total{key_id="alpha"} 6.0' in text
     assert "ggserve_slots_total 4.0" in text
     assert "ggserve_queue_depth 0.0" in text
