@@ -37,7 +37,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument(
         "--gomp-spincount",
         default=None,
-        help="override GOMP_SPINCOUNT for this run (the engine's default otherwise)",
+        help="set GOMP_SPINCOUNT (OpenMP idle spin) for this run; libgomp's default otherwise",
     )
     parser.add_argument("--skip-raw", action="store_true")
     parser.add_argument("--skip-aggregate", action="store_true")
@@ -45,14 +45,15 @@ def _parse() -> argparse.Namespace:
 
 
 ARGS = _parse()
-if ARGS.gomp_spincount is not None:  # must happen before llama_cpp/libgomp is loaded
+# OpenMP reads its environment when llama_cpp loads libgomp: set it before that import.
+if ARGS.gomp_spincount is not None:
     os.environ["GOMP_SPINCOUNT"] = ARGS.gomp_spincount
 
 import asyncio  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
 
-import llama_cpp  # noqa: E402  (after server.engine: OpenMP defaults first)
+import llama_cpp  # noqa: E402
 
 from server.engine.config import EngineConfig  # noqa: E402
 from server.engine.llama_engine import LlamaEngine  # noqa: E402

@@ -14,28 +14,24 @@ events. Each step of the loop:
 
 from __future__ import annotations
 
-from server.engine.threads import apply_openmp_defaults
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-apply_openmp_defaults()  # before llama_cpp (and libgomp) is loaded: see threads.py
+import llama_cpp
 
-import asyncio  # noqa: E402
-import logging  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
-
-import llama_cpp  # noqa: E402
-
-from server.engine.chat_template import ChatTemplate  # noqa: E402
-from server.engine.config import EngineConfig  # noqa: E402
-from server.engine.detokenizer import IncrementalDetokenizer  # noqa: E402
-from server.engine.model import LoadedModel, ModelInfo  # noqa: E402
-from server.engine.sampling import SamplerChain  # noqa: E402
-from server.engine.scheduling import AdmissionQueue, choose_slot  # noqa: E402
-from server.engine.stop_strings import StopStringMatcher  # noqa: E402
-from server.engine.types import (  # noqa: E402
+from server.engine.chat_template import ChatTemplate
+from server.engine.config import EngineConfig
+from server.engine.detokenizer import IncrementalDetokenizer
+from server.engine.model import LoadedModel, ModelInfo
+from server.engine.sampling import SamplerChain
+from server.engine.scheduling import AdmissionQueue, choose_slot
+from server.engine.stop_strings import StopStringMatcher
+from server.engine.types import (
     ContextLengthExceededError,
     EngineEvent,
     EngineNotReadyError,

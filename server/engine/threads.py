@@ -1,42 +1,19 @@
 """CPU thread defaults for a server whose event loop shares the cores with llama.cpp.
 
-llama.cpp's CPU backend here is built with OpenMP. After every ``llama_decode`` the OpenMP
-workers spin-wait (``GOMP_SPINCOUNT`` iterations, ~0.3 s by default) hoping for more work. In a
-benchmark loop that is free speed; in a server it burns the cores the asyncio event loop and any
-neighbour process need, and a second busy process can stall decoding for minutes. Fully passive
-waiting costs a lot of decode speed instead. The middle ground measured in docs/engine.md: keep
-the active policy but bound the spin so idle workers yield within ~a millisecond.
-
-libgomp reads these variables once, when it is loaded, i.e. when ``llama_cpp`` is imported; so
-``apply_openmp_defaults`` must run before that import (``server.engine.llama_engine`` does it at
-import time). Values the user already exported always win.
+llama.cpp's CPU backend here is built with OpenMP: every graph node ends in a barrier where all
+decode threads meet. When the threads use every core, any other runnable thread (the asyncio
+event loop streaming tokens, a neighbour process) preempts one of them and the others wait at
+the barrier for a whole scheduler time slice; decoding collapses. Leaving one core free avoids
+that. Measured on the 2-core benchmark machine (docs/engine.md): 31 tok/s with 1 thread vs
+2-18 tok/s with 2, whatever the OpenMP spin policy (GOMP_SPINCOUNT 0 / 10k / 300k), so the
+spin policy is left at libgomp's default; export GOMP_SPINCOUNT / OMP_WAIT_POLICY to override.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 
 import psutil
-
-logger = logging.getLogger(__name__)
-
-# Spin iterations before an idle OpenMP worker sleeps (libgomp's default is 300,000 with the
-# active policy, about 0.3 s; see docs/engine.md for the measurement that picked this value).
-DEFAULT_GOMP_SPINCOUNT = "10000"
-
-
-def apply_openmp_defaults() -> None:
-    """Set ``OMP_WAIT_POLICY``/``GOMP_SPINCOUNT`` defaults unless the user chose their own."""
-    if "llama_cpp" in sys.modules and "GOMP_SPINCOUNT" not in os.environ:
-        logger.warning(
-            "llama_cpp was imported before server.engine; OpenMP spin defaults not applied "
-            "(import server.engine.llama_engine first, or export GOMP_SPINCOUNT yourself)"
-        )
-        return
-    os.environ.setdefault("OMP_WAIT_POLICY", "active")
-    os.environ.setdefault("GOMP_SPINCOUNT", DEFAULT_GOMP_SPINCOUNT)
 
 
 def physical_cores() -> int:
