@@ -368,3 +368,43 @@ def test_bad_lora_file_is_a_load_error_naming_the_adapter(tmp_path: Path) -> Non
         adapter.write_bytes(source.read(300_000))
     with pytest.raises(ModelLoadError, match=f"LoRA adapter {adapter}"):
         LlamaEngine(EngineConfig(model_path=MODEL, n_slots=1, n_ctx=128, lora_path=adapter))
+
+
+def write_lora(path: Path, *, rank: int, scale_b: float, layers: int = 30) -> Path:
+    """A real GGUF LoRA for SmolLM2's attention queries; ``scale_b == 0`` makes it a no-op."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_string("general.type", "adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", float(rank))
+    for layer in range(layers):
+        lora_a = rng.standard_normal((rank, 576), dtype=np.float32) * 0.05
+        lora_b = rng.standard_normal((576, rank), dtype=np.float32) * scale_b
+        writer.add_tensor(f"blk.{layer}.attn_q.weight.lora_a", lora_a)
+        writer.add_tensor(f"blk.{layer}.attn_q.weight.lora_b", lora_b)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+async def lora_output(lora: Path | None) -> list[int]:
+    config = EngineConfig(model_path=MODEL, n_slots=1, n_ctx=256, lora_path=lora, lora_scale=1.0)
+    eng = LlamaEngine(config)
+    try:
+        result = await run(eng, chat(eng, "Name three fruits."), GREEDY)
+        return result.tokens
+    finally:
+        eng.close()
+
+
+async def test_gguf_lora_is_applied_at_load_time(tmp_path: Path) -> None:
+    base = await lora_output(None)
+    noop = await lora_output(write_lora(tmp_path / "noop.gguf", rank=4, scale_b=0.0))
+    strong = await lora_output(write_lora(tmp_path / "strong.gguf", rank=4, scale_b=2.0))
+    assert noop == base  # B = 0: the adapter is loaded but changes nothing
+    assert strong != base  # a real delta changes what the model says
