@@ -130,5 +130,10 @@ class VectorIndex:
 
     def search(self, queries: Matrix, k: int) -> tuple[Matrix, Ids]:
         """Top-``k`` (scores, ids) per query row; missing results have id -1."""
+        if len(queries) == 1:
+            # One query gains nothing from OpenMP workers, and on a server whose cores are busy
+            # decoding, waking them costs tens of milliseconds (bench/rag_search.py).
+            # The setting is per calling thread.
+            _faiss().omp_set_num_threads(1)
         scores, ids = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return scores, ids

@@ -1,0 +1,82 @@
+"""Embedding throughput (passages/s, batch 32): ggserve's Embedder vs sentence-transformers.
+
+The peer is ``SentenceTransformer.encode`` called directly on the same model and passages;
+the ratio shows what ggserve's wrapper (batching, normalisation, locking) costs.
+Passages are ~200-token windows cut by ggserve's chunker from the evaluation documents,
+i.e. the size ``ggserve index build`` embeds.
+
+    .venv/bin/python bench/rag_embed.py [--passages 1024] [--embedder models/all-MiniLM-L6-v2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+from server.rag.builder import effective_chunk_tokens
+from server.rag.chunking import chunk_document
+from server.rag.embedder import Embedder
+from server.rag.loaders import Document, Section, collect_files, load_documents
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def passages(embedder: Embedder, count: int) -> list[str]:
+    docs, _ = load_documents(collect_files([ROOT / "eval" / "rag" / "docs"]))
+    # One long text from all documents, so windows are full-size like real corpora.
+    words = " ".join(doc.text for doc in docs).split()
+    size = effective_chunk_tokens(200, embedder)
+    out: list[str] = []
+    shift = 0
+    while len(out) < count:
+        rotated = words[shift:] + words[:shift]
+        text = " ".join(rotated)
+        doc = Document("x", "", text, (Section("", 0, len(text)),), "")
+        out += [c.text for c in chunk_document(doc, embedder.token_spans, chunk_tokens=size)]
+        shift += 37
+    return out[:count]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--passages", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--embedder", type=Path, default=ROOT / "models" / "all-MiniLM-L6-v2")
+    args = parser.parse_args()
+    import torch
+
+    embedder = Embedder(args.embedder, batch_size=args.batch)
+    texts = passages(embedder, args.passages)
+    mean_tokens = sum(len(embedder.token_spans(t)) for t in texts) / len(texts)
+    model = embedder._model  # the peer: the very same SentenceTransformer, called directly
+    embedder.embed(texts[: args.batch])  # warm up
+    rows = []
+    for name, run in (
+        ("ggserve Embedder.embed", lambda: embedder.embed(texts)),
+        (
+            "sentence-transformers encode (peer)",
+            lambda: model.encode(
+                texts, batch_size=args.batch, normalize_embeddings=True, show_progress_bar=False
+            ),
+        ),
+    ):
+        t0 = time.perf_counter()
+        run()
+        rows.append((name, len(texts) / (time.perf_counter() - t0)))
+    print(
+        f"# embedding throughput — {embedder.name}, {len(texts)} passages of "
+        f"{mean_tokens:.0f} tokens on average, batch {args.batch}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {platform.machine()}, {os.cpu_count()} CPUs"
+    )
+    print("| embedder | passages/s | ms/passage | ratio to peer |")
+    print("|---|---|---|---|")
+    peer = rows[1][1]
+    for name, rate in rows:
+        print(f"| {name} | {rate:.0f} | {1000 / rate:.2f} | {rate / peer:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
