@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 from server.agents.loader import load_agent
 from server.agents.types import Agent, Searcher
+from server.rag import layout
 from server.rag.embedder import Embedder
-from server.rag.errors import IndexNotFoundError
+from server.rag.errors import IndexNotFoundError, RagError
 from server.rag.retriever import ReloadReport, RetrieverHolder
 from server.settings import Settings
 
@@ -55,3 +56,37 @@ async def reload_index(runtime: AskRuntime) -> ReloadReport:
     if runtime.retrievers is None:
         raise IndexNotFoundError("no index is configured: set GGSERVE_INDEX_PATH and restart")
     return await asyncio.to_thread(runtime.retrievers.reload)
+
+
+async def watch_index(
+    runtime: AskRuntime,
+    interval_s: float,
+    on_reload: Callable[[ReloadReport], None] | None = None,
+    on_error: Callable[[Exception], None] | None = None,
+) -> None:
+    """Reload whenever ``ggserve index build/add/remove`` publishes a new version.
+
+    Polls the index's ``CURRENT`` pointer every ``interval_s`` seconds (cheap: one small
+    file read); run it as a task from the app's lifespan and cancel it on shutdown. A failed
+    load is reported to ``on_error`` and retried at the next change, never raised.
+    """
+    holder = runtime.retrievers
+    if holder is None:
+        return
+    last_error: str | None = None  # report each distinct failure once, not every poll
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            live = await asyncio.to_thread(layout.current_version, holder.index_dir)
+            if live.name == holder.current.version:
+                last_error = None
+                continue
+            report = await asyncio.to_thread(holder.reload)
+        except RagError as exc:
+            if on_error is not None and str(exc) != last_error:
+                on_error(exc)
+            last_error = str(exc)
+            continue
+        last_error = None
+        if on_reload is not None and report.changed:
+            on_reload(report)
