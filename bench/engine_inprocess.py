@@ -30,7 +30,13 @@ def _parse() -> argparse.Namespace:
     parser.add_argument(
         "--model", type=Path, default=ROOT / "models/SmolLM2-135M-Instruct.Q4_1.gguf"
     )
-    parser.add_argument("--threads", type=int, default=0, help="0 = physical cores")
+    parser.add_argument("--threads", type=int, default=0, help="0 = engine default")
+    parser.add_argument(
+        "--threads-batch",
+        type=int,
+        default=0,
+        help="threads for multi-token batches; 0 = --threads",
+    )
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", default="1,2,4,8")
@@ -124,10 +130,11 @@ def raw_stream(
 
 
 def main() -> None:
-    threads, _ = resolve_threads(ARGS.threads, 0)
+    threads, threads_batch = resolve_threads(ARGS.threads, ARGS.threads_batch)
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
-        f"threads={threads}, GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}, "
+        f"threads={threads}/{threads_batch} (decode/batch), "
+        f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
         f"llama-cpp-python {llama_cpp.__version__}"
     )
@@ -138,14 +145,18 @@ def main() -> None:
         n_slots=max(concurrency),
         n_ctx=1024,
         n_threads=threads,
-        n_threads_batch=threads,
+        n_threads_batch=threads_batch,
     )
     engine = LlamaEngine(config)
     engine.warmup()
     llm = None
     if not ARGS.skip_raw:
         llm = llama_cpp.Llama(
-            str(ARGS.model), n_ctx=1024, n_threads=threads, n_threads_batch=threads, verbose=False
+            str(ARGS.model),
+            n_ctx=1024,
+            n_threads=threads,
+            n_threads_batch=threads_batch,
+            verbose=False,
         )
         bias = {str(t): b for t, b in eog_bias(engine)}
         raw_stream(llm, PROMPTS[0], 8, bias)  # warm up

@@ -220,6 +220,18 @@ class LlamaEngine:
         """Render ``messages`` with the model's own chat template (ChatML if it has none)."""
         return self._template.render(messages, add_generation_prompt=add_generation_prompt)
 
+    def chat_prompt_tokens(
+        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True
+    ) -> list[int]:
+        """Template and tokenize ``messages``: the prompt tokens for a chat request.
+
+        The BOS token is added only when the template did not already write it, so models whose
+        template starts with ``{{ bos_token }}`` do not get two.
+        """
+        text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        bos = self._template.bos_token
+        return self.tokenize(text, add_special=not (bos and text.startswith(bos)))
+
     def model_info(self) -> ModelInfo:
         """Architecture, size, parameters and metadata of the loaded GGUF."""
         return self._info

@@ -408,3 +408,10 @@ async def test_gguf_lora_is_applied_at_load_time(tmp_path: Path) -> None:
     strong = await lora_output(write_lora(tmp_path / "strong.gguf", rank=4, scale_b=2.0))
     assert noop == base  # B = 0: the adapter is loaded but changes nothing
     assert strong != base  # a real delta changes what the model says
+
+
+def test_chat_prompt_tokens_are_the_tokenized_template(tiny: LlamaEngine) -> None:
+    messages = [{"role": "user", "content": "Hi there"}]
+    tokens = tiny.chat_prompt_tokens(messages)
+    assert tokens == tiny.tokenize(tiny.apply_chat_template(messages))
+    assert tiny.detokenize(tokens).endswith("Hi there\nassistant\n")  # control tokens render ''
