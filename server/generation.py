@@ -247,9 +247,5 @@ async def collect(items: AsyncIterator[GenerationItem]) -> tuple[str, Completed]
 
 
 def chat_prompt_tokens(engine: Engine, messages: list[dict[str, str]]) -> list[int]:
-    """The one way a chat becomes prompt tokens: the GGUF's template, then the tokenizer.
-
-    ``add_special`` lets llama.cpp add BOS when the model wants one; templates that render the
-    BOS text themselves are de-duplicated by the engine's tokenizer.
-    """
-    return engine.tokenize(engine.apply_chat_template(messages), add_special=True)
+    """The prompt tokens of a chat: the engine templates and tokenizes (one place, no double BOS)."""
+    return engine.chat_prompt_tokens(messages)

@@ -48,6 +48,9 @@ class FakeEngine:
     ) -> str:
         return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
 
+    def chat_prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        return self.tokenize(self.apply_chat_template(messages))
+
     def model_info(self) -> dict[str, object]:
         return {"architecture": "fake"}
 

@@ -149,6 +149,10 @@ class Engine(Protocol):
         self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True
     ) -> str: ...
 
+    def chat_prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        """Template and tokenize a chat (BOS added only if the template did not write it)."""
+        ...
+
     def generate(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]:
         """Stream events for ``request``. Raises ``QueueFullError`` or
         ``ContextLengthExceededError`` before the first event. Closing the iterator early
