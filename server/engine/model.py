@@ -107,6 +107,15 @@ class LoadedModel:
             except BaseException:
                 self.close()
                 raise
+        n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(self.model))
+        if config.n_ctx > n_ctx_train:
+            logger.warning(
+                "n_ctx per slot (%d) exceeds the %d tokens %s was trained on; expect poor output "
+                "past that length",
+                config.n_ctx,
+                n_ctx_train,
+                self.path.name,
+            )
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.n_ctx_per_slot = int(llama_cpp.llama_n_ctx_seq(self.ctx))
         self.n_batch = int(llama_cpp.llama_n_batch(self.ctx))
