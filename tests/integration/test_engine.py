@@ -418,3 +418,19 @@ def test_chat_prompt_tokens_are_the_tokenized_template(tiny: LlamaEngine) -> Non
     tokens = tiny.chat_prompt_tokens(messages)
     assert tokens == tiny.tokenize(tiny.apply_chat_template(messages))
     assert tiny.detokenize(tokens).endswith("Hi there\nassistant\n")  # control tokens render ''
+
+
+@pytest.mark.parametrize("kv_cache_type", ["q8_0", "q4_0"])
+async def test_quantized_kv_cache_loads_and_answers(kv_cache_type: str) -> None:
+    config = EngineConfig(
+        model_path=MODEL,
+        n_slots=1,
+        n_ctx=256,
+        kv_cache_type=kv_cache_type,  # type: ignore[arg-type]
+    )
+    eng = LlamaEngine(config)  # quantized V needs flash attention: switched on automatically
+    try:
+        result = await run(eng, chat(eng, "Count from 1 to 10, separated by commas."), GREEDY)
+    finally:
+        eng.close()
+    assert all(str(n) in result.text for n in range(1, 7)), result.text
