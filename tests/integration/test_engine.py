@@ -434,3 +434,11 @@ async def test_quantized_kv_cache_loads_and_answers(kv_cache_type: str) -> None:
     finally:
         eng.close()
     assert all(str(n) in result.text for n in range(1, 7)), result.text
+
+
+def test_context_too_big_for_memory_is_a_load_error_with_the_fix() -> None:
+    # 8 x 2M tokens of f16 KV cache is ~340 GiB: the allocation fails at once, nothing is touched
+    config = EngineConfig(model_path=MODEL, n_slots=8, n_ctx=2_000_000)
+    with pytest.raises(ModelLoadError, match="Lower GGSERVE_N_CTX or GGSERVE_N_SLOTS") as excinfo:
+        LlamaEngine(config)
+    assert "failed to allocate" in str(excinfo.value)
