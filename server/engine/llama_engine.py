@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 
@@ -33,6 +33,7 @@ from server.engine.scheduling import AdmissionQueue, choose_slot
 from server.engine.stop_strings import StopStringMatcher
 from server.engine.types import (
     ContextLengthExceededError,
+    Engine,
     EngineEvent,
     EngineNotReadyError,
     EngineStats,
@@ -243,7 +244,13 @@ class LlamaEngine:
         ``InvalidRequestError`` or ``EngineNotReadyError``. Must be called from a running
         asyncio event loop; closing or cancelling the stream cancels the request.
         """
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "LlamaEngine.generate() needs a running asyncio event loop; from plain threads "
+                "use submit(request, sink)"
+            ) from None
         queue: asyncio.Queue[EngineEvent] = asyncio.Queue()
         generations: list[_Generation] = []
 
@@ -562,3 +569,9 @@ class LlamaEngine:
                 self._finish(slot.generation, "error", "the server is shutting down")
         while (generation := self._queue.pop_oldest()) is not None:
             self._finish(generation, "error", "the server is shutting down")
+
+
+if TYPE_CHECKING:
+
+    def _implements_engine_protocol(engine: LlamaEngine) -> Engine:
+        return engine  # mypy fails here if LlamaEngine drifts from the Engine protocol
