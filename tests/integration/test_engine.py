@@ -442,3 +442,14 @@ def test_context_too_big_for_memory_is_a_load_error_with_the_fix() -> None:
     with pytest.raises(ModelLoadError, match="Lower GGSERVE_N_CTX or GGSERVE_N_SLOTS") as excinfo:
         LlamaEngine(config)
     assert "failed to allocate" in str(excinfo.value)
+
+
+async def test_request_timing_out_while_queued_never_runs(tiny: LlamaEngine) -> None:
+    endless = SamplingParams(max_tokens=200, temperature=0.0, ignore_eos=True)
+    running = asyncio.ensure_future(run(tiny, chat(tiny, "Tell me about rivers."), endless))
+    await asyncio.sleep(0)
+    queued = await run(tiny, chat(tiny, "Tell me about lakes."), endless)
+    assert (await running).finish.finish_reason == "timeout"
+    assert queued.finish.finish_reason == "timeout"
+    assert queued.finish.usage.completion_tokens == 0
+    assert queued.finish.timings.prompt_tokens_evaluated == 0
