@@ -1,22 +1,32 @@
 """Per-request llama.cpp sampler chains built from ``SamplingParams``.
 
-Chain order (as in llama.cpp's common sampler): logit bias → penalties → grammar → top-k →
-top-p → min-p → temperature → draw with the request's seed. ``temperature == 0`` ends in greedy
-instead, so greedy output is deterministic and independent of the seed. Penalties see only the
-generated tokens (the prompt is not fed in), matching OpenAI's presence/frequency semantics.
+Chain order (as in llama.cpp's common sampler): logit bias → penalties → top-k → top-p →
+min-p → temperature → draw with the request's seed. ``temperature == 0`` ends in greedy instead,
+so greedy output is deterministic and independent of the seed. Penalties see only the generated
+tokens (the prompt is not fed in), matching OpenAI's presence/frequency semantics.
+
+A grammar (GBNF) is kept outside the chain and used like llama.cpp's common sampler does: sample
+without it, check only the chosen token against the grammar, and resample with the grammar
+applied to the whole vocabulary only when that token is rejected. Checking all 49k tokens every
+step cost 40 ms/token vs 25 ms without a grammar (docs/engine.md); greedy output is the same
+either way (the unconstrained argmax, when allowed, is also the constrained argmax).
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import random
 from typing import Any
 
 import llama_cpp
+import numpy as np
 
 from server.engine import llama_log
 from server.engine.types import InvalidRequestError, SamplingParams
 
+# Mirrors llama_token_data {int32 id; float logit; float p;} for a numpy view of the candidates.
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 PENALTY_LAST_N = 64  # window for repeat/presence/frequency penalties (llama.cpp's default)
 
 
@@ -61,6 +71,8 @@ class SamplerChain:
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self._chain: Any = llama_cpp.llama_sampler_chain_init(chain_params)
+        self._grammar: Any = None
+        self._n_vocab = n_vocab
         try:
             self._build(params, vocab, n_vocab)
         except BaseException:
@@ -100,7 +112,8 @@ class SamplerChain:
                 problems = llama_log.recent_problems()
                 detail = f": {problems[-1]}" if problems else ""
                 raise InvalidRequestError(f"The grammar (GBNF) does not parse{detail}")
-            self._add(grammar)
+            self._grammar = grammar
+            self._candidates = np.zeros(n_vocab, dtype=_TOKEN_DATA)
         self._seed = params.seed if params.seed is not None else random.getrandbits(32)
         if params.temperature == 0:
             self._add(llama_cpp.llama_sampler_init_greedy())
@@ -116,10 +129,47 @@ class SamplerChain:
 
     def sample(self, ctx: int, batch_index: int) -> int:
         """Sample (and accept) the next token from the logits at ``batch_index``."""
-        return int(llama_cpp.llama_sampler_sample(self._chain, ctx, batch_index))
+        if self._grammar is None:
+            return int(llama_cpp.llama_sampler_sample(self._chain, ctx, batch_index))
+        candidates = self._fill_candidates(ctx, batch_index)
+        llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(candidates))
+        token = int(candidates.data[candidates.selected].id)
+        if not self._grammar_allows(token):
+            candidates = self._fill_candidates(ctx, batch_index)
+            llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(candidates))
+            llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(candidates))
+            token = int(candidates.data[candidates.selected].id)
+        llama_cpp.llama_sampler_accept(self._grammar, token)
+        llama_cpp.llama_sampler_accept(self._chain, token)
+        return token
+
+    def _fill_candidates(self, ctx: int, batch_index: int) -> Any:
+        """All tokens with the logits at ``batch_index``, as a llama_token_data_array."""
+        logits = llama_cpp.llama_get_logits_ith(ctx, batch_index)
+        data = self._candidates
+        data["id"] = np.arange(self._n_vocab, dtype=np.int32)
+        data["logit"] = np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
+        data["p"] = 0.0
+        return llama_cpp.llama_token_data_array(
+            data=data.ctypes.data_as(llama_cpp.llama_token_data_p),
+            size=self._n_vocab,
+            selected=-1,
+            sorted=False,
+        )
+
+    def _grammar_allows(self, token: int) -> bool:
+        single = llama_cpp.llama_token_data(token, 1.0, 0.0)
+        candidates = llama_cpp.llama_token_data_array(
+            data=ctypes.pointer(single), size=1, selected=-1, sorted=False
+        )
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(candidates))
+        return bool(math.isfinite(single.logit))
 
     def free(self) -> None:
-        """Release the chain and every sampler in it (idempotent)."""
+        """Release the chain, every sampler in it and the grammar (idempotent)."""
         if self._chain:
             llama_cpp.llama_sampler_free(self._chain)
             self._chain = None
+        if self._grammar:
+            llama_cpp.llama_sampler_free(self._grammar)
+            self._grammar = None

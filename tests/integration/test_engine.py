@@ -453,3 +453,14 @@ async def test_request_timing_out_while_queued_never_runs(tiny: LlamaEngine) -> 
     assert queued.finish.finish_reason == "timeout"
     assert queued.finish.usage.completion_tokens == 0
     assert queued.finish.timings.prompt_tokens_evaluated == 0
+
+
+async def test_grammar_overrides_what_the_model_would_say(engine: LlamaEngine) -> None:
+    prompt = chat(engine, "What is your favourite animal? Answer in one word.")
+    free = await run(engine, prompt, SamplingParams(max_tokens=8, temperature=0.0))
+    schema = {"type": "string", "enum": ["red", "green"]}
+    params = SamplingParams(max_tokens=8, temperature=0.0, grammar=json_schema_grammar(schema))
+    constrained = await run(engine, prompt, params)
+    assert "red" not in free.text and "green" not in free.text
+    assert json.loads(constrained.text) in ("red", "green")
+    assert constrained.finish.finish_reason == "stop"
