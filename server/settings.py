@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 KVCacheType = Literal["f16", "q8_0", "q4_0"]
@@ -63,11 +63,15 @@ class Settings(BaseSettings):
     n_ctx: int = Field(2048, ge=128, description="Context tokens per slot.")
     n_batch: int = Field(512, ge=16, description="Max tokens submitted to one llama_decode call.")
     n_ubatch: int = Field(512, ge=16, description="Physical micro-batch size.")
-    n_threads: int = Field(0, ge=0, description="Decode threads; 0 = all physical cores.")
+    n_threads: int = Field(
+        0, ge=0, description="Decode threads; 0 = physical cores - 1 (one stays for the event loop)."
+    )
     n_threads_batch: int = Field(0, ge=0, description="Prompt threads; 0 = same as n_threads.")
     n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1 = all.")
     flash_attn: bool = Field(False, description="Use flash attention where the backend has it.")
-    kv_cache_type: KVCacheType = Field("f16", description="KV cache element type.")
+    kv_cache_type: KVCacheType = Field(
+        "f16", description="KV cache element type; q8_0/q4_0 turn flash attention on."
+    )
     max_queue: int = Field(64, ge=0, description="Requests waiting for a slot before 503.")
     request_timeout_s: float = Field(300.0, gt=0, description="Wall-clock limit per request.")
     max_tokens_default: int = Field(256, ge=1, description="max_tokens when a request has none.")
@@ -141,6 +145,15 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @model_validator(mode="after")
+    def _batch_holds_every_slot(self) -> Settings:
+        if self.n_batch < self.n_slots:
+            raise ValueError(
+                f"n_batch ({self.n_batch}) must be >= n_slots ({self.n_slots}): each decode step "
+                "carries one token of every generating slot"
+            )
+        return self
 
     @field_validator("log_level")
     @classmethod
