@@ -1,0 +1,308 @@
+"""``ggserve convert`` end to end: base + LoRA → merged → GGUF f16 → quants → gate → manifest.
+
+Everything is written into a hidden staging folder next to ``--out`` and renamed into place at
+the end, so a crash or a failed step never leaves something that looks finished. A run whose
+quality gate fails is kept, but under ``NAME.gate-failed``, for inspection.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import importlib.metadata
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from convert import evaluate, export, merge
+from convert.errors import ConvertError, QualityGateError
+from convert.inputs import (
+    AdapterSpec,
+    BaseSpec,
+    check_disk_space,
+    check_output,
+    estimate_bytes_needed,
+    read_adapter,
+    resolve_base,
+)
+from convert.manifest import Artifact, Manifest, Quality, Source, sha256_file, write_manifest
+from convert.progress import Reporter, SilentReporter, StepHandle
+from convert.quantize import QuantResult, quantize, tensor_type_counts
+from convert.toolchain import Converter, ensure_converter
+
+GATE_FAILED_SUFFIX = ".gate-failed"
+_PERCENT = re.compile(r"(\d{1,3})%\|")
+
+
+@dataclass
+class ConvertOptions:
+    """What ``ggserve convert`` was asked to do."""
+
+    base: Path
+    adapter: Path
+    out: Path
+    quants: list[str] = field(default_factory=lambda: ["Q4_K_M", "Q5_K_M"])
+    eval_file: Path | None = None
+    max_ppl_increase: float = 0.10
+    keep_intermediate: bool = False
+    force: bool = False
+    cache_dir: Path | None = None
+    sdist: Path | None = None
+    eval_max_tokens: int = 2048
+    eval_chunk_tokens: int = 512
+
+
+@dataclass
+class ConvertResult:
+    """Where the outputs are and what the manifest says about them."""
+
+    folder: Path
+    manifest: Manifest
+
+    @property
+    def passed(self) -> bool:
+        """True when every artifact passed the quality gate."""
+        return bool(self.manifest.gate.get("passed"))
+
+
+class _Steps:
+    """Runs named steps through the reporter and records how long each took."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str, total: float | None = None) -> Iterator[StepHandle]:
+        started = time.perf_counter()
+        with self.reporter.step(name, total) as handle:
+            yield handle
+        self.timings[name] = round(time.perf_counter() - started, 2)
+        self.reporter.done(name, self.timings[name])
+
+
+def run_conversion(options: ConvertOptions, reporter: Reporter | None = None) -> ConvertResult:
+    """Run the whole pipeline; raise ConvertError (QualityGateError if only the gate failed)."""
+    reporter = reporter or SilentReporter()
+    steps = _Steps(reporter)
+    _quiet_transformers()
+
+    # Everything cheap that can be wrong is checked before anything slow starts.
+    base = resolve_base(options.base)
+    adapter = read_adapter(options.adapter)
+    check_output(options.out, options.force)
+    eval_text = evaluate.read_eval_text(options.eval_file)
+    with steps("check base, adapter and converter"):
+        converter = ensure_converter(options.cache_dir, options.sdist)
+        config = merge.load_config(base)
+        _check_supported(converter, config.architectures[0])
+        merge.check_adapter_fits(merge.skeleton_model(config), adapter)
+
+    name = options.out.name
+    staging = options.out.parent / f".{name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    logs = staging / "logs"
+    logs.mkdir()
+
+    with steps("load base model"):
+        model, tokenizer = merge.load_base(base)
+        n_params = merge.count_parameters(model)
+    needed = estimate_bytes_needed(n_params, options.quants, options.keep_intermediate)
+    check_disk_space(staging, needed)
+    with steps("apply adapter"):
+        patched = merge.apply_adapter(model, adapter)
+    with steps("merge_and_unload"):
+        model = merge.merge_and_unload(patched)
+        del patched
+    merged_dir = staging / "merged-hf"
+    with steps("save merged HF model"):
+        merge.save_merged(model, tokenizer, merged_dir)
+    # The reference runs now, while the merged model is in memory; it is then freed so the
+    # llama.cpp steps do not hold a float32 copy of the model as well.
+    with steps("evaluate reference (HF, float32)"):
+        chunks = evaluate.token_chunks(
+            tokenizer, eval_text, options.eval_chunk_tokens, options.eval_max_tokens
+        )
+        reference = evaluate.reference_log_probs(model, chunks)
+    del model
+    gc.collect()
+
+    f16_path = staging / f"{name}-f16.gguf"
+    with steps("convert to GGUF f16 (llama.cpp)", total=100) as handle:
+        export.export_f16(
+            converter, merged_dir, f16_path, logs / "convert_hf_to_gguf.log", _bar(handle)
+        )
+    results: list[QuantResult] = [
+        QuantResult("F16", f16_path, tensor_type_counts(f16_path), fallback_tensors=0)
+    ]
+    for quant in options.quants:
+        with steps(f"quantize {quant}"):
+            result = quantize(f16_path, staging / f"{name}-{quant}.gguf", quant)
+        results.append(result)
+        if result.fallback_tensors:
+            reporter.message(_fallback_note(result))
+
+    qualities: dict[str, Quality] = {}
+    with steps("evaluate GGUFs (llama.cpp)", total=len(results)) as handle:
+        for done, result in enumerate(results, start=1):
+            qualities[result.quant] = evaluate.evaluate_gguf(result.path, reference)
+            handle.update(completed=done)
+
+    if not options.keep_intermediate:
+        shutil.rmtree(merged_dir)
+    with steps("write manifest"):
+        manifest = _build_manifest(
+            name, base, adapter, converter, results, qualities, reference, options
+        )
+        manifest.timings_s = dict(steps.timings)
+        write_manifest(manifest, staging)
+
+    passed = bool(manifest.gate["passed"])
+    final = options.out if passed else options.out.with_name(name + GATE_FAILED_SUFFIX)
+    if final.exists():
+        shutil.rmtree(final)
+    staging.rename(final)
+    if not passed:
+        raise QualityGateError(
+            f"quality gate failed: {'; '.join(manifest.gate['failures'])}; outputs kept in {final}",
+            "use a higher-precision quant (Q5_K_M, Q6_K, Q8_0) or raise --max-ppl-increase",
+        )
+    return ConvertResult(folder=final, manifest=manifest)
+
+
+def _check_supported(converter: Converter, architecture: str) -> None:
+    if architecture not in converter.supported_architectures():
+        raise ConvertError(
+            f"unsupported architecture {architecture}: llama.cpp {converter.commit[:8]} "
+            "cannot convert it to GGUF",
+            "use a model family llama.cpp supports (Llama, Mistral, Qwen2, Phi3, Gemma, ...)",
+        )
+
+
+def _bar(handle: StepHandle) -> Callable[[str], None]:
+    """Turn the converter's tqdm lines (``Writing:  47%|...``) into progress updates."""
+
+    def on_line(line: str) -> None:
+        match = _PERCENT.search(line)
+        if match:
+            handle.update(completed=float(match.group(1)))
+
+    return on_line
+
+
+def _fallback_note(result: QuantResult) -> str:
+    used = sorted(set(result.fallbacks.values()))
+    quantized = sum(n for t, n in result.tensor_types.items() if t not in ("F32", "F16"))
+    return (
+        f"{result.quant}: {result.fallback_tensors} of {quantized} quantized tensors used a "
+        f"fallback type ({', '.join(used).upper()}): their rows are not a multiple of the "
+        f"{result.quant} block size; actual types {result.tensor_types}"
+    )
+
+
+def _build_manifest(
+    name: str,
+    base: BaseSpec,
+    adapter: AdapterSpec,
+    converter: Converter,
+    results: list[QuantResult],
+    qualities: dict[str, Quality],
+    reference: evaluate.Reference,
+    options: ConvertOptions,
+) -> Manifest:
+    f16_ppl = qualities["F16"].ppl
+    reference_ppl = reference.quality().ppl
+    artifacts: list[Artifact] = []
+    failures: list[str] = []
+    for result in results:
+        quality = qualities[result.quant]
+        # F16 is gated against the HF reference (the conversion itself), quants against F16.
+        baseline = reference_ppl if result.quant == "F16" else f16_ppl
+        increase = quality.ppl / baseline - 1.0
+        quality.ppl_increase_vs_f16 = None if result.quant == "F16" else round(increase, 5)
+        passed = increase <= options.max_ppl_increase
+        if not passed:
+            against = "the HF reference" if result.quant == "F16" else "f16"
+            failures.append(
+                f"{result.quant} perplexity {quality.ppl:.3f} is {increase:+.1%} over "
+                f"{against} ({baseline:.3f}), limit {options.max_ppl_increase:+.1%}"
+            )
+        artifacts.append(
+            Artifact(
+                file=result.path.name,
+                quant=result.quant,
+                size_bytes=result.path.stat().st_size,
+                sha256=sha256_file(result.path),
+                tensor_types=result.tensor_types,
+                fallback_tensors=result.fallback_tensors,
+                quality=quality,
+                passed_gate=passed,
+            )
+        )
+    eval_source = str(options.eval_file) if options.eval_file else "builtin:eval_default.txt"
+    eval_text = evaluate.read_eval_text(options.eval_file)
+    return Manifest(
+        name=name,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        tools=_tool_versions(converter),
+        base=Source(
+            path=str(base.path.resolve()),
+            sha256=base.sha256(),
+            details={"format": base.kind},
+        ),
+        adapter=Source(
+            path=str(adapter.path.resolve()),
+            sha256=adapter.sha256(),
+            details={
+                "r": adapter.rank,
+                "alpha": adapter.alpha,
+                "target_modules": adapter.target_modules,
+                "base_model_name_or_path": adapter.base_model_name_or_path,
+            },
+        ),
+        artifacts=artifacts,
+        eval={
+            "source": eval_source,
+            "sha256": hashlib.sha256(eval_text.encode()).hexdigest(),
+            "tokens_scored": reference.n_tokens,
+            "chunk_tokens": options.eval_chunk_tokens,
+            "reference": "merged HF model, float32, PyTorch",
+            "reference_ppl": round(reference_ppl, 5),
+        },
+        gate={
+            "metric": "perplexity increase: quant vs f16, f16 vs HF reference",
+            "max_ppl_increase": options.max_ppl_increase,
+            "passed": not failures,
+            "failures": failures,
+        },
+    )
+
+
+def _tool_versions(converter: Converter) -> dict[str, str]:
+    versions = {"llama_cpp_commit": converter.commit}
+    for key, package in (
+        ("ggserve", "ggserve"),
+        ("llama_cpp_python", "llama-cpp-python"),
+        ("transformers", "transformers"),
+        ("peft", "peft"),
+        ("torch", "torch"),
+    ):
+        try:
+            versions[key] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[key] = "not installed"
+    return versions
+
+
+def _quiet_transformers() -> None:
+    """transformers' own tqdm bars would fight with the step display."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
