@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer  # noqa: E402
 
-from cli import index, models  # noqa: E402
+from cli import convert, index, models  # noqa: E402
 
 app = typer.Typer(
     name="ggserve",
@@ -20,6 +20,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models.app, name="models")
+app.command("convert")(convert.convert)
+app.command("convert-adapter")(convert.convert_adapter)
 app.add_typer(index.app, name="index")
 
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from convert import evaluate, export, merge
-from convert.errors import ConvertError, QualityGateError
+from convert.errors import QualityGateError
 from convert.inputs import (
     AdapterSpec,
     BaseSpec,
@@ -100,7 +100,7 @@ def run_conversion(options: ConvertOptions, reporter: Reporter | None = None) ->
     with steps("check base, adapter and converter"):
         converter = ensure_converter(options.cache_dir, options.sdist)
         config = merge.load_config(base)
-        _check_supported(converter, config.architectures[0])
+        converter.require_supported(config.architectures[0])
         merge.check_adapter_fits(merge.skeleton_model(config), adapter)
 
     name = options.out.name
@@ -174,15 +174,6 @@ def run_conversion(options: ConvertOptions, reporter: Reporter | None = None) ->
             "use a higher-precision quant (Q5_K_M, Q6_K, Q8_0) or raise --max-ppl-increase",
         )
     return ConvertResult(folder=final, manifest=manifest)
-
-
-def _check_supported(converter: Converter, architecture: str) -> None:
-    if architecture not in converter.supported_architectures():
-        raise ConvertError(
-            f"unsupported architecture {architecture}: llama.cpp {converter.commit[:8]} "
-            "cannot convert it to GGUF",
-            "use a model family llama.cpp supports (Llama, Mistral, Qwen2, Phi3, Gemma, ...)",
-        )
 
 
 def _bar(handle: StepHandle) -> Callable[[str], None]:

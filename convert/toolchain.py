@@ -59,6 +59,7 @@ class Converter:
         """Environment for the converter scripts: vendored gguf-py first, never a model hub."""
         env = dict(os.environ)
         env.pop("NO_LOCAL_GGUF", None)
+        env.pop("TQDM_DISABLE", None)  # the converter's "Writing: 47%" bar feeds our progress
         paths = [str(self.root / "gguf-py"), str(self.root)]
         if env.get("PYTHONPATH"):
             paths.append(env["PYTHONPATH"])
@@ -98,6 +99,15 @@ class Converter:
             raise ConvertError(
                 f"llama.cpp {script} failed (exit {code}): {_last_error(log_path)}",
                 f"see the full log in {log_path}",
+            )
+
+    def require_supported(self, architecture: str) -> None:
+        """Raise ConvertError unless the HF→GGUF converter knows ``architecture``."""
+        if architecture not in self.supported_architectures():
+            raise ConvertError(
+                f"unsupported architecture {architecture}: llama.cpp {self.commit[:8]} "
+                "cannot convert it to GGUF",
+                "use a model family llama.cpp supports (Llama, Mistral, Qwen2, Phi3, Gemma, ...)",
             )
 
     def supported_architectures(self) -> frozenset[str]:
