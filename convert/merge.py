@@ -71,6 +71,12 @@ def load_config(base: BaseSpec) -> Any:
                 "convert text-generation models only",
             )
         config.architectures = [class_name]
+    if config.architectures[0] not in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
+        raise ConvertError(
+            f"unsupported architecture {config.architectures[0]} in {base.path}: "
+            "not a causal language model",
+            "convert text-generation models only (…ForCausalLM)",
+        )
     return config
 
 
