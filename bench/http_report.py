@@ -235,6 +235,7 @@ def plot_sweep(servers: dict[str, Any], path: Path, title: str) -> None:
         ax.set_xticks([1, 2, 4, 8, 16], ["1", "2", "4", "8", "16"])
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
     ax_tps.legend()
     fig.suptitle(title, fontsize=10)
