@@ -117,7 +117,7 @@ def convert(
         raise _fail(exc) from exc
     except ConvertError as exc:
         raise _fail(exc) from exc
-    console.print(quality_table(result.manifest))
+    _show(result.manifest)
     console.print(
         f"[green]done[/green] in {time.perf_counter() - started:.0f} s → {result.folder} "
         f"(manifest: {result.folder / 'manifest.json'})"
@@ -158,19 +158,17 @@ def convert_adapter(
 
 
 def quality_table(manifest: Manifest) -> Table:
-    """The manifest's artifacts as a table: size, real tensor types, fallbacks, quality, gate."""
-    table = Table(title=f"{manifest.name}: quality vs merged HF reference")
-    for column in ("file", "MiB", "tensor types", "fallback", "PPL", "ΔPPL vs f16", "top-1", "KL"):
-        table.add_column(column, justify="left" if column in ("file", "tensor types") else "right")
+    """The manifest's artifacts as a table: size, fallbacks, quality against the reference, gate."""
+    table = Table(title=f"{manifest.name}: quality vs the merged HF model (float32)")
+    for column in ("file", "MiB", "fallback", "PPL", "ΔPPL vs f16", "top-1", "KL"):
+        table.add_column(column, justify="left" if column == "file" else "right")
     table.add_column("gate")
     for artifact in manifest.artifacts:
         quality = artifact.quality
         increase = quality.ppl_increase_vs_f16 if quality else None
-        types = ", ".join(f"{t}×{n}" for t, n in artifact.tensor_types.items())
         table.add_row(
             artifact.file,
             f"{artifact.size_bytes / 2**20:.1f}",
-            types,
             str(artifact.fallback_tensors),
             f"{quality.ppl:.3f}" if quality else "-",
             "-" if increase is None else f"{increase:+.1%}",
@@ -181,6 +179,20 @@ def quality_table(manifest: Manifest) -> Table:
     return table
 
 
+def tensor_type_lines(manifest: Manifest) -> list[str]:
+    """One line per artifact with the storage types llama.cpp really used."""
+    return [
+        f"{a.file}: " + " ".join(f"{t}×{n}" for t, n in a.tensor_types.items())
+        for a in manifest.artifacts
+    ]
+
+
+def _show(manifest: Manifest) -> None:
+    console.print(quality_table(manifest))
+    for line in tensor_type_lines(manifest):
+        console.print(f"  {line}", highlight=False)
+
+
 def _print_failed_manifest(out: Path) -> None:
     from convert.manifest import ManifestError, read_manifest
     from convert.pipeline import GATE_FAILED_SUFFIX
@@ -189,4 +201,4 @@ def _print_failed_manifest(out: Path) -> None:
         manifest = read_manifest(out.with_name(out.name + GATE_FAILED_SUFFIX))
     except ManifestError:
         return
-    console.print(quality_table(manifest))
+    _show(manifest)

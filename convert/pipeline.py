@@ -172,7 +172,8 @@ def run_conversion(options: ConvertOptions, reporter: Reporter | None = None) ->
     if not passed:
         raise QualityGateError(
             f"quality gate failed: {'; '.join(manifest.gate['failures'])}; outputs kept in {final}",
-            "use a higher-precision quant (Q5_K_M, Q6_K, Q8_0) or raise --max-ppl-increase",
+            "try another quant (Q8_0 and Q6_K lose least; on narrow models the fallback types "
+            "can make Q5_K_M worse than Q4_K_M) or raise --max-ppl-increase",
         )
     return ConvertResult(folder=final, manifest=manifest)
 
