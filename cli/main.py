@@ -9,9 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import typer  # noqa: E402
+import typer
 
-from cli import convert, index, models  # noqa: E402
+from cli import ask, convert, health, index, keys, models, serve
 
 app = typer.Typer(
     name="ggserve",
@@ -19,10 +19,14 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.command("serve")(serve.serve)
+app.command("health")(health.health)
+app.command("ask")(ask.ask)
 app.add_typer(models.app, name="models")
 app.command("convert")(convert.convert)
 app.command("convert-adapter")(convert.convert_adapter)
 app.add_typer(index.app, name="index")
+app.add_typer(keys.app, name="keys")
 
 
 if __name__ == "__main__":
