@@ -163,8 +163,9 @@ def check_output(out: Path, force: bool) -> None:
         raise ConvertError(f"output {out} is a file", "choose a folder path for --out")
 
 
-def estimate_bytes_needed(n_params: int, quants: list[str], keep_intermediate: bool) -> int:
-    """Disk a run needs: merged fp32 safetensors, the f16 GGUF, every quant, 10 % slack."""
+def estimate_bytes_needed(n_params: int, quants: list[str]) -> int:
+    """Disk a run needs: merged fp32 safetensors (written even when not kept), the f16 GGUF,
+    every quant, and 10 % slack."""
     merged = 4 * n_params
     f16 = 2 * n_params
     quantized = sum(int(n_params * _QUANT_BITS.get(q, 5.7) / 8) for q in quants)

@@ -114,7 +114,7 @@ def run_conversion(options: ConvertOptions, reporter: Reporter | None = None) ->
     with steps("load base model"):
         model, tokenizer = merge.load_base(base)
         n_params = merge.count_parameters(model)
-    needed = estimate_bytes_needed(n_params, options.quants, options.keep_intermediate)
+    needed = estimate_bytes_needed(n_params, options.quants)
     check_disk_space(staging, needed)
     with steps("apply adapter"):
         patched = merge.apply_adapter(model, adapter)
