@@ -203,12 +203,14 @@ def test_adapter_from_another_base_is_refused_in_one_line(
 
 def test_unsupported_architecture_is_refused(fact_adapter: Path, tmp_path: Path) -> None:
     embedder = ROOT / "models" / "all-MiniLM-L6-v2"
+    out = tmp_path / "out"
     result = _cli(
-        "convert", "--base", str(embedder), "--adapter", str(fact_adapter), "--out", str(tmp_path)
+        "convert", "--base", str(embedder), "--adapter", str(fact_adapter), "--out", str(out)
     )
     assert result.returncode == 1
     assert "unsupported architecture BertModel" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not out.exists()
 
 
 def test_manifest_written_by_convert_is_valid_json_for_other_tools(converted: Path) -> None:
