@@ -64,6 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=None, help="new tokens per request")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     parser.add_argument("--budget-s", type=float, default=600.0, help="time limit per load run (s)")
+    parser.add_argument(
+        "--ggserve-extra-threads",
+        type=int,
+        default=0,
+        help="also measure ggserve with this many threads (an extra row, not in the targets)",
+    )
     args = parser.parse_args(argv)
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     unknown = set(args.servers) - set(SERVER_KEYS)
@@ -270,6 +276,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         try:
             if key == "ggserve":
                 specs.append(ggserve_spec(args.model, threads, CONCURRENT_CLIENTS, N_CTX_PER_SLOT))
+                if args.ggserve_extra_threads:
+                    n = args.ggserve_extra_threads
+                    specs.append(
+                        ggserve_spec(
+                            args.model, n, CONCURRENT_CLIENTS, N_CTX_PER_SLOT, f"ggserve -t {n}"
+                        )
+                    )
             elif key == "llama-server":
                 binary = build_llama_server()
                 specs.append(
@@ -325,6 +338,12 @@ def write_outputs(report: dict[str, Any], out_dir: Path) -> None:
     )
     report_mod.plot_sweep(servers, out_dir / "concurrency.png", title)
     print(f"\nwrote {out_dir}/latest.json, latest.md, concurrency.png ({report['duration_s']} s)")
+    if report["mode"] == "full" and out_dir == ROOT / "bench/results":
+        doc = ROOT / "docs/benchmarks.md"
+        if report_mod.update_doc(
+            doc, report_mod.markdown_report(report), "../bench/results/concurrency.png"
+        ):
+            print(f"updated the results section of {doc}")
 
 
 if __name__ == "__main__":

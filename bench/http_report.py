@@ -142,7 +142,7 @@ def concurrent_table(servers: dict[str, Any]) -> list[list[str]]:
 def sweep_table(servers: dict[str, Any]) -> list[list[str]]:
     """Rows of the concurrency sweep: tok/s and p95 latency per server and concurrency."""
     levels = sorted({s["concurrency"] for r in servers.values() for s in r.get("sweep", [])})
-    rows = [["server", *[f"c={c} tok/s | p95 s" for c in levels]]]
+    rows = [["server", *[f"c={c}: tok/s, p95 s" for c in levels]]]
     for name, result in servers.items():
         by_level = {s["concurrency"]: s for s in result.get("sweep", [])}
         if not by_level:
@@ -153,7 +153,7 @@ def sweep_table(servers: dict[str, Any]) -> list[list[str]]:
             cells.append(
                 "-"
                 if s is None
-                else f"{_fmt(s['throughput_tok_s'], 1)} | {_fmt(s['latency_p95_s'], 1)}"
+                else f"{_fmt(s['throughput_tok_s'], 1)}, {_fmt(s['latency_p95_s'], 1)}"
             )
         rows.append([name, *cells])
     return rows
@@ -211,7 +211,7 @@ def text_table(rows: list[list[str]]) -> str:
 def markdown_table(rows: list[list[str]]) -> str:
     """The same table in GitHub Markdown."""
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows[1:]]
+    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
     return "\n".join(lines)
 
 
@@ -263,7 +263,7 @@ def markdown_report(report: dict[str, Any]) -> str:
         "",
         markdown_table(targets_table(report["targets"])),
         "",
-        "**Concurrency sweep** (aggregate tok/s | p95 latency s):",
+        "**Concurrency sweep** (aggregate tok/s, p95 latency s):",
         "",
         markdown_table(sweep_table(servers)),
         "",
@@ -281,3 +281,20 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"tokens per stream: {demo['tokens_per_stream']}.",
         ]
     return "\n".join(parts) + "\n"
+
+
+RESULTS_START = "<!-- http_bench results: start -->"
+RESULTS_END = "<!-- http_bench results: end -->"
+
+
+def update_doc(doc: Path, markdown: str, image: str) -> bool:
+    """Replace the text between the result markers of ``doc``; False if it has no markers."""
+    if not doc.exists():
+        return False
+    text = doc.read_text()
+    start, end = text.find(RESULTS_START), text.find(RESULTS_END)
+    if start < 0 or end < start:
+        return False
+    block = f"{RESULTS_START}\n{markdown}\n![throughput and p95 latency vs concurrency]({image})\n"
+    doc.write_text(text[:start] + block + text[end:])
+    return True

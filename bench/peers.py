@@ -165,6 +165,8 @@ class ServerSpec:
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
     ready_path: str = "/health"
+    # ggserve takes its address from GGSERVE_HOST/PORT; the peers from --host/--port.
+    address_in_env: bool = False
     # Extra fields merged into every chat request (a peer's own way to ask for something).
     extra_body: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -190,10 +192,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def ggserve_spec(model: Path, threads: int, n_slots: int, n_ctx: int) -> ServerSpec:
+def ggserve_spec(
+    model: Path, threads: int, n_slots: int, n_ctx: int, name: str = "ggserve"
+) -> ServerSpec:
     """ggserve with ``n_slots`` parallel sequences of ``n_ctx`` tokens, auth off (loopback)."""
     return ServerSpec(
-        name="ggserve",
+        name=name,
         command=[sys.executable, "-m", "cli.main", "serve"],
         env={
             "GGSERVE_MODEL_PATH": str(model),
@@ -207,6 +211,7 @@ def ggserve_spec(model: Path, threads: int, n_slots: int, n_ctx: int) -> ServerS
             "GGSERVE_MAX_QUEUE": "256",
         },
         ready_path="/ready",
+        address_in_env=True,
         settings={"n_slots": n_slots, "n_ctx_per_slot": n_ctx, "threads": threads},
     )
 
@@ -304,7 +309,7 @@ def running(spec: ServerSpec, log_dir: Path, *, timeout: float = 180.0) -> Itera
     port = free_port()
     command = [*spec.command]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **spec.env}
-    if spec.name == "ggserve":
+    if spec.address_in_env:
         env |= {"GGSERVE_HOST": "127.0.0.1", "GGSERVE_PORT": str(port)}
     else:
         command += ["--host", "127.0.0.1", "--port", str(port)]
