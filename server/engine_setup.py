@@ -2,33 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
-from server.defaults import sha256_file
+from convert.manifest import manifest_for_model, verify_model_sha256
 from server.engine.types import Engine, FinishEvent, GenerationRequest, SamplingParams
 from server.generation import chat_prompt_tokens
 from server.settings import Settings
-
-
-class ModelIntegrityError(RuntimeError):
-    """The model file does not match the sha256 in its manifest."""
-
-
-def read_manifest_entry(model_path: Path) -> dict[str, Any] | None:
-    """The manifest artifact describing ``model_path`` (from ``ggserve convert``), if any."""
-    manifest = model_path.parent / "manifest.json"
-    if not manifest.is_file():
-        return None
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    for artifact in data.get("artifacts", []):
-        if artifact.get("file") == model_path.name:
-            return {"manifest_name": data.get("name"), **artifact}
-    return None
 
 
 def create_engine(settings: Settings) -> tuple[Engine, dict[str, Any]]:
@@ -36,19 +15,10 @@ def create_engine(settings: Settings) -> tuple[Engine, dict[str, Any]]:
     from server.engine.llama_engine import EngineConfig, LlamaEngine
 
     path = settings.model_path
-    entry = read_manifest_entry(path) if path.is_file() else None
+    # The manifest format is shared with the converter: the one allowed server→convert import.
+    found = manifest_for_model(path) if path.is_file() else None
     if settings.verify_sha256:
-        if entry is None or not entry.get("sha256"):
-            raise ModelIntegrityError(
-                f"GGSERVE_VERIFY_SHA256 is on but {path.parent / 'manifest.json'} has no sha256 "
-                f"for {path.name}"
-            )
-        actual = sha256_file(path)
-        if actual != entry["sha256"]:
-            raise ModelIntegrityError(
-                f"model file {path} has sha256 {actual[:16]}…, its manifest says "
-                f"{str(entry['sha256'])[:16]}…: the file is corrupt or was replaced"
-            )
+        verify_model_sha256(path)
     config = EngineConfig(
         model_path=path,
         n_slots=settings.n_slots,
@@ -77,9 +47,10 @@ def create_engine(settings: Settings) -> tuple[Engine, dict[str, Any]]:
         "lora_path": info.lora_path,
         "created": int(path.stat().st_mtime),
     }
-    if entry is not None:
-        meta["manifest_name"] = entry.get("manifest_name")
-        meta["quantization"] = entry.get("quant_type") or entry.get("quant")
+    if found is not None:
+        manifest, artifact = found
+        meta["manifest_name"] = manifest.name
+        meta["quantization"] = artifact.quant
     return engine, meta
 
 

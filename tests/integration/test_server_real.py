@@ -177,3 +177,45 @@ def test_client_disconnect_stops_the_generation(server: ServerHandle) -> None:
     assert after_stop - before < 200, "generation ran far past the disconnect"
     slots = httpx.get(server.url + "/health").json()["slots_active"]
     assert slots == 0
+
+
+def _write_manifest(folder: Path, model: Path, sha256: str) -> None:
+    from convert.manifest import Artifact, Manifest, Source, write_manifest
+
+    manifest = Manifest(
+        name="smollm2-demo",
+        created_at="2026-11-23T00:00:00Z",
+        tools={},
+        base=Source(path="base", sha256="0" * 64),
+        adapter=None,
+        artifacts=[
+            Artifact(file=model.name, quant="Q4_1", size_bytes=model.stat().st_size, sha256=sha256)
+        ],
+    )
+    write_manifest(manifest, folder)
+
+
+def test_manifest_name_and_quant_are_reported_and_sha256_is_verified(tmp_path: Path) -> None:
+    from convert.manifest import sha256_file
+    from tests.integration.server_proc import MODEL
+
+    model = tmp_path / MODEL.name
+    model.symlink_to(MODEL)
+    _write_manifest(tmp_path, model, sha256_file(MODEL))
+    env = {"GGSERVE_MODEL_PATH": str(model), "GGSERVE_VERIFY_SHA256": "true"}
+    with running_server(env) as srv:
+        models = httpx.get(srv.url + "/v1/models", headers=srv.headers).json()
+        assert models["data"][0]["id"] == "smollm2-demo"
+        assert models["data"][0]["quantization"] == "Q4_1"
+        health = httpx.get(srv.url + "/health").json()
+        assert health["manifest_name"] == "smollm2-demo" and health["quantization"] == "Q4_1"
+
+    _write_manifest(tmp_path, model, "f" * 64)
+    with running_server(env, wait_ready=False) as srv:
+        for _ in range(100):
+            ready = httpx.get(srv.url + "/ready", timeout=5).json()
+            if ready["status"] == "failed":
+                break
+            time.sleep(0.1)
+        assert ready["status"] == "failed"
+        assert "does not match the manifest" in ready["reason"]
