@@ -24,6 +24,18 @@ from server.rag.loaders import Document, Section, collect_files, load_documents
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def sentences(count: int) -> list[str]:
+    """Single sentences of the evaluation documents (~15–25 tokens), like short FAQ entries."""
+    docs, _ = load_documents(collect_files([ROOT / "eval" / "rag" / "docs"]))
+    found = [
+        s.strip()
+        for doc in docs
+        for s in " ".join(doc.text.split()).split(". ")
+        if len(s.split()) >= 6
+    ]
+    return [found[i % len(found)] + f" ({i})" for i in range(count)]
+
+
 def passages(embedder: Embedder, count: int) -> list[str]:
     docs, _ = load_documents(collect_files([ROOT / "eval" / "rag" / "docs"]))
     # One long text from all documents, so windows are full-size like real corpora.
@@ -42,40 +54,46 @@ def passages(embedder: Embedder, count: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--passages", type=int, default=1024)
+    parser.add_argument("--passages", type=int, default=256)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--embedder", type=Path, default=ROOT / "models" / "all-MiniLM-L6-v2")
     args = parser.parse_args()
     import torch
 
     embedder = Embedder(args.embedder, batch_size=args.batch)
-    texts = passages(embedder, args.passages)
-    mean_tokens = sum(len(embedder.token_spans(t)) for t in texts) / len(texts)
     model = embedder._model  # the peer: the very same SentenceTransformer, called directly
-    embedder.embed(texts[: args.batch])  # warm up
-    rows = []
-    for name, run in (
-        ("ggserve Embedder.embed", lambda: embedder.embed(texts)),
-        (
-            "sentence-transformers encode (peer)",
-            lambda: model.encode(
-                texts, batch_size=args.batch, normalize_embeddings=True, show_progress_bar=False
-            ),
-        ),
-    ):
-        t0 = time.perf_counter()
-        run()
-        rows.append((name, len(texts) / (time.perf_counter() - t0)))
+    embedder.embed(sentences(args.batch))  # warm up
     print(
-        f"# embedding throughput — {embedder.name}, {len(texts)} passages of "
-        f"{mean_tokens:.0f} tokens on average, batch {args.batch}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {platform.machine()}, {os.cpu_count()} CPUs"
+        f"# embedding throughput — {embedder.name}, batch {args.batch}; torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"
     )
-    print("| embedder | passages/s | ms/passage | ratio to peer |")
-    print("|---|---|---|---|")
-    peer = rows[1][1]
-    for name, rate in rows:
-        print(f"| {name} | {rate:.0f} | {1000 / rate:.2f} | {rate / peer:.2f} |")
+    print("| passages | embedder | passages/s | ms/passage | ratio to peer |")
+    print("|---|---|---|---|---|")
+    for label, texts in (
+        ("sentences", sentences(args.passages)),
+        ("index chunks", passages(embedder, args.passages)),
+    ):
+        mean_tokens = sum(len(embedder.token_spans(t)) for t in texts) / len(texts)
+        rows = []
+        for name, run in (
+            ("ggserve Embedder.embed", lambda t=texts: embedder.embed(t)),
+            (
+                "sentence-transformers encode (peer)",
+                lambda t=texts: model.encode(
+                    t, batch_size=args.batch, normalize_embeddings=True, show_progress_bar=False
+                ),
+            ),
+        ):
+            t0 = time.perf_counter()
+            run()
+            rows.append((name, len(texts) / (time.perf_counter() - t0)))
+        peer = rows[1][1]
+        for name, rate in rows:
+            print(
+                f"| {len(texts)} {label}, {mean_tokens:.0f} tokens | {name} | {rate:.0f} "
+                f"| {1000 / rate:.1f} | {rate / peer:.2f} |"
+            )
 
 
 if __name__ == "__main__":

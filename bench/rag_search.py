@@ -85,7 +85,8 @@ def run(size: int, n_queries: int, n_flat_queries: int, efs: list[int], k: int) 
     # Exact ground truth in one batched call (BLAS), then timed single queries.
     _, truth = flat.search(queries, k)
     flat_ms, flat_ids = latencies_ms(flat, queries[:n_flat_queries], k)
-    assert recall_at(flat_ids, truth[:n_flat_queries]) == 1.0
+    # Batched (BLAS) and single-query scans may order exact ties differently: not exactly 1.
+    flat_recall = recall_at(flat_ids, truth[:n_flat_queries])
     print(
         f"\n## {size:,} vectors × {DIM}-d   (HNSW M={HNSW_M}, efConstruction="
         f"{HNSW_EF_CONSTRUCTION}; build: Flat {build_flat:.1f} s, HNSW {build_hnsw:.1f} s; "
@@ -96,7 +97,7 @@ def run(size: int, n_queries: int, n_flat_queries: int, efs: list[int], k: int) 
     flat_p95 = float(np.percentile(flat_ms, 95))
     print(
         f"| Flat | – | {n_flat_queries} | {np.percentile(flat_ms, 50):.2f} | {flat_p95:.2f} "
-        "| 1.000 | 1.0× |"
+        f"| {flat_recall:.3f} | 1.0× |"
     )
     for ef in efs:
         hnsw.set_ef_search(ef)

@@ -21,7 +21,7 @@ KindRequest = Literal["auto", "flat", "hnsw"]
 HNSW_AUTO_THRESHOLD = 100_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
-HNSW_EF_SEARCH = 96
+HNSW_EF_SEARCH = 128
 
 Ids = npt.NDArray[np.int64]
 Matrix = npt.NDArray[np.float32]
