@@ -85,9 +85,12 @@ def main() -> None:
                 ),
             ),
         ):
-            t0 = time.perf_counter()
-            run()
-            rows.append((name, len(texts) / (time.perf_counter() - t0)))
+            best = float("inf")
+            for _ in range(2):  # best of two: the first pass also warms caches
+                t0 = time.perf_counter()
+                run()
+                best = min(best, time.perf_counter() - t0)
+            rows.append((name, len(texts) / best))
         peer = rows[1][1]
         for name, rate in rows:
             print(

@@ -66,21 +66,24 @@ class Embedder:
     def embed(self, texts: Sequence[str], *, progress: EmbedProgress | None = None) -> Vectors:
         """Embed ``texts`` in batches; rows are L2-normalised so inner product is cosine."""
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        # Batches of similar length waste no work on padding: sort once over all texts (as
+        # sentence-transformers does within one encode call), embed, put rows back in order.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(texts), self.batch_size):
-            batch = list(texts[start : start + self.batch_size])
+            rows_of = order[start : start + self.batch_size]
             # One encode at a time: torch already uses every core, and concurrent calls from
             # request threads would only fight over them.
             with self._lock:
                 rows = self._model.encode(
-                    batch,
+                    [texts[i] for i in rows_of],
                     batch_size=self.batch_size,
                     normalize_embeddings=True,
                     convert_to_numpy=True,
                     show_progress_bar=False,
                 )
-            out[start : start + len(batch)] = rows
+            out[rows_of] = rows
             if progress is not None:
-                progress(start + len(batch), len(texts))
+                progress(start + len(rows_of), len(texts))
         return out
 
     def embed_query(self, text: str) -> Vectors:
