@@ -219,3 +219,36 @@ def test_manifest_name_and_quant_are_reported_and_sha256_is_verified(tmp_path: P
             time.sleep(0.1)
         assert ready["status"] == "failed"
         assert "does not match the manifest" in ready["reason"]
+
+
+def test_full_queue_answers_503_at_once_and_loses_nothing() -> None:
+    env = {"GGSERVE_N_SLOTS": "1", "GGSERVE_MAX_QUEUE": "0"}
+    payload = {
+        "prompt": "Once upon a time",
+        "max_tokens": 60,
+        "temperature": 0,
+        "logit_bias": NEVER_STOP,
+        "stream": True,
+    }
+    with running_server(env) as srv:
+        with httpx.stream(
+            "POST", srv.url + "/v1/completions", json=payload, headers=srv.headers, timeout=120
+        ) as busy:
+            lines = busy.iter_lines()
+            next(line for line in lines if line.startswith("data:"))  # the slot is taken
+            started = time.monotonic()
+            refused = httpx.post(
+                srv.url + "/v1/completions",
+                json={**payload, "stream": False},
+                headers=srv.headers,
+                timeout=30,
+            )
+            waited = time.monotonic() - started
+            rest = [line for line in lines if line.startswith("data:")]
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "overloaded"
+        assert int(refused.headers["retry-after"]) >= 1
+        assert waited < 2.0
+        assert rest[-1] == "data: [DONE]"  # the request in flight finished normally
+        texts = [json.loads(line[5:])["choices"] for line in rest[:-1]]
+        assert any(c and c[0]["finish_reason"] == "length" for c in texts)
