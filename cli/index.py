@@ -65,7 +65,11 @@ def _progress() -> Iterator[ProgressFn]:
 
         def report(phase: str, done: int, total: int) -> None:
             if phase not in tasks:
-                label = {"embed": "embedding passages", "write": "writing index"}.get(phase, phase)
+                label = {
+                    "load": "reading files",
+                    "embed": "embedding passages",
+                    "write": "writing index",
+                }.get(phase, phase)
                 tasks[phase] = bar.add_task(label, total=total)
             bar.update(tasks[phase], completed=done, total=total)
 

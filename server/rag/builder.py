@@ -104,8 +104,9 @@ def build_index(
         raise NothingToIndexError(f"documents folder {docs_dir} does not exist or is not a folder")
     layout.prepare_folder(out)
     started = time.perf_counter()
-    files = collect_files([docs_dir])
-    docs, skipped = load_documents(files)
+    own = out.resolve()  # an index inside the docs folder must not index itself
+    files = [(path, key) for path, key in collect_files([docs_dir]) if not path.is_relative_to(own)]
+    docs, skipped = load_documents(files, progress=progress)
     size = effective_chunk_tokens(chunk_tokens, embedder)
     overlap = min(overlap_tokens, size // 2)
     chunked = _chunk_all(docs, embedder.token_spans, size, overlap)
@@ -169,7 +170,12 @@ def update_index(
             f"not in the index: {', '.join(unknown)}. Documents are named as 'index info "
             f"--documents' lists them, e.g. {known}"
         )
-    docs, report.skipped = load_documents(collect_files(add, Path(manifest.docs_root)))
+    files = [
+        (path, key)
+        for path, key in collect_files(add, Path(manifest.docs_root))
+        if not path.is_relative_to(index_dir.resolve())
+    ]
+    docs, report.skipped = load_documents(files, progress=progress)
     changed: list[Document] = []
     for doc in docs:
         if manifest.files.get(doc.path) == doc.content_hash:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from io import BytesIO
@@ -276,11 +276,15 @@ def collect_files(paths: Iterable[Path], root: Path | None = None) -> list[tuple
     return found
 
 
-def load_documents(files: Iterable[tuple[Path, str]]) -> tuple[list[Document], list[Skipped]]:
+def load_documents(
+    files: Sequence[tuple[Path, str]], progress: Callable[[str, int, int], None] | None = None
+) -> tuple[list[Document], list[Skipped]]:
     """Load every file; return the documents and the skipped files with reasons."""
     docs: list[Document] = []
     skipped: list[Skipped] = []
-    for path, key in files:
+    for done, (path, key) in enumerate(files, start=1):
+        if progress is not None:
+            progress("load", done, len(files))
         result = load_document(path, key)
         if isinstance(result, Document):
             docs.append(result)

@@ -259,3 +259,13 @@ def test_vector_index_remove_and_rebuild_keep_ids() -> None:
         assert found[0, 0] == 102
         _, found = index.search(vectors[0:1], 48)
         assert 100 not in found[0]
+
+
+def test_an_index_inside_the_docs_folder_does_not_index_itself(
+    docs: Path, embedder: HashingEmbedder
+) -> None:
+    index = docs / "indexes" / "self"
+    build_index(docs, index, embedder)
+    report = build_index(docs, index, embedder)
+    assert sorted(report.added) == sorted(DOCS) and report.skipped == []
+    assert update_index(index, embedder, add=[docs]).skipped == []
