@@ -11,13 +11,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from loguru import logger
 
-from server import health
+from server import admin, health
 from server.ask import api_router as ask_router
 from server.errors import install_error_handlers
 from server.observability.logging import configure_logging
 from server.observability.middleware import RequestContextMiddleware
 from server.openai import api_router as openai_router
-from server.services import Services, build_services, load_model
+from server.services import INDEX_WATCH_TASK, Services, build_services, load_model
 from server.settings import Settings
 
 API_DESCRIPTION = """
@@ -41,9 +41,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            loader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loader
+            for task in (loader, services.extras.get(INDEX_WATCH_TASK)):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             _shutdown(services)
 
     # FastAPIOffline serves Swagger UI / ReDoc assets from the installed package, not a CDN.
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     health.attach_router(app)
     openai_router.attach_router(app)
     ask_router.attach_router(app)
+    admin.attach_router(app)
     return app
 
 

@@ -6,7 +6,6 @@ from typing import Any
 
 from convert.manifest import manifest_for_model, verify_model_sha256
 from server.engine.types import Engine, FinishEvent, GenerationRequest, SamplingParams
-from server.generation import chat_prompt_tokens
 from server.settings import Settings
 
 
@@ -56,7 +55,7 @@ def create_engine(settings: Settings) -> tuple[Engine, dict[str, Any]]:
 
 async def warm_up(engine: Engine) -> None:
     """One tiny greedy generation, so the first user does not pay for lazy initialisation."""
-    tokens = chat_prompt_tokens(engine, [{"role": "user", "content": "Hi"}])
+    tokens = engine.chat_prompt_tokens([{"role": "user", "content": "Hi"}])
     request = GenerationRequest("warmup", tokens, SamplingParams(max_tokens=2, temperature=0.0))
     async for event in engine.generate(request):
         if isinstance(event, FinishEvent) and event.finish_reason == "error":

@@ -6,6 +6,7 @@ request id, so the official client parses our errors and an operator can find th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -110,7 +111,7 @@ def error_response(
     return JSONResponse(body, status_code=status_code, headers=headers)
 
 
-def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+def _field_path(loc: Sequence[Any]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or "body"
 

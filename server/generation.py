@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -122,7 +122,7 @@ class GenerationService:
 
     async def stream(
         self, ctx: RequestContext, prompt_tokens: list[int], params: SamplingParams
-    ) -> AsyncIterator[GenerationItem]:
+    ) -> AsyncGenerator[GenerationItem, None]:
         """Text deltas, then one ``Completed``. Raises APIError before the first item."""
         request = GenerationRequest(ctx.request_id, prompt_tokens, params)
         try:
@@ -244,8 +244,3 @@ async def collect(items: AsyncIterator[GenerationItem]) -> tuple[str, Completed]
     if final is None:  # the engine always ends with a FinishEvent; this is a bug guard
         raise RuntimeError("generation ended without a finish event")
     return "".join(parts), final
-
-
-def chat_prompt_tokens(engine: Engine, messages: list[dict[str, str]]) -> list[int]:
-    """The prompt tokens of a chat: the engine templates and tokenizes (one place, no double BOS)."""
-    return engine.chat_prompt_tokens(messages)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from loguru import logger
@@ -22,6 +22,8 @@ from server.security.api_keys import ApiKey, KeyStore, hash_key, load_keys_file,
 from server.security.guardrails import Guardrails
 from server.security.rate_limit import RateLimiter
 from server.settings import Settings
+
+INDEX_WATCH_TASK = "index_watch_task"  # key in Services.extras
 
 
 @dataclass
@@ -90,6 +92,8 @@ def build_services(settings: Settings) -> Services:
 
 async def load_model(services: Services) -> None:
     """Load and warm the engine off the event loop; record ready or failed(reason)."""
+    from server.agents.runtime import ASK_RUNTIME, load_ask_runtime, watch_index
+    from server.embeddings import get_embedder
     from server.engine_setup import create_engine, warm_up
 
     settings = services.settings
@@ -98,6 +102,10 @@ async def load_model(services: Services) -> None:
         engine, meta = await asyncio.to_thread(create_engine, settings)
         if settings.warmup:
             await warm_up(engine)
+        # The agent and the document index are part of "ready": a missing index, an index
+        # built with another embedder or an agent that cannot be imported fail here, not on
+        # the first question.
+        runtime = await load_ask_runtime(settings, lambda: get_embedder(services))
     except Exception as exc:  # any failure keeps the process up and is reported on /ready
         reason = str(exc) or exc.__class__.__name__
         logger.error("model load failed: {}", reason)
@@ -105,6 +113,7 @@ async def load_model(services: Services) -> None:
         return
     services.engine = engine
     services.model_meta = meta
+    services.extras[ASK_RUNTIME] = runtime
     if settings.model_alias is None and meta.get("manifest_name"):
         services.model_id = str(meta["manifest_name"])
     services.generation = GenerationService(
@@ -115,6 +124,18 @@ async def load_model(services: Services) -> None:
         max_tokens_default=settings.max_tokens_default,
         max_tokens_limit=settings.max_tokens_limit,
     )
+    if settings.index_watch_s > 0 and runtime.retrievers is not None:
+        services.extras[INDEX_WATCH_TASK] = asyncio.create_task(
+            watch_index(
+                runtime,
+                settings.index_watch_s,
+                on_reload=lambda r: logger.bind(event="index_reload", **asdict(r)).info(
+                    "index reloaded: {}", r.version
+                ),
+                on_error=lambda e: logger.error("index reload failed, old version serves: {}", e),
+            ),
+            name="index-watch",
+        )
     services.readiness.ready()
     logger.bind(
         event="model_loaded",

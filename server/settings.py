@@ -64,7 +64,9 @@ class Settings(BaseSettings):
     n_batch: int = Field(512, ge=16, description="Max tokens submitted to one llama_decode call.")
     n_ubatch: int = Field(512, ge=16, description="Physical micro-batch size.")
     n_threads: int = Field(
-        0, ge=0, description="Decode threads; 0 = physical cores - 1 (one stays for the event loop)."
+        0,
+        ge=0,
+        description="Decode threads; 0 = physical cores - 1 (one stays for the event loop).",
     )
     n_threads_batch: int = Field(0, ge=0, description="Prompt threads; 0 = same as n_threads.")
     n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1 = all.")
@@ -126,6 +128,9 @@ class Settings(BaseSettings):
     )
     rag_no_context: NoContextPolicy = Field(
         "refuse", description="No passage passes: 'refuse' (say I don't know) or 'answer'."
+    )
+    index_watch_s: float = Field(
+        0.0, ge=0, description="Poll the index for new versions every N s; 0 = off."
     )
     agent: str | None = Field(None, description="Custom agent class, 'package.module:Class'.")
     system_prompt: str = Field(

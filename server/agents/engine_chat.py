@@ -11,9 +11,7 @@ from server.engine.types import Engine, EngineEvent, GenerationRequest, Sampling
 
 def chat_tokens(engine: Engine, messages: Messages) -> list[int]:
     """Prompt tokens of ``messages``: the model's chat template, then its tokenizer."""
-    from server.generation import chat_prompt_tokens
-
-    return chat_prompt_tokens(engine, messages)
+    return engine.chat_prompt_tokens(messages)
 
 
 def engine_chat(engine: Engine) -> ChatFn:

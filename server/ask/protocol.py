@@ -49,6 +49,9 @@ class AskResponse(BaseModel):
     answer: str
     finish_reason: str
     grounded: bool = Field(description="True when the answer used retrieved passages.")
+    no_context: bool = Field(
+        False, description="True when an index is configured but no passage passed the threshold."
+    )
     sources: list[Source] = Field(default_factory=list)
     usage: AskUsage
     timings: AskTimings

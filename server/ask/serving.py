@@ -50,7 +50,6 @@ from server.generation import (
     GenerationService,
     RequestContext,
     TextDelta,
-    chat_prompt_tokens,
     until_disconnected,
 )
 from server.rag.errors import RagError
@@ -161,6 +160,7 @@ class AskServing:
             answer=answer.text,
             finish_reason=answer.finish_reason,
             grounded=answer.grounded,
+            no_context=answer.no_context,
             sources=ask_sources(answer.sources),
             usage=ask_usage(answer.usage),
             timings=ask_timings(answer, (time.perf_counter() - started) * 1000),
@@ -260,7 +260,7 @@ def _generation_chat(
     async def chat(
         messages: Messages, params: SamplingParams, request_id: str
     ) -> AsyncIterator[EngineEvent]:
-        prompt = chat_prompt_tokens(generation.engine, messages)
+        prompt = generation.engine.chat_prompt_tokens(messages)
         max_tokens = generation.resolve_max_tokens(requested_max_tokens, len(prompt))
         items = generation.stream(ctx, prompt, replace(params, max_tokens=max_tokens))
         async with closing(items):

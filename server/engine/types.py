@@ -5,7 +5,6 @@ Nothing here knows about HTTP or llama.cpp; the HTTP layer and the tests speak o
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -135,6 +134,16 @@ class EngineStats:
     queue_wait_seconds_total: float = 0.0  # summed over admitted requests
 
 
+class EventStream(Protocol):
+    """One request's events; ``aclose()`` (client gone) cancels the request and frees its slot."""
+
+    def __aiter__(self) -> EventStream: ...
+
+    async def __anext__(self) -> EngineEvent: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Engine(Protocol):
     """What the HTTP layer needs from an inference engine."""
 
@@ -153,7 +162,7 @@ class Engine(Protocol):
         """Template and tokenize a chat (BOS added only if the template did not write it)."""
         ...
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]:
+    def generate(self, request: GenerationRequest) -> EventStream:
         """Stream events for ``request``. Raises ``QueueFullError`` or
         ``ContextLengthExceededError`` before the first event. Closing the iterator early
         (client gone) cancels the generation and frees its slot at once."""

@@ -17,7 +17,7 @@ def rss_mb() -> float:
 @lru_cache(maxsize=1)
 def _nvml_handle() -> Any | None:
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
 
         pynvml.nvmlInit()
         return pynvml.nvmlDeviceGetHandleByIndex(0)

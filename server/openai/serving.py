@@ -7,7 +7,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,6 @@ from server.generation import (
     GenerationService,
     RequestContext,
     TextDelta,
-    chat_prompt_tokens,
     collect,
     until_disconnected,
 )
@@ -166,7 +165,7 @@ class OpenAIServing:
             ctx.log_fields.update(finish_reason="content_filter", guardrail=violation)
             return self._chat_refusal(request, model)
         engine = generation.engine
-        prompt = chat_prompt_tokens(engine, messages)
+        prompt = engine.chat_prompt_tokens(messages)
         max_tokens = generation.resolve_max_tokens(request.requested_max_tokens(), len(prompt))
         params = sampling_params(request, max_tokens, _grammar_for(request))
         items = generation.stream(ctx, prompt, params)
@@ -226,7 +225,7 @@ class OpenAIServing:
         ctx: RequestContext,
         generation: GenerationService,
         first: GenerationItem,
-        items: AsyncIterator[GenerationItem],
+        items: AsyncGenerator[GenerationItem, None],
         model: str,
         include_usage: bool,
     ) -> AsyncIterator[dict[str, str]]:
@@ -326,7 +325,7 @@ class OpenAIServing:
         ctx: RequestContext,
         generation: GenerationService,
         first: GenerationItem,
-        items: AsyncIterator[GenerationItem],
+        items: AsyncGenerator[GenerationItem, None],
         model: str,
         echo: str,
         include_usage: bool,
@@ -432,7 +431,7 @@ def _encode_vector(row: np.ndarray, fmt: str) -> list[float] | str:
 
 
 async def _chain(
-    first: GenerationItem, rest: AsyncIterator[GenerationItem]
+    first: GenerationItem, rest: AsyncGenerator[GenerationItem, None]
 ) -> AsyncIterator[GenerationItem]:
     try:
         yield first

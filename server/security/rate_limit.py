@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import cast
 
 from limits import RateLimitItemPerMinute
+from limits.aio.storage import Storage as AsyncStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
@@ -47,8 +49,8 @@ class RateLimiter:
         uri = _async_uri(storage_uri)
         # limits' async Redis storage defaults to coredis; use redis-py, which we already ship.
         options = {"implementation": "redispy"} if uri.startswith("async+redis") else {}
-        self._storage = storage_from_string(uri, **options)
-        self._limiter = MovingWindowRateLimiter(self._storage)  # type: ignore[arg-type]
+        self._storage = cast(AsyncStorage, storage_from_string(uri, **options))
+        self._limiter = MovingWindowRateLimiter(self._storage)
         self._rpm = RateLimitItemPerMinute(requests_per_minute) if requests_per_minute else None
         self._tpm = RateLimitItemPerMinute(tokens_per_minute) if tokens_per_minute else None
 

@@ -16,7 +16,6 @@ from server.agents.runtime import ASK_RUNTIME, AskRuntime
 from server.app import create_app
 from server.rag.builder import build_index, update_index
 from server.rag.embedder import Embedder
-from server.rag.retriever import RetrieverHolder
 from server.security.api_keys import hash_key
 from server.settings import Settings
 
@@ -25,6 +24,7 @@ MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDER = ROOT / "models" / "all-MiniLM-L6-v2"
 KEY = "ggs-rag-test-key"
 HEADERS = {"X-API-KEY": KEY}
+ADMIN_KEY = "ggs-rag-admin-key"
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,8 @@ def client(
         n_slots=2,
         warmup=False,
         log_format="text",
-        api_keys=[f"t:{hash_key(KEY)}"],
+        api_keys=[f"t:{hash_key(KEY)}", f"ops:{hash_key(ADMIN_KEY)}"],
+        admin_key_ids=["ops"],
         index_path=index,
         embedder_path=EMBEDDER,
         feedback_db=tmp_path_factory.mktemp("fb") / "feedback.db",
@@ -65,12 +66,9 @@ def client(
             if test_client.get("/ready").status_code == 200:
                 break
             time.sleep(0.1)
-        services = app.state.services
-        if not isinstance(services.extras.get(ASK_RUNTIME), AskRuntime):
-            # Until the lifespan loads the runtime itself, install it the way it would.
-            services.extras[ASK_RUNTIME] = AskRuntime(
-                RagAgent(), RetrieverHolder.open(index, embedder)
-            )
+        # the lifespan loaded the agent and the index as part of "ready"
+        runtime = app.state.services.extras[ASK_RUNTIME]
+        assert isinstance(runtime, AskRuntime) and isinstance(runtime.agent, RagAgent)
         yield test_client
 
 
@@ -126,7 +124,10 @@ def test_reloaded_index_is_used_by_the_next_request(
     holder = runtime.retrievers
     assert holder is not None
     update_index(holder.index_dir, embedder, remove=["travel-policy.md"])
-    assert holder.reload().changed
+    assert client.post("/admin/reload", headers=HEADERS).status_code == 403  # not an admin key
+    report = client.post("/admin/reload", headers={"X-API-KEY": ADMIN_KEY})
+    assert report.status_code == 200, report.text
+    assert report.json()["changed"] is True
     body = client.post(
         "/v1/ask",
         json={"question": "What is the daily meal allowance on business trips?", "max_tokens": 8},
