@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -91,6 +92,7 @@ class Plan:
         self.preamble_variants = 1 if quick else 3
         self.warm_per_variant = 2 if quick else 3
         self.preamble_max_tokens = 8
+        self.rounds = 1 if quick else 2
 
     def sweep_requests(self, concurrency: int) -> int:
         """Enough requests that every client sends at least one (two in a full run)."""
@@ -106,6 +108,7 @@ class Plan:
             "preamble_variants": self.preamble_variants,
             "warm_requests_per_variant": self.warm_per_variant,
             "preamble_max_tokens": self.preamble_max_tokens,
+            "rounds": self.rounds,
             "n_ctx_per_slot": N_CTX_PER_SLOT,
         }
 
@@ -180,38 +183,81 @@ def raw_results_one(result: Any) -> dict[str, Any]:
     return {k: v for k, v in vars(result).items() if k != "text"}
 
 
-def bench_server(
-    spec: ServerSpec, plan: Plan, args: argparse.Namespace, logs: Path
-) -> dict[str, Any]:
-    """All scenarios against one server, started once."""
-    print(f"\n== {spec.name} ==", flush=True)
-    out: dict[str, Any] = {"settings": spec.settings, "command": " ".join(spec.command)}
-    with running(spec, logs) as server:
-        load(server, chat_requests(1, 8), 1, 60.0)  # first-request costs out of the way
-        c8 = load(
-            server,
-            chat_requests(plan.concurrent_requests, plan.max_tokens),
-            CONCURRENT_CLIENTS,
-            args.budget_s,
-        )
-        out["concurrent8"] = summarize(c8)
-        out["concurrent8_requests"] = raw_results(c8)
-        _print_summary(f"{CONCURRENT_CLIENTS} clients", out["concurrent8"])
-        out["sweep"] = []
-        for concurrency in plan.sweep:
-            requests = chat_requests(plan.sweep_requests(concurrency), plan.max_tokens)
-            summary = summarize(load(server, requests, concurrency, args.budget_s))
-            out["sweep"].append(summary)
-            _print_summary(f"c={concurrency:<2d}", summary)
-        out["preamble"] = preamble_scenario(server, plan, args.model)
-        p = out["preamble"]
-        print(
-            f"  preamble {p['prompt_tokens']} tokens: cold TTFT {p['cold_ttft_p50_s']} s, "
-            f"warm {p['warm_ttft_p50_s']} s, warm/cold {p['warm_over_cold']}",
-            flush=True,
-        )
-        out["log"] = str(server.log_path)
-    return out
+def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the highest throughput: the one least disturbed by other work."""
+    return max(runs, key=lambda s: s["throughput_tok_s"] or 0.0)
+
+
+def bench_servers(
+    specs: list[ServerSpec], plan: Plan, args: argparse.Namespace, logs: Path
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every scenario on every server, interleaved.
+
+    All servers are started first (idle ones cost nothing). Each measurement then runs on every
+    server back to back, ``plan.rounds`` times with the order rotated, so a burst of outside
+    load hits all servers alike rather than whichever happened to be measured at that moment.
+    The best round per server and measurement is reported; all rounds stay in the JSON.
+    """
+    results: dict[str, Any] = {}
+    failures: dict[str, str] = {}
+    steps = [("concurrent8", CONCURRENT_CLIENTS, plan.concurrent_requests)] + [
+        ("sweep", c, plan.sweep_requests(c)) for c in plan.sweep
+    ]
+    with contextlib.ExitStack() as stack:
+        servers: list[RunningServer] = []
+        for spec in specs:
+            try:
+                servers.append(stack.enter_context(running(spec, logs)))
+            except PeerError as exc:
+                print(f"\n{spec.name}: not measured: {exc}", file=sys.stderr)
+                failures[spec.name] = str(exc)
+        for server in servers:
+            load(server, chat_requests(1, 8), 1, 60.0)  # first-request costs out of the way
+            results[server.spec.name] = {
+                "settings": server.spec.settings,
+                "command": " ".join(server.spec.command),
+                "log": str(server.log_path),
+                "rounds": {name: {} for name, _, _ in steps},
+            }
+        for round_no in range(plan.rounds):
+            shift = round_no % max(1, len(servers))
+            order = servers[shift:] + servers[:shift]
+            for step, concurrency, n_requests in steps:
+                print(f"\n-- round {round_no + 1}, {step} c={concurrency}", flush=True)
+                for server in order:
+                    time.sleep(1.0)  # the previous server's OpenMP workers stop spinning
+                    tag = f", run {round_no + 1}.{step}.{concurrency}"
+                    run = load(
+                        server,
+                        chat_requests(n_requests, plan.max_tokens, tag),
+                        concurrency,
+                        args.budget_s,
+                    )
+                    summary = summarize(run)
+                    summary["round"] = round_no + 1
+                    summary["_requests"] = raw_results(run)
+                    rounds = results[server.spec.name]["rounds"][step]
+                    rounds.setdefault(concurrency, []).append(summary)
+                    _print_summary(f"{server.spec.name:20s}", summary)
+        for server in servers:
+            print(f"\n-- shared preamble: {server.spec.name}", flush=True)
+            p = preamble_scenario(server, plan, args.model)
+            results[server.spec.name]["preamble"] = p
+            print(
+                f"  {p['prompt_tokens']} prompt tokens: cold TTFT {p['cold_ttft_p50_s']} s, "
+                f"warm {p['warm_ttft_p50_s']} s, warm/cold {p['warm_over_cold']}",
+                flush=True,
+            )
+    for result in results.values():
+        c8_runs = result["rounds"]["concurrent8"][CONCURRENT_CLIENTS]
+        best = _best(c8_runs)
+        result["concurrent8_requests"] = best["_requests"]
+        result["concurrent8"] = best
+        result["sweep"] = [_best(runs) for _, runs in sorted(result["rounds"]["sweep"].items())]
+        for runs in [*result["rounds"]["sweep"].values(), c8_runs]:
+            for run in runs:
+                run.pop("_requests", None)
+    return results, failures
 
 
 def interrupt_demo(model: Path, threads: int, plan: Plan, logs: Path) -> dict[str, Any]:
@@ -295,12 +341,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         except PeerError as exc:
             print(f"\n{key}: not measured: {exc}", file=sys.stderr)
             report["failures"][key] = str(exc)
-    for spec in specs:
-        try:
-            report["servers"][spec.name] = bench_server(spec, plan, args, logs)
-        except PeerError as exc:
-            print(f"\n{spec.name}: not measured: {exc}", file=sys.stderr)
-            report["failures"][spec.name] = str(exc)
+    servers, failures = bench_servers(specs, plan, args, logs)
+    report["servers"] = servers
+    report["failures"] |= failures
     if "llama_cpp.server" in args.servers:
         try:
             report["interrupt_demo"] = interrupt_demo(args.model, threads, plan, logs)
@@ -323,7 +366,7 @@ def write_outputs(report: dict[str, Any], out_dir: Path) -> None:
     if report["targets"]:
         print("\ntargets (ratio = ggserve / peer)")
         print(report_mod.text_table(report_mod.targets_table(report["targets"])))
-    print("\nconcurrency sweep: aggregate tok/s | p95 latency s")
+    print("\nconcurrency sweep: aggregate tok/s, p95 latency s")
     print(report_mod.text_table(report_mod.sweep_table(servers)))
     print("\nshared 1,000-token preamble")
     print(report_mod.text_table(report_mod.preamble_table(servers)))

@@ -75,11 +75,18 @@ _WHEN = (
 )
 
 
-def chat_requests(n: int, max_tokens: int) -> list[ChatRequest]:
-    """``n`` distinct short chats, cycling through :data:`TOPICS` with a request number."""
+def chat_requests(n: int, max_tokens: int, run: str = "") -> list[ChatRequest]:
+    """``n`` distinct short chats, cycling through :data:`TOPICS` with a request number.
+
+    ``run`` makes the prompts of one measurement differ from every other measurement's, so no
+    server answers a later run from a prompt it cached in an earlier one (they still share the
+    chat template's system prompt and the topic, as real traffic does).
+    """
     return [
         ChatRequest(
-            messages=[{"role": "user", "content": f"{TOPICS[i % len(TOPICS)]} (request {i + 1})"}],
+            messages=[
+                {"role": "user", "content": f"{TOPICS[i % len(TOPICS)]} (request {i + 1}{run})"}
+            ],
             max_tokens=max_tokens,
         )
         for i in range(n)
