@@ -28,6 +28,7 @@ from server.engine.chat_template import ChatTemplate
 from server.engine.config import EngineConfig
 from server.engine.detokenizer import IncrementalDetokenizer
 from server.engine.model import LoadedModel, ModelInfo
+from server.engine.outbox import Outbox
 from server.engine.sampling import SamplerChain
 from server.engine.scheduling import AdmissionQueue, choose_slot
 from server.engine.stop_strings import StopStringMatcher
@@ -176,6 +177,7 @@ class LlamaEngine:
         self._queue: AdmissionQueue[_Generation] = AdmissionQueue(config.n_slots, config.max_queue)
         self._counters = _Counters()
         self._wake = threading.Event()
+        self._outbox: Outbox[EngineEvent] = Outbox()
         self._closing = False
         self._reset_cache_requested = False
         self._batch = llama_cpp.llama_batch_init(self._model.n_batch, 0, 1)
@@ -254,12 +256,12 @@ class LlamaEngine:
         queue: asyncio.Queue[EngineEvent] = asyncio.Queue()
         generations: list[_Generation] = []
 
-        def sink(event: EngineEvent) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, event)
-            except RuntimeError:  # the consumer's event loop is closed: nobody is listening
-                if generations:
-                    generations[0].cancelled = True
+        def undeliverable() -> None:  # the consumer's event loop is closed
+            if generations:
+                generations[0].cancelled = True
+
+        def sink(event: EngineEvent) -> None:  # engine thread; delivered at the step's end
+            self._outbox.put(loop, queue, event, undeliverable)
 
         generations.append(self.submit(request, sink))
         return GenerationStream(self, generations[0], queue)
@@ -344,7 +346,7 @@ class LlamaEngine:
             sampler=sampler,
             sink=sink,
             submitted=now,
-            deadline=now + self.config.request_timeout_s,
+            deadline=now + (request.timeout_s or self.config.request_timeout_s),
         )
         if not self._queue.try_put(generation):
             sampler.free()
@@ -381,7 +383,10 @@ class LlamaEngine:
             except Exception:
                 logger.exception("engine step failed; failing the requests in flight")
                 self._fail_active("internal engine error (see the server log)")
+            finally:
+                self._outbox.flush()
         self._shutdown()
+        self._outbox.flush()
 
     def _drop_idle_caches(self) -> None:
         for slot in self._slots:

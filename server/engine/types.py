@@ -38,6 +38,7 @@ class GenerationRequest:
     request_id: str
     prompt_tokens: list[int]
     params: SamplingParams = field(default_factory=SamplingParams)
+    timeout_s: float | None = None  # wall-clock limit from submission; None = engine default
 
 
 @dataclass(frozen=True)

@@ -448,7 +448,10 @@ async def test_request_timing_out_while_queued_never_runs(tiny: LlamaEngine) -> 
     endless = SamplingParams(max_tokens=200, temperature=0.0, ignore_eos=True)
     running = asyncio.ensure_future(run(tiny, chat(tiny, "Tell me about rivers."), endless))
     await asyncio.sleep(0)
-    queued = await run(tiny, chat(tiny, "Tell me about lakes."), endless)
+    # A shorter limit than the running request's, so it expires while still waiting: with equal
+    # limits the slot could free up a moment before the waiting request's own deadline.
+    short = GenerationRequest("queued", chat(tiny, "Tell me about lakes."), endless, timeout_s=0.5)
+    queued = await collect(tiny.generate(short), time.perf_counter())
     assert (await running).finish.finish_reason == "timeout"
     assert queued.finish.finish_reason == "timeout"
     assert queued.finish.usage.completion_tokens == 0
