@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import statistics
@@ -70,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=0,
         help="also measure ggserve with this many threads (an extra row, not in the targets)",
+    )
+    parser.add_argument(
+        "--ggserve-flash-attn",
+        action="store_true",
+        help="also measure ggserve with GGSERVE_FLASH_ATTN=true (llama-server's default is auto)",
     )
     args = parser.parse_args(argv)
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
@@ -322,6 +328,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         try:
             if key == "ggserve":
                 specs.append(ggserve_spec(args.model, threads, CONCURRENT_CLIENTS, N_CTX_PER_SLOT))
+                if args.ggserve_flash_attn:
+                    base = ggserve_spec(args.model, threads, CONCURRENT_CLIENTS, N_CTX_PER_SLOT)
+                    specs.append(
+                        dataclasses.replace(
+                            base,
+                            name="ggserve flash-attn",
+                            env={**base.env, "GGSERVE_FLASH_ATTN": "true"},
+                            settings={**base.settings, "flash_attn": True},
+                        )
+                    )
                 if args.ggserve_extra_threads:
                     n = args.ggserve_extra_threads
                     specs.append(
