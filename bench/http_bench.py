@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -293,6 +294,10 @@ def interrupt_demo(model: Path, threads: int, plan: Plan, logs: Path) -> dict[st
     return demo
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def physical_cores() -> int:
     """Physical cores usable here: the thread count every server gets (SMT does not help)."""
     import psutil
@@ -307,6 +312,9 @@ def load_average() -> list[float]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the tables, write JSON, Markdown and the plot; return the report."""
     args = parse_args(argv)
+    # SIGTERM (and SIGINT, which background shells ignore) unwind normally, so every server
+    # this run started is stopped by its context manager instead of being left running.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     plan = Plan(args.quick, args.max_tokens)
     out_dir = args.out or (ROOT / ".cache/bench/quick" if args.quick else ROOT / "bench/results")
     logs = ROOT / ".cache/bench/logs"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -75,10 +76,20 @@ def run_step(name: str, command: list[str], out_dir: Path) -> tuple[str, int, fl
         text=True,
     ) as proc:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            print(line, end="", flush=True)
-            lines.append(line)
-        code = proc.wait()
+
+        def stop_child(signum: int, _frame: object) -> None:
+            proc.terminate()  # the benchmark stops the servers it started, then exits
+            proc.wait(timeout=60)
+            raise SystemExit(128 + signum)
+
+        previous = signal.signal(signal.SIGTERM, stop_child)
+        try:
+            for line in proc.stdout:
+                print(line, end="", flush=True)
+                lines.append(line)
+            code = proc.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     (out_dir / f"{name}.txt").write_text("".join(lines))
     return name, code, time.monotonic() - started
 
