@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     n_threads: int = Field(
         0,
         ge=0,
-        description="Decode threads; 0 = physical cores - 1 (one stays for the event loop).",
+        description="Decode threads; 0 = all physical cores (see docs/engine.md, Threads).",
     )
     n_threads_batch: int = Field(0, ge=0, description="Prompt threads; 0 = same as n_threads.")
     n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1 = all.")

@@ -1,12 +1,14 @@
 """CPU thread defaults for a server whose event loop shares the cores with llama.cpp.
 
 llama.cpp's CPU backend here is built with OpenMP: every graph node ends in a barrier where all
-decode threads meet. When the threads use every core, any other runnable thread (the asyncio
-event loop streaming tokens, a neighbour process) preempts one of them and the others wait at
-the barrier for a whole scheduler time slice; decoding collapses. Leaving one core free avoids
-that. Measured on the 2-core benchmark machine (docs/engine.md): 31 tok/s with 1 thread vs
-2-18 tok/s with 2, whatever the OpenMP spin policy (GOMP_SPINCOUNT 0 / 10k / 300k), so the
-spin policy is left at libgomp's default; export GOMP_SPINCOUNT / OMP_WAIT_POLICY to override.
+decode threads meet, and libgomp's idle threads spin for GOMP_SPINCOUNT iterations (300,000 by
+default) before sleeping. In a server, the event loop wakes after every decode step to stream
+tokens; with the default spin, a spinning worker holds the core the event loop (and then the
+preempted decode thread) needs, and throughput collapses (8 clients on 2 cores: 12 tok/s).
+A bounded spin keeps barriers fast and yields the core soon after a step: 123 tok/s with both
+cores, against 63 tok/s with one decode thread (docs/engine.md, "Threads"). So the default is
+all physical cores and GOMP_SPINCOUNT=10000, unless the environment already sets a policy.
+
 """
 
 from __future__ import annotations
@@ -26,15 +28,21 @@ def physical_cores() -> int:
     return max(1, min(physical, usable))
 
 
-def default_threads() -> int:
-    """All physical cores but one, which stays free for the event loop and its neighbours.
+GOMP_SPINCOUNT_DEFAULT = "10000"
 
-    OpenMP workers meet at a barrier after every graph node; if one of them is descheduled
-    because another runnable thread wants its core, all of them wait. With every core used,
-    measured here (2 cores, busy neighbours): 3.9 tok/s instead of 36.5 with one core left
-    free (docs/engine.md).
+
+def apply_openmp_defaults() -> None:
+    """Bound libgomp's spin-wait unless the operator chose a policy; call before llama_cpp loads.
+
+    libgomp reads its environment once, when the shared library is loaded.
     """
-    return max(1, physical_cores() - 1)
+    if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT_DEFAULT
+
+
+def default_threads() -> int:
+    """All physical cores (SMT siblings do not speed up the matmuls); see the module doc."""
+    return physical_cores()
 
 
 def resolve_threads(n_threads: int, n_threads_batch: int) -> tuple[int, int]:
