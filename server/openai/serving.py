@@ -240,11 +240,12 @@ class OpenAIServing:
             )
             return {"data": body.model_dump_json()}
 
+        content_chunk = _ContentTemplate(chunk(ChatDelta(content=_MARKER))["data"])
         yield chunk(ChatDelta(role="assistant", content=""))
         try:
             async for item in _chain(first, items):
                 if isinstance(item, TextDelta):
-                    yield chunk(ChatDelta(content=item.text))
+                    yield {"data": content_chunk.render(item.text)}
                     continue
                 yield chunk(ChatDelta(), item.finish_reason)
                 if include_usage:
@@ -339,12 +340,13 @@ class OpenAIServing:
             )
             return {"data": body.model_dump_json()}
 
+        text_chunk = _ContentTemplate(chunk(_MARKER, None)["data"])
         if echo:
             yield chunk(echo, None)
         try:
             async for item in _chain(first, items):
                 if isinstance(item, TextDelta):
-                    yield chunk(item.text, None)
+                    yield {"data": text_chunk.render(item.text)}
                     continue
                 yield chunk("", item.finish_reason)
                 if include_usage:
@@ -428,6 +430,23 @@ def _encode_vector(row: np.ndarray, fmt: str) -> list[float] | str:
     if fmt == "base64":
         return base64.b64encode(row.astype("<f4").tobytes()).decode("ascii")
     return [float(x) for x in row]
+
+
+_MARKER = "ggserve-content-marker-5f2c"
+
+
+class _ContentTemplate:
+    """A streaming chunk rendered once with a marker, then filled per token by concatenation.
+
+    Building and serialising a pydantic chunk per token cost ~0.7 ms of event-loop CPU, on the
+    cores the decode threads use; the wire bytes are the same JSON either way.
+    """
+
+    def __init__(self, rendered: str) -> None:
+        self._head, self._tail = rendered.split(json.dumps(_MARKER), 1)
+
+    def render(self, text: str) -> str:
+        return self._head + json.dumps(text, ensure_ascii=False) + self._tail
 
 
 async def _chain(
