@@ -119,12 +119,7 @@ def main() -> int:
         )
     if "http" in steps:
         plan.append(
-            # The extra row shows ggserve at its own default (physical cores - 1 threads).
-            (
-                "http_bench",
-                [python, str(BENCH / "http_bench.py")]
-                + (["--quick"] if args.quick else ["--ggserve-extra-threads", "1"]),
-            )
+            ("http_bench", [python, str(BENCH / "http_bench.py")] + ["--quick"] * args.quick)
         )
     if "rag" in steps:
         for script in sorted(BENCH.glob("rag_*.py")):
