@@ -61,22 +61,14 @@ import platform  # noqa: E402
 import time  # noqa: E402
 
 import llama_cpp  # noqa: E402
+from http_prompts import TOPICS  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 from server.engine.config import EngineConfig  # noqa: E402
 from server.engine.llama_engine import LlamaEngine  # noqa: E402
 from server.engine.threads import resolve_threads  # noqa: E402
 from server.engine.types import FinishEvent, GenerationRequest, SamplingParams  # noqa: E402
 
-PROMPTS = [
-    "Write a long story about a lighthouse keeper and a storm.",
-    "Explain in detail how a steam engine works.",
-    "Describe the history of the printing press.",
-    "Write a detailed travel guide for a week in Japan.",
-    "Explain photosynthesis to a ten year old, step by step.",
-    "Write a long letter from a sailor to his family.",
-    "Describe how computers store numbers in memory.",
-    "Write an essay about the importance of sleep.",
-]
+PROMPTS = list(TOPICS[:8])  # the same long-answer topics the HTTP benchmark sends
 
 
 def messages(prompt: str) -> list[dict[str, str]]:
