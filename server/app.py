@@ -11,13 +11,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from loguru import logger
 
-from server import admin, health
-from server.ask import api_router as ask_router
-from server.errors import install_error_handlers
+from server.api import admin, health
+from server.api.ask import api_router as ask_router
+from server.api.errors import install_error_handlers
+from server.api.middleware import RequestContextMiddleware
+from server.api.openai import api_router as openai_router
 from server.observability.logging import configure_logging
-from server.observability.middleware import RequestContextMiddleware
-from server.openai import api_router as openai_router
-from server.services import INDEX_WATCH_TASK, Services, build_services, load_model
+from server.runtime.loading import load_model
+from server.runtime.services import Services, build_services
 from server.settings import Settings
 
 API_DESCRIPTION = """
@@ -41,11 +42,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            for task in (loader, services.extras.get(INDEX_WATCH_TASK)):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            for task in (loader, *services.background):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             _shutdown(services)
 
     # FastAPIOffline serves Swagger UI / ReDoc assets from the installed package, not a CDN.

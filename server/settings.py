@@ -12,7 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-KVCacheType = Literal["f16", "q8_0", "q4_0"]
+from server.engine.config import KVCacheType, check_batch_holds_slots
+
 LogFormat = Literal["json", "text"]
 NoContextPolicy = Literal["refuse", "answer"]
 
@@ -153,11 +154,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _batch_holds_every_slot(self) -> Settings:
-        if self.n_batch < self.n_slots:
-            raise ValueError(
-                f"n_batch ({self.n_batch}) must be >= n_slots ({self.n_slots}): each decode step "
-                "carries one token of every generating slot"
-            )
+        check_batch_holds_slots(self.n_batch, self.n_slots)
         return self
 
     @field_validator("log_level")

@@ -12,6 +12,15 @@ from typing import Literal
 KVCacheType = Literal["f16", "q8_0", "q4_0"]
 
 
+def check_batch_holds_slots(n_batch: int, n_slots: int) -> None:
+    """Raise ``ValueError`` unless one decode step can carry a token of every slot."""
+    if n_batch < n_slots:
+        raise ValueError(
+            f"n_batch ({n_batch}) must be >= n_slots ({n_slots}): every decode step puts one "
+            "token of each generating slot into the batch"
+        )
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Everything ``LlamaEngine`` needs to load a model and schedule requests."""

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import llama_cpp
 
 from server.engine.chat_template import ChatTemplate
-from server.engine.config import EngineConfig
+from server.engine.config import EngineConfig, check_batch_holds_slots
 from server.engine.detokenizer import IncrementalDetokenizer
 from server.engine.model import LoadedModel, ModelInfo
 from server.engine.outbox import Outbox
@@ -164,11 +164,7 @@ class LlamaEngine:
     """
 
     def __init__(self, config: EngineConfig) -> None:
-        if config.n_batch < config.n_slots:
-            raise ValueError(
-                f"n_batch ({config.n_batch}) must be >= n_slots ({config.n_slots}): every step "
-                "puts one token of each generating slot into the batch."
-            )
+        check_batch_holds_slots(config.n_batch, config.n_slots)
         self.config = config
         self._model = LoadedModel(config)
         self._info = self._model.info()
