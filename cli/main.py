@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer
 
-from cli import ask, convert, health, index, keys, models, serve
+from cli import ask, convert, evaluate, health, index, keys, model_registry, models, serve, train
 
 app = typer.Typer(
     name="ggserve",
@@ -22,9 +22,12 @@ app = typer.Typer(
 app.command("serve")(serve.serve)
 app.command("health")(health.health)
 app.command("ask")(ask.ask)
+model_registry.attach(models.app)
 app.add_typer(models.app, name="models")
 app.command("convert")(convert.convert)
 app.command("convert-adapter")(convert.convert_adapter)
+app.command("train-lora")(train.train_lora)
+app.command("eval")(evaluate.evaluate)
 app.add_typer(index.app, name="index")
 app.add_typer(keys.app, name="keys")
 

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from convert.manifest import read_manifest, sha256_file
+from convert.train import lora as training_loop
 from tests.fixtures.lora import train_fact_lora
 from tests.integration.server_proc import running_server
 
@@ -55,11 +56,13 @@ def _cli(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def fact_adapter() -> Path:
-    """The trained fact LoRA, trained once per (training script, base model) and cached."""
+    """The trained fact LoRA, trained once per (training script and loop, base model), cached."""
     if not BASE.is_file():
         pytest.fail(f"{BASE} missing: run 'make setup' (ggserve models fetch) first")
     key = hashlib.sha256(
-        Path(train_fact_lora.__file__).read_bytes() + sha256_file(BASE).encode()
+        Path(train_fact_lora.__file__).read_bytes()
+        + Path(training_loop.__file__).read_bytes()
+        + sha256_file(BASE).encode()
     ).hexdigest()[:16]
     cached = CACHE / f"adapter-{key}"
     if not (cached / "adapter_model.safetensors").exists():

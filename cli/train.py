@@ -1,0 +1,119 @@
+"""``ggserve train-lora``: a thin Typer command over ``convert/train``."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TaskID,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from cli.convert import RichReporter, _fail, console
+from convert.errors import ConvertError
+
+
+def train_lora(
+    base: Path = typer.Option(..., help="Base model: a Hugging Face folder or a .gguf file."),
+    data: Path = typer.Option(
+        ..., help="Dataset: the folder of 'ggserve feedback export --format sft' or a .jsonl."
+    ),
+    out: Path = typer.Option(
+        ..., help="Adapter folder to write (then: ggserve convert --adapter)."
+    ),
+    replay: Path | None = typer.Option(
+        None, help="More conversations (same format) mixed in so the model keeps old answers."
+    ),
+    steps: int = typer.Option(32, help="Optimizer steps."),
+    batch_size: int = typer.Option(4, help="Conversations per step."),
+    rank: int = typer.Option(8, help="LoRA rank r."),
+    alpha: float = typer.Option(16.0, help="LoRA alpha (scale = alpha / r)."),
+    learning_rate: float = typer.Option(1.5e-3, help="AdamW learning rate."),
+    seed: int = typer.Option(0, help="Seed for the LoRA init and the batch order."),
+    target_modules: str = typer.Option(
+        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        help="Comma list of the linear modules the LoRA patches.",
+    ),
+    device: str = typer.Option("auto", help="auto (a CUDA GPU when present), cpu or cuda."),
+    force: bool = typer.Option(False, help="Replace OUT if it exists."),
+) -> None:
+    """Train a LoRA adapter on a chat dataset (peft; CPU for small models, GPU when present)."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from convert.pipeline import _quiet_transformers
+    from convert.train.lora import Hyperparameters
+    from convert.train.run import LOSS_PLOT, TrainOptions
+    from convert.train.run import train_lora as run_training
+
+    _quiet_transformers()
+    started = time.perf_counter()
+    try:
+        options = TrainOptions(
+            base=base,
+            data=data,
+            out=out,
+            replay=replay,
+            device=device,
+            force=force,
+            hyperparameters=Hyperparameters(
+                steps=steps,
+                batch_size=batch_size,
+                rank=rank,
+                alpha=alpha,
+                learning_rate=learning_rate,
+                seed=seed,
+                target_modules=tuple(m.strip() for m in target_modules.split(",") if m.strip()),
+            ),
+        )
+        with _progress_with_loss() as bar:
+            task: TaskID | None = None
+
+            def on_step(done: int, total: int, loss: float) -> None:
+                nonlocal task
+                if task is None:
+                    task = bar.add_task("train LoRA", total=total)
+                bar.update(task, completed=done, total=total, loss=loss)
+
+            result = run_training(options, RichReporter(bar), on_step)
+    except ConvertError as exc:
+        raise _fail(exc) from exc
+    losses = result.losses
+    console.print(
+        f"[green]done[/green] in {time.perf_counter() - started:.0f} s on {result.record['device']}"
+        f": loss {losses[0]:.3f} → {losses[-1]:.3f} over {len(losses)} steps "
+        f"({result.record['data']['rows']} rows, data sha256 "
+        f"{result.record['data']['sha256'][:12]}) → {result.folder}\n"
+        f"loss curve: {result.folder / LOSS_PLOT}\n"
+        f"next: ggserve convert --base {base} --adapter {result.folder} --out models/NAME"
+    )
+
+
+class _LossColumn(ProgressColumn):
+    """The latest loss of the training task; blank for the other steps."""
+
+    def render(self, task: Task) -> Text:
+        loss = task.fields.get("loss")
+        return Text("" if loss is None else f"loss {loss:.4f}")
+
+
+def _progress_with_loss() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        _LossColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )

@@ -1,0 +1,1 @@
+"""LoRA training for the flywheel: a chat dataset → a PEFT adapter ``ggserve convert`` takes."""

@@ -1,0 +1,120 @@
+"""Answer every eval item with one GGUF, through the same engine and chat template that serve it.
+
+Greedy decoding, so a candidate and its baseline are compared on their most likely answers and
+a re-run gives the same table. Items are submitted together: the engine batches them as it
+batches users. With a retriever, each question is asked a second time through the RAG agent
+(what ``/v1/ask`` does), giving the RAG fact rate beside the closed-book one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.agents.engine_chat import engine_chat, engine_token_counter
+from server.agents.rag_agent import RagAgent
+from server.agents.types import AgentContext, Searcher
+from server.engine.config import EngineConfig
+from server.engine.types import Engine, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
+from server.evaluation.suite import EvalItem
+from server.settings import Settings
+
+DEFAULT_MAX_TOKENS = 64
+
+
+@dataclass
+class ItemResult:
+    """One item's answer and verdict."""
+
+    suite: str
+    question: str
+    expected: list[str]
+    answer: str
+    passed: bool
+    mode: str  # "chat" (closed-book) or "rag"
+
+
+@dataclass
+class ModelResult:
+    """All answers of one model."""
+
+    model: str
+    items: list[ItemResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def rate(self, suite: str | None = None, mode: str = "chat") -> float | None:
+        """Share of passing items (of one suite, or all); None when there are none."""
+        chosen = [i for i in self.items if i.mode == mode and (suite is None or i.suite == suite)]
+        return sum(i.passed for i in chosen) / len(chosen) if chosen else None
+
+
+def load_engine(model: Path, threads: int = 0) -> Engine:
+    """The serving engine over ``model``, sized for an eval run (4 slots, 1024 tokens each)."""
+    from server.engine.llama_engine import LlamaEngine
+
+    return LlamaEngine(
+        EngineConfig(model_path=model, n_slots=4, n_ctx=1024, n_threads=threads, max_queue=4096)
+    )
+
+
+async def run_model(
+    engine: Engine,
+    name: str,
+    items: list[EvalItem],
+    *,
+    retriever: Searcher | None = None,
+    settings: Settings | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    on_item: Callable[[], None] | None = None,
+) -> ModelResult:
+    """Answer ``items`` closed-book, and through the RAG agent when a retriever is given."""
+    started = time.perf_counter()
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+
+    async def closed_book(index: int, item: EvalItem) -> ItemResult:
+        tokens = engine.chat_prompt_tokens(item.messages)
+        parts: list[str] = []
+        async for event in engine.generate(GenerationRequest(f"eval-{index}", tokens, params)):
+            if isinstance(event, TokenEvent):
+                parts.append(event.text)
+            elif isinstance(event, FinishEvent) and event.finish_reason == "error":
+                raise RuntimeError(f"generation failed on {item.question!r}: {event.error}")
+        if on_item is not None:
+            on_item()
+        return _result(item, "".join(parts), "chat")
+
+    async def with_rag(index: int, item: EvalItem) -> ItemResult:
+        assert settings is not None
+        context = AgentContext(
+            settings=settings,
+            retriever=retriever,
+            chat=engine_chat(engine),
+            request_id=f"eval-rag-{index}",
+            params=params,
+            count_tokens=engine_token_counter(engine),
+            n_ctx=engine.n_ctx_per_slot,
+        )
+        answer = await RagAgent().answer(item.question, context)
+        if on_item is not None:
+            on_item()
+        return _result(item, answer.text, "rag")
+
+    jobs = [closed_book(i, item) for i, item in enumerate(items)]
+    if retriever is not None:
+        jobs += [with_rag(i, item) for i, item in enumerate(items)]
+    results = await asyncio.gather(*jobs)
+    return ModelResult(model=name, items=list(results), seconds=time.perf_counter() - started)
+
+
+def _result(item: EvalItem, answer: str, mode: str) -> ItemResult:
+    return ItemResult(
+        suite=item.suite,
+        question=item.question,
+        expected=list(item.expected),
+        answer=answer.strip(),
+        passed=item.passes(answer),
+        mode=mode,
+    )

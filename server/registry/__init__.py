@@ -1,0 +1,1 @@
+"""The model registry: versions with lineage, promotion and rollback (no HTTP here)."""
