@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _shutdown(services: Services) -> None:
     if services.engine is not None:
         logger.info("shutting down the engine")
-        services.engine.close()
+    services.models.close_all(lambda deployment: deployment.model.engine.close())
 
 
 def _version() -> str:

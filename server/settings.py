@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     verify_sha256: bool = Field(
         False, description="Check the model's sha256 against its manifest.json before loading."
     )
+    registry_path: Path | None = Field(
+        None,
+        description="Model registry (JSON); when set, its active version is served and "
+        "POST /admin/models/activate swaps versions without a restart.",
+    )
 
     # --- engine --------------------------------------------------------------------------
     n_slots: int = Field(4, ge=1, le=64, description="Concurrent sequences (llama.cpp n_seq_max).")

@@ -1,16 +1,26 @@
-"""Operator endpoints: ``POST /admin/reload`` swaps in a rebuilt document index."""
+"""Operator endpoints: ``POST /admin/reload`` swaps in a rebuilt document index,
+``POST /admin/models/activate`` swaps in another registered model version."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from server.agents.runtime import reload_index
 from server.api.deps import ServicesDep, authenticate
-from server.api.errors import BadRequestError, PermissionDeniedError, ServiceUnavailableError
+from server.api.errors import (
+    BadRequestError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+)
 from server.rag.errors import RagError
+from server.registry.activation import ActivationError
 
 router = APIRouter(prefix="/admin", tags=["operations"])
 
@@ -44,6 +54,82 @@ async def reload(services: ServicesDep, _admin: Annotated[str, Depends(admin_key
             f"reload failed, the previous index keeps serving: {exc}", code="reload_failed"
         ) from exc
     return asdict(report)
+
+
+class ActivateRequest(BaseModel):
+    """Which registered version to put in service."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: StrictInt = Field(..., ge=1, le=1_000_000, description="Registry version number.")
+    action: Literal["promote", "rollback"] = Field(
+        "promote", description="How the registry's history records the switch."
+    )
+
+
+class ActivateResponse(BaseModel):
+    version: str
+    previous: str | None
+    model: str
+    model_path: str
+    load_s: float
+    draining: int = Field(description="Requests still finishing on the previous version.")
+
+
+_ACTIVATION_ERRORS = {
+    "unknown_version": NotFoundError,
+    "busy": ConflictError,
+    "file_changed": BadRequestError,
+    "load_failed": BadRequestError,
+}
+
+
+@router.post("/models/activate", response_model=ActivateResponse)
+async def activate_model(
+    body: ActivateRequest, services: ServicesDep, admin: Annotated[str, Depends(admin_key)]
+) -> ActivateResponse:
+    """Load a registered version beside the one serving, then send new requests to it.
+
+    Requests in flight finish on the old version, which is freed after the last of them;
+    ``/ready`` stays 200 throughout. When the new version cannot be loaded the old one keeps
+    serving and the error says why. The registry records who promoted what and when.
+    """
+    activator = services.activator
+    if activator is None:
+        raise BadRequestError(
+            "no model registry is configured: set GGSERVE_REGISTRY_PATH and restart",
+            code="registry_not_configured",
+        )
+    if not services.readiness.is_ready:
+        raise ServiceUnavailableError(
+            "not ready yet; see /ready", code="model_not_ready", headers={"Retry-After": "5"}
+        )
+    try:
+        result = await activator.activate(body.version, by=admin, action=body.action)
+    except ActivationError as exc:
+        services.metrics.model_activations.labels(result=exc.kind).inc()
+        logger.bind(event="model_activation_failed", version=body.version, kind=exc.kind).error(
+            "model activation failed, the current model keeps serving: {}", exc
+        )
+        raise _ACTIVATION_ERRORS[exc.kind](str(exc), code=exc.kind, param="version") from exc
+    served = services.served
+    assert served is not None  # just installed
+    services.metrics.model_activations.labels(result="ok").inc()
+    services.metrics.serving(served.model_id, served.version)
+    logger.bind(event="model_activated", by=admin, action=body.action, **asdict(result)).info(
+        "model {} now serves new requests ({} draining on {})",
+        result.version,
+        result.draining,
+        result.previous,
+    )
+    return ActivateResponse(
+        version=result.version,
+        previous=result.previous,
+        model=served.model_id,
+        model_path=result.model_path,
+        load_s=result.load_s,
+        draining=result.draining,
+    )
 
 
 def attach_router(app: FastAPI) -> None:

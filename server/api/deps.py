@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
@@ -11,7 +12,7 @@ from server.api.errors import AuthenticationError, RateLimitError, ServiceUnavai
 from server.api.generation import GenerationService, RequestContext
 from server.api.middleware import LOG_FIELDS_KEY, RESPONSE_HEADERS_KEY
 from server.engine.types import Engine
-from server.runtime.services import Services
+from server.runtime.services import ServedModel, Services
 
 
 def get_services(request: Request) -> Services:
@@ -102,16 +103,32 @@ async def rate_limited_key(
 KeyIdDep = Annotated[str, Depends(rate_limited_key)]
 
 
-def get_engine(services: ServicesDep) -> Engine:
-    """The engine, or 503 with the reason while loading or after a failed load."""
-    snapshot = services.readiness.snapshot()
-    if services.engine is None or snapshot.state != "ready":
-        raise ServiceUnavailableError(
-            f"Model not ready ({snapshot.state}): {snapshot.reason}",
-            code="model_not_ready",
-            headers={"Retry-After": "5"},
-        )
-    return services.engine
+async def served_model(request: Request, services: ServicesDep) -> AsyncIterator[ServedModel]:
+    """The model version serving now, leased until the response's last byte is sent.
+
+    FastAPI closes this dependency after the response (streamed or not) has gone out, so a
+    hot swap lets this request finish on the engine it started on; that engine is freed when
+    its last lease returns. 503 with the reason while loading or after a failed load.
+    """
+    with services.models.lease() as deployment:
+        snapshot = services.readiness.snapshot()
+        if deployment is None or snapshot.state != "ready":
+            raise ServiceUnavailableError(
+                f"Model not ready ({snapshot.state}): {snapshot.reason}",
+                code="model_not_ready",
+                headers={"Retry-After": "5"},
+            )
+        _log_fields(request)["model_version"] = deployment.version
+        services.metrics.model_requests.labels(version=deployment.version).inc()
+        yield deployment.model
+
+
+ServedModelDep = Annotated[ServedModel, Depends(served_model)]
+
+
+def get_engine(served: ServedModelDep) -> Engine:
+    """The leased model's engine."""
+    return served.engine
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]

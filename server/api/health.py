@@ -19,8 +19,13 @@ def _status(services: ServicesDep) -> dict[str, Any]:
         "status": snap.state,
         "reason": snap.reason,
         "model": services.model_id,
-        "model_path": str(services.settings.model_path),
+        "model_version": services.model_version,
+        "model_path": services.served.path
+        if services.served
+        else str(services.settings.model_path),
     }
+    if draining := services.models.draining:
+        body["models_draining"] = [d.version for d in draining]
     meta = services.model_meta
     for key in ("quantization", "manifest_name", "n_params", "architecture"):
         if (value := getattr(meta, key)) is not None:

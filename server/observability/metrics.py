@@ -136,4 +136,24 @@ class Metrics:
             ["key_id", "limit"],
             registry=r,
         )
+        self.model_info = Gauge(
+            "ggserve_model_info",
+            "The model version new requests go to (value 1).",
+            ["model", "version"],
+            registry=r,
+        )
+        self.model_requests = Counter(
+            "ggserve_model_requests", "Requests served, by model version.", ["version"], registry=r
+        )
+        self.model_activations = Counter(
+            "ggserve_model_activations",
+            "Hot swaps through POST /admin/models/activate, by result.",
+            ["result"],
+            registry=r,
+        )
         r.register(_LiveCollector(stats, load_state))
+
+    def serving(self, model: str, version: str) -> None:
+        """Point ``ggserve_model_info`` at the model now serving new requests."""
+        self.model_info.clear()
+        self.model_info.labels(model=model, version=version).set(1)

@@ -82,14 +82,18 @@ class ActiveModel(Generic[T]):
             self._finish(previous)
         return previous
 
-    def close_all(self) -> None:
-        """Shut down: close the current deployment and any still draining."""
+    def close_all(self, close: Callable[[Deployment[T]], None] | None = None) -> None:
+        """Shut down: close the current deployment and any still draining.
+
+        ``close`` replaces the usual closer (at shutdown it must not hand work to an event
+        loop that is about to stop).
+        """
         with self._lock:
             victims = [*self._draining, *([self._current] if self._current else [])]
             self._draining.clear()
             self._current = None
         for deployment in victims:
-            self._finish(deployment)
+            self._finish(deployment, close)
 
     def _release(self, deployment: Deployment[T]) -> None:
         with self._lock:
@@ -100,9 +104,11 @@ class ActiveModel(Generic[T]):
         if close_now:
             self._finish(deployment)
 
-    def _finish(self, deployment: Deployment[T]) -> None:
+    def _finish(
+        self, deployment: Deployment[T], close: Callable[[Deployment[T]], None] | None = None
+    ) -> None:
         with self._lock:
             if deployment.closed:
                 return
             deployment.closed = True
-        self._close(deployment)
+        (close or self._close)(deployment)

@@ -8,13 +8,17 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 from loguru import logger
 
-from convert.manifest import manifest_for_model, verify_model_sha256
+from convert.manifest import manifest_for_model, sha256_file, verify_model_sha256
 from server.agents.runtime import load_ask_runtime, watch_index
 from server.engine.types import Engine, FinishEvent, GenerationRequest, SamplingParams
-from server.runtime.services import ModelMeta, Services
+from server.registry.activation import ModelActivator
+from server.registry.deployment import Deployment
+from server.registry.store import ModelRegistry, RegistryError
+from server.runtime.services import UNREGISTERED, ModelMeta, ServedModel, Services
 from server.settings import Settings
 
 
@@ -69,28 +73,79 @@ async def warm_up(engine: Engine) -> None:
             raise RuntimeError(f"warm-up generation failed: {event.error}")
 
 
+async def load_served_model(
+    settings: Settings, path: Path, version: str, sha256: str | None = None
+) -> ServedModel:
+    """Load and warm ``path`` as model ``version``; raises whatever stops it (nothing swapped)."""
+    if path != settings.model_path:
+        # A registry version is a complete GGUF: the runtime LoRA was for the other base.
+        settings = settings.model_copy(update={"model_path": path, "lora_path": None})
+    engine, meta = await asyncio.to_thread(create_engine, settings)
+    try:
+        if settings.warmup:
+            await warm_up(engine)
+    except BaseException:
+        engine.close()
+        raise
+    model_id = settings.model_alias or meta.manifest_name or path.stem
+    return ServedModel(
+        engine=engine, meta=meta, model_id=model_id, version=version, path=str(path), sha256=sha256
+    )
+
+
+async def _startup_model(services: Services) -> ServedModel:
+    """The registry's active version when a registry is configured, else GGSERVE_MODEL_PATH."""
+    settings = services.settings
+    if settings.registry_path is None:
+        return await load_served_model(settings, settings.model_path, UNREGISTERED)
+    registry = ModelRegistry(settings.registry_path)
+    services.activator = ModelActivator(
+        registry,
+        services.models,
+        lambda entry: load_served_model(
+            settings, Path(entry.model_path), entry.label, entry.sha256
+        ),
+    )
+    active = (await asyncio.to_thread(registry.read)).active_version
+    if active is None:
+        logger.warning(
+            "registry {} has no active version: serving {} until one is promoted",
+            settings.registry_path,
+            settings.model_path,
+        )
+        return await load_served_model(settings, settings.model_path, UNREGISTERED)
+    actual = await asyncio.to_thread(sha256_file, Path(active.model_path))
+    if actual != active.sha256:
+        raise RegistryError(
+            f"{active.model_path} changed since {active.label} was registered; register the "
+            "new file as a new version and promote it"
+        )
+    return await load_served_model(settings, Path(active.model_path), active.label, active.sha256)
+
+
 async def load_model(services: Services) -> None:
     """Load and warm the engine off the event loop; record ready or failed(reason)."""
     settings = services.settings
     started = time.perf_counter()
     try:
-        engine, meta = await asyncio.to_thread(create_engine, settings)
-        if settings.warmup:
-            await warm_up(engine)
+        served = await _startup_model(services)
         # The agent and the document index are part of "ready": a missing index, an index
         # built with another embedder or an agent that cannot be imported fail here, not on
         # the first question.
-        ask = await load_ask_runtime(settings, services.embedder.get)
+        try:
+            ask = await load_ask_runtime(settings, services.embedder.get)
+        except BaseException:
+            served.engine.close()
+            raise
     except Exception as exc:  # any failure keeps the process up and is reported on /ready
         reason = str(exc) or exc.__class__.__name__
         logger.error("model load failed: {}", reason)
         services.readiness.failed(reason)
         return
-    services.engine = engine
-    services.model_meta = meta
+    services.models.install(Deployment(served.version, served))
+    services.metrics.serving(served.model_id, served.version)
+    meta = served.meta
     services.ask = ask
-    if settings.model_alias is None and meta.manifest_name:
-        services.model_id = meta.manifest_name
     if settings.index_watch_s > 0 and ask.retrievers is not None:
         services.background.append(
             asyncio.create_task(
@@ -109,5 +164,8 @@ async def load_model(services: Services) -> None:
         )
     services.readiness.ready()
     logger.bind(
-        event="model_loaded", load_s=round(time.perf_counter() - started, 2), **asdict(meta)
-    ).info("model ready: {}", settings.model_path)
+        event="model_loaded",
+        load_s=round(time.perf_counter() - started, 2),
+        model_version=served.version,
+        **asdict(meta),
+    ).info("model ready: {} ({})", served.model_id, served.version)

@@ -15,6 +15,8 @@ from loguru import logger
 from server.agents.runtime import AskRuntime
 from server.engine.types import Engine, EngineStats
 from server.observability.metrics import Metrics
+from server.registry.activation import ModelActivator
+from server.registry.deployment import ActiveModel, Deployment
 from server.runtime.embedder import EmbedderProvider
 from server.runtime.readiness import Readiness
 from server.security.api_keys import ApiKey, KeyStore, hash_key, load_keys_file, parse_key_entry
@@ -39,9 +41,29 @@ class ModelMeta:
     quantization: str | None = None
 
 
+UNREGISTERED = "unregistered"  # the version label of a model served outside the registry
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded model version: what a request pins for its whole life."""
+
+    engine: Engine
+    meta: ModelMeta
+    model_id: str
+    version: str  # "v2" from the registry, or UNREGISTERED
+    path: str  # the GGUF file
+    sha256: str | None = None  # of the GGUF, when known (registry versions)
+
+
 @dataclass
 class Services:
-    """The app's state: settings, security, metrics and — once loaded — the engine."""
+    """The app's state: settings, security, metrics and — once loaded — the served model.
+
+    ``models`` holds the version new requests get and the retired ones still finishing; a
+    request leases one for its whole life (``api.deps.served_model``), so a hot swap never
+    moves a request between engines.
+    """
 
     settings: Settings
     readiness: Readiness
@@ -50,11 +72,41 @@ class Services:
     limiter: RateLimiter | None
     guardrails: Guardrails | None
     embedder: EmbedderProvider
-    model_id: str = "ggserve"
-    engine: Engine | None = None
-    model_meta: ModelMeta = field(default_factory=ModelMeta)
+    models: ActiveModel[ServedModel]
+    default_model_id: str = "ggserve"  # reported until a model is loaded
+    activator: ModelActivator[ServedModel] | None = None  # set when a registry is configured
     ask: AskRuntime | None = None  # the /v1/ask agent and retriever, loaded with the model
     background: list[asyncio.Task[None]] = field(default_factory=list)  # cancelled at shutdown
+
+    @property
+    def served(self) -> ServedModel | None:
+        """The model new requests go to (None until the first load)."""
+        current = self.models.current
+        return current.model if current is not None else None
+
+    @property
+    def engine(self) -> Engine | None:
+        """The engine new requests go to."""
+        served = self.served
+        return served.engine if served is not None else None
+
+    @property
+    def model_meta(self) -> ModelMeta:
+        """What the current model's GGUF and manifest say."""
+        served = self.served
+        return served.meta if served is not None else ModelMeta()
+
+    @property
+    def model_id(self) -> str:
+        """The name /v1/models reports for the current model."""
+        served = self.served
+        return served.model_id if served is not None else self.default_model_id
+
+    @property
+    def model_version(self) -> str | None:
+        """``v2`` (registry) or ``unregistered``; None until loaded."""
+        served = self.served
+        return served.version if served is not None else None
 
 
 def build_key_store(settings: Settings) -> KeyStore:
@@ -77,6 +129,11 @@ def build_services(settings: Settings) -> Services:
         engine = services.engine if services is not None else None
         return engine.stats() if engine is not None else None
 
+    def retire(deployment: Deployment[ServedModel]) -> None:
+        # Called when a swapped-out model's last request has finished (or at once when none
+        # was in flight); closing joins the engine thread, so it runs off the event loop.
+        close_retired(deployment)
+
     limiter = None
     if settings.rate_limit_rpm or settings.rate_limit_tpm:
         limiter = RateLimiter(
@@ -93,7 +150,8 @@ def build_services(settings: Settings) -> Services:
         limiter=limiter,
         guardrails=guardrails,
         embedder=EmbedderProvider(settings.embedder_path),
-        model_id=settings.model_alias or settings.model_path.stem,
+        models=ActiveModel(close=retire),
+        default_model_id=settings.model_alias or settings.model_path.stem,
     )
     if not settings.auth_disabled and len(services.keys) == 0:
         logger.warning(
@@ -101,3 +159,20 @@ def build_services(settings: Settings) -> Services:
             "Create one with 'ggserve keys create' or set GGSERVE_AUTH_DISABLED=true."
         )
     return services
+
+
+def close_retired(deployment: Deployment[ServedModel]) -> None:
+    """Free a model nobody uses any more: off the event loop when one is running."""
+
+    def close() -> None:
+        deployment.model.engine.close()
+        logger.bind(
+            event="model_retired", model_version=deployment.version, requests=deployment.served
+        ).info("model {} freed after its last request", deployment.version)
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        close()
+        return
+    loop.run_in_executor(None, close)

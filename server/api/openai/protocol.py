@@ -233,6 +233,7 @@ class ModelCard(BaseModel):
     quantization: str | None = None
     context_length: int | None = None
     kind: Literal["llm", "embedding"] = "llm"
+    version: str | None = None  # registry version ("v2") or "unregistered"
 
 
 class ModelList(BaseModel):
