@@ -19,7 +19,7 @@ def _status(services: ServicesDep) -> dict[str, Any]:
         "status": snap.state,
         "reason": snap.reason,
         "model": services.model_id,
-        "model_version": services.model_version,
+        "model_version": services.served_version,
         "model_path": services.served.path
         if services.served
         else str(services.settings.model_path),

@@ -103,7 +103,7 @@ class Services:
         return served.model_id if served is not None else self.default_model_id
 
     @property
-    def model_version(self) -> str | None:
+    def served_version(self) -> str | None:
         """``v2`` (registry) or ``unregistered``; None until loaded."""
         served = self.served
         return served.version if served is not None else None

@@ -260,7 +260,7 @@ class OpenAIServing:
                 created=meta.created if meta.created is not None else int(time.time()),
                 quantization=meta.quantization,
                 context_length=engine.n_ctx_per_slot if engine else None,
-                version=self.services.model_version,
+                version=self.services.served_version,
             )
         ]
         embedder = self.services.embedder.loaded
