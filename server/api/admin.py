@@ -116,7 +116,15 @@ async def activate_model(
     assert served is not None  # just installed
     services.metrics.model_activations.labels(result="ok").inc()
     services.metrics.serving(served.model_id, served.version)
-    logger.bind(event="model_activated", by=admin, action=body.action, **asdict(result)).info(
+    logger.bind(
+        event="model_activated",
+        by=admin,
+        action=body.action,
+        model_version=result.version,
+        previous=result.previous,
+        load_s=result.load_s,
+        draining=result.draining,
+    ).info(
         "model {} now serves new requests ({} draining on {})",
         result.version,
         result.draining,

@@ -157,6 +157,7 @@ class RequestContextMiddleware:
             status=status,
             latency_ms=round(latency_s * 1000, 1),
             key_id=fields.get("key_id"),
+            model_version=fields.get("model_version"),
             ttft_ms=fields.get("ttft_ms"),
             prompt_tokens=fields.get("prompt_tokens"),
             cached_prompt_tokens=fields.get("cached_prompt_tokens"),
