@@ -254,12 +254,14 @@ def _iso(epoch: float) -> str:
 
 
 def _card_markdown(report: ExportReport) -> str:
+    listed = [name for name in SPLITS if report.counts[name]] or ["train"]
     lines = [
         "---",
         "configs:",
         "- config_name: default",
         "  data_files:",
-        *(f"  - split: {name}\n    path: {name}.jsonl" for name in SPLITS),
+        # `datasets` cannot read an empty JSONL file: list only the splits that have rows.
+        *(f"  - split: {name}\n    path: {name}.jsonl" for name in listed),
         "---",
         "",
         f"# ggserve feedback export ({report.format})",

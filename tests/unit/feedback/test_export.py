@@ -214,8 +214,10 @@ def test_files_load_with_the_datasets_library(curated: FeedbackStore, tmp_path: 
     ):
         out = tmp_path / fmt
         report = export_dataset(curated, fmt, out, eval_fraction=0.5)  # type: ignore[arg-type]
-        loaded = datasets.load_dataset(str(out))
+        loaded = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
         for split, count in report.counts.items():
             if count:
                 assert set(loaded[split].column_names) == columns
                 assert loaded[split].num_rows == count
+            else:
+                assert split not in loaded
