@@ -21,7 +21,7 @@ from loguru import logger
 from server.feedback.records import CaptureLevel, Interaction
 from server.feedback.store import FeedbackStore, StoreError
 
-CaptureOutcome = Literal["written", "dropped", "failed", "purged"]
+CaptureOutcome = Literal["written", "duplicate", "dropped", "failed", "purged"]
 _BATCH = 256
 _LOG_EVERY_S = 60.0
 
@@ -134,13 +134,15 @@ class CaptureWriter:
 
     def _write(self, batch: list[Interaction]) -> None:
         try:
-            self._ensure_store().add_interactions(batch)
+            added = self._ensure_store().add_interactions(batch)
         except (StoreError, sqlite3.Error, OSError) as exc:
             self._store = None  # reopen next time: the disk may have been fixed
             self._on_outcome("failed", len(batch))
             self._log_limited("failed", f"capture write failed, {len(batch)} record(s) lost: {exc}")
         else:
-            self._on_outcome("written", len(batch))
+            self._on_outcome("written", added)
+            if added < len(batch):
+                self._on_outcome("duplicate", len(batch) - added)
         finally:
             self._settle([record.response_id for record in batch])
 

@@ -151,14 +151,20 @@ class FeedbackStore:
 
     # --- interactions ------------------------------------------------------------------------
 
-    def add_interactions(self, records: Sequence[Interaction]) -> None:
-        """Insert captured responses (redacted) in one transaction; raises sqlite3.Error."""
+    def add_interactions(self, records: Sequence[Interaction]) -> int:
+        """Insert captured responses (redacted) in one transaction; how many were new.
+
+        An id already stored is kept as it is: response ids derive from the client's
+        ``X-Request-ID``, and one key must not be able to overwrite another key's record.
+        Raises sqlite3.Error (full or read-only disk) for the caller to count.
+        """
         rows = [_interaction_row(record) for record in records]
         with self._connect() as conn, conn:
-            conn.executemany(
-                "INSERT OR REPLACE INTO interactions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            cursor = conn.executemany(
+                "INSERT OR IGNORE INTO interactions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
+            return cursor.rowcount
 
     def get_interaction(self, response_id: str) -> Interaction | None:
         """The captured response with this id, if any."""

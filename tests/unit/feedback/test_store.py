@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from server.feedback.store import (
     StoreError,
     UnknownResponseError,
 )
-from tests.unit.feedback.conftest import MODEL
+from tests.unit.feedback.conftest import MODEL, interaction
 
 Add = Callable[..., Interaction]
 
@@ -196,3 +197,15 @@ def test_hostile_ids_are_just_strings(store: FeedbackStore, add: Add) -> None:
     store.put_feedback(thumbs(hostile))
     assert store.get_feedback(hostile) is not None
     assert store.count_interactions() == 1
+
+
+def test_a_reused_response_id_never_overwrites_the_first_record(
+    store: FeedbackStore, add: Add
+) -> None:
+    add("same-id", key_id="alice")
+    store.put_feedback(thumbs("same-id", key_id="alice", correction="Onhava"))
+    # Another key sends the same X-Request-ID, so its response gets the same id.
+    assert store.add_interactions([replace(interaction("same-id"), key_id="mallory")]) == 0
+    stored = store.get_feedback("same-id")
+    assert stored is not None and stored.interaction.key_id == "alice"
+    assert stored.feedback.correction == "Onhava"
