@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -67,7 +68,10 @@ class FeedbackService:
                 "stored, so they cannot be rated"
             )
         self.capture.wait_settled(feedback.response_id, timeout=2.0)
-        return self.store().put_feedback(feedback)
+        try:
+            return self.store().put_feedback(feedback)
+        except (sqlite3.Error, OSError) as exc:  # full or read-only disk, locked file
+            raise StoreError(f"cannot write feedback to {self.db_path}: {exc}") from exc
 
 
 class CaptureOffError(StoreError):
