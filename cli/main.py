@@ -11,7 +11,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer
 
-from cli import ask, convert, evaluate, health, index, keys, model_registry, models, serve, train
+from cli import (
+    ask,
+    convert,
+    evaluate,
+    feedback,
+    health,
+    index,
+    keys,
+    model_registry,
+    models,
+    serve,
+    train,
+)
 
 app = typer.Typer(
     name="ggserve",
@@ -30,6 +42,7 @@ app.command("train-lora")(train.train_lora)
 app.command("eval")(evaluate.evaluate)
 app.add_typer(index.app, name="index")
 app.add_typer(keys.app, name="keys")
+app.add_typer(feedback.app, name="feedback")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from server.api.errors import AuthenticationError, RateLimitError, ServiceUnavailableError
 from server.api.generation import GenerationService, RequestContext
 from server.api.middleware import LOG_FIELDS_KEY, RESPONSE_HEADERS_KEY
-from server.engine.types import Engine
 from server.runtime.services import ServedModel, Services
 
 
@@ -126,17 +125,9 @@ async def served_model(request: Request, services: ServicesDep) -> AsyncIterator
 ServedModelDep = Annotated[ServedModel, Depends(served_model)]
 
 
-def get_engine(served: ServedModelDep) -> Engine:
-    """The leased model's engine."""
-    return served.engine
-
-
-EngineDep = Annotated[Engine, Depends(get_engine)]
-
-
-def get_generation(services: ServicesDep, engine: EngineDep) -> GenerationService:
-    """The generation service over the engine serving now (taken once per request)."""
-    return GenerationService.for_services(services, engine)
+def get_generation(services: ServicesDep, served: ServedModelDep) -> GenerationService:
+    """The generation service over the model this request leased (taken once per request)."""
+    return GenerationService.for_services(services, served)
 
 
 GenerationDep = Annotated[GenerationService, Depends(get_generation)]

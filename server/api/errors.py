@@ -59,7 +59,7 @@ class NotFoundError(APIError):
 
 
 class ConflictError(APIError):
-    """409: the request clashes with work in progress (e.g. a model activation)."""
+    """409: the request clashes with what is stored or with work in progress."""
 
     status_code = 409
     error_type = "conflict_error"

@@ -14,6 +14,8 @@ from loguru import logger
 
 from server.agents.runtime import AskRuntime
 from server.engine.types import Engine, EngineStats
+from server.feedback.records import ModelVersion
+from server.feedback.service import FeedbackService
 from server.observability.metrics import Metrics
 from server.registry.activation import ModelActivator
 from server.registry.deployment import ActiveModel, Deployment
@@ -39,6 +41,7 @@ class ModelMeta:
     created: int | None = None  # the file's mtime, as OpenAI's ``created``
     manifest_name: str | None = None
     quantization: str | None = None
+    sha256: str | None = None  # from the manifest, or hashed at load when capture is on
 
 
 UNREGISTERED = "unregistered"  # the version label of a model served outside the registry
@@ -53,7 +56,14 @@ class ServedModel:
     model_id: str
     version: str  # "v2" from the registry, or UNREGISTERED
     path: str  # the GGUF file
-    sha256: str | None = None  # of the GGUF, when known (registry versions)
+    sha256: str | None = None  # of the GGUF: the registry's, else the manifest's or hashed
+
+    @property
+    def capture_version(self) -> ModelVersion:
+        """How capture records name this model: the registry version (``v2``) when it has
+        one, so ``ggserve feedback list --model v2`` finds its responses, else its name."""
+        name = self.model_id if self.version == UNREGISTERED else self.version
+        return ModelVersion(name, self.sha256 or self.meta.sha256)
 
 
 @dataclass
@@ -76,7 +86,14 @@ class Services:
     default_model_id: str = "ggserve"  # reported until a model is loaded
     activator: ModelActivator[ServedModel] | None = None  # set when a registry is configured
     ask: AskRuntime | None = None  # the /v1/ask agent and retriever, loaded with the model
+    feedback: FeedbackService | None = None  # capture + /v1/feedback store; None when off
     background: list[asyncio.Task[None]] = field(default_factory=list)  # cancelled at shutdown
+
+    @property
+    def model_version(self) -> ModelVersion:
+        """The version captured with the responses of the current model (see ServedModel)."""
+        served = self.served
+        return served.capture_version if served is not None else ModelVersion(self.model_id)
 
     @property
     def served(self) -> ServedModel | None:
@@ -153,6 +170,15 @@ def build_services(settings: Settings) -> Services:
         models=ActiveModel(close=retire),
         default_model_id=settings.model_alias or settings.model_path.stem,
     )
+    if settings.capture != "off":
+        metrics = services.metrics
+        services.feedback = FeedbackService(
+            settings.feedback_db,
+            level=settings.capture,
+            retention_days=settings.capture_retention_days,
+            max_queue=settings.capture_queue,
+            on_capture=lambda outcome, n: metrics.capture_records.labels(outcome=outcome).inc(n),
+        )
     if not settings.auth_disabled and len(services.keys) == 0:
         logger.warning(
             "no API keys configured: every protected endpoint will answer 401. "

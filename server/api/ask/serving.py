@@ -37,7 +37,13 @@ from server.agents.types import (
 from server.agents.types import Source as AgentSource
 from server.api.ask.protocol import AskRequest, AskResponse, AskTimings, AskUsage, Source
 from server.api.errors import BadRequestError, ServiceUnavailableError
-from server.api.generation import GenerationService, RequestContext, TextDelta, until_disconnected
+from server.api.generation import (
+    CaptureDraft,
+    GenerationService,
+    RequestContext,
+    TextDelta,
+    until_disconnected,
+)
 from server.api.streaming import Frame, open_stream
 from server.engine.types import (
     EngineEvent,
@@ -120,6 +126,7 @@ class AskServing:
         http_request: Request,
     ) -> AskResponse | EventSourceResponse:
         started = time.perf_counter()
+        ctx.capture = CaptureDraft(ctx.request_id)  # messages and sources filled in below
         if violation := generation.input_violation(body.question):
             ctx.log_fields["guardrail"] = violation
             events: AsyncIterator[AnswerEvent] = _refusal()
@@ -128,9 +135,15 @@ class AskServing:
         if body.stream:
             fmt = AskEventFormat(ctx, started)
             return await open_stream(
-                http_request, ctx, _api_errors(events), fmt, is_output=_is_output
+                http_request,
+                ctx,
+                _api_errors(_noting_sources(ctx, events)),
+                fmt,
+                is_output=_is_output,
             )
-        answer = await until_disconnected(http_request, answer_from_stream(_api_errors(events)))
+        answer = await until_disconnected(
+            http_request, answer_from_stream(_api_errors(_noting_sources(ctx, events)))
+        )
         _log(ctx, answer)
         return AskResponse(
             id=ctx.request_id,
@@ -216,6 +229,7 @@ class AskEventFormat:
             _log(self.ctx, answer)
             total_ms = (time.perf_counter() - self.started) * 1000
             final = {
+                "id": self.ctx.request_id,  # what /v1/feedback takes as response_id
                 "finish_reason": answer.finish_reason,
                 "sources": [s.model_dump() for s in ask_sources(answer.sources)],
                 "grounded": answer.grounded,
@@ -250,6 +264,17 @@ async def _api_errors(events: AsyncIterator[AnswerEvent]) -> AsyncIterator[Answe
             raise _as_api_error(exc) from exc
 
 
+async def _noting_sources(
+    ctx: RequestContext, events: AsyncIterator[AnswerEvent]
+) -> AsyncIterator[AnswerEvent]:
+    """The agent's events; retrieved sources are noted for the capture record on the way."""
+    async with closing(events):
+        async for event in events:
+            if isinstance(event, Retrieved) and ctx.capture is not None:
+                ctx.capture.sources = [s.model_dump() for s in ask_sources(event.sources)]
+            yield event
+
+
 def _generation_chat(
     ctx: RequestContext, generation: GenerationService, requested_max_tokens: int | None
 ) -> ChatFn:
@@ -258,6 +283,8 @@ def _generation_chat(
     async def chat(
         messages: Messages, params: SamplingParams, request_id: str
     ) -> AsyncIterator[EngineEvent]:
+        if ctx.capture is not None:  # what the model saw: system prompt, passages, question
+            ctx.capture.messages = [dict(m) for m in messages]
         prompt = generation.chat_prompt(messages)
         max_tokens = generation.resolve_max_tokens(requested_max_tokens, len(prompt))
         items = generation.stream(ctx, prompt, replace(params, max_tokens=max_tokens))

@@ -19,6 +19,7 @@ from starlette.requests import Request
 
 from server.api.errors import BadRequestError, ServiceUnavailableError
 from server.api.generation import (
+    CaptureDraft,
     Completed,
     GenerationItem,
     GenerationService,
@@ -167,6 +168,7 @@ class OpenAIServing:
         max_tokens = generation.resolve_max_tokens(request.requested_max_tokens(), len(prompt))
         params = sampling_params(request, max_tokens, _grammar_for(request))
         input_text = "\n".join(m["content"] for m in messages)
+        ctx.capture = CaptureDraft(f"chatcmpl-{ctx.request_id}", messages=messages)
         items = generation.stream(ctx, prompt, params, input_text=input_text)
         model = self.services.model_id
         if request.stream:
@@ -202,6 +204,7 @@ class OpenAIServing:
         prompt_text, prompt = _completion_prompt(generation, request.prompt)
         max_tokens = generation.resolve_max_tokens(request.max_tokens, len(prompt))
         params = sampling_params(request, max_tokens)
+        ctx.capture = CaptureDraft(f"cmpl-{ctx.request_id}", prompt=prompt_text)
         items = generation.stream(ctx, prompt, params, input_text=prompt_text)
         model = self.services.model_id
         echo = prompt_text if request.echo else ""

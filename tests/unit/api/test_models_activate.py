@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from convert.manifest import sha256_file
+from server.feedback.store import FeedbackStore
 from server.registry.store import ModelRegistry
 from server.runtime.services import ModelMeta
 from server.settings import Settings
@@ -101,6 +102,18 @@ def test_activation_switches_new_requests_frees_the_old_engine_and_records_it(
     state = registry.read()
     assert state.active == 2 and state.get(2).promoted_by == "alpha"
     assert getattr(engines["one"], "closed", False)
+    reply = admin_client.post("/v1/chat/completions", json=CHAT, headers=auth()).json()
+    record = _captured(registry.path.parent / "feedback.db", reply["id"])
+    assert (record.model.name, record.model.sha256) == ("v2", state.get(2).sha256)
+
+
+def _captured(db: Path, response_id: str) -> Any:
+    store = FeedbackStore(db, create=False)
+    deadline = time.monotonic() + 5
+    while (record := store.get_interaction(response_id)) is None:
+        assert time.monotonic() < deadline, "the response was never captured"
+        time.sleep(0.02)
+    return record
 
 
 def test_a_version_that_fails_to_load_leaves_the_old_one_serving(
