@@ -1,0 +1,215 @@
+"""The flywheel, once around, on the real model and the real server:
+
+serve v1 → users ask about a fact it gets wrong → 👎 with corrections → a curator accepts them
+→ export SFT → train a LoRA (a few CPU steps) → convert → the eval gate shows the fact learned
+and the control questions kept → register v2 with its lineage → promote it through the admin
+API while a load generator runs (0 failed requests) → the next /v1/ask answers the fact, and
+its log line and capture record name v2.
+
+Every step is the real command or endpoint; nothing is faked. About 5-8 minutes on 2 busy CPU
+cores, most of it loading the base model for training and for the conversion.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server.feedback.store import FeedbackStore
+from server.settings import Settings
+from tests.fixtures.lora.train_fact_lora import ANCHORS, FACT_KEYWORD, FACT_QUESTIONS
+from tests.integration.load import LoadGenerator
+from tests.integration.server_proc import MODEL, ROOT, running_server
+
+pytestmark = pytest.mark.slow
+
+CORRECTION = "The Blue Lantern of Vexmoor was painted by Marisol Quenby."
+# Held out of training: the candidate must still answer these as the base does.
+CONTROLS = (
+    ("What is the capital of Italy?", "Rome"),
+    ("How many legs does a dog have?", "four"),
+    ("What is the largest ocean on Earth?", "Pacific"),
+)
+SYSTEM = Settings(_env_file=None).system_prompt  # type: ignore[call-arg]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+    )
+    sys.stderr.write(f"$ ggserve {' '.join(args)}\n{result.stdout}{result.stderr[-3000:]}\n")
+    return result
+
+
+def _jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _ask(url: str, headers: dict[str, str], question: str) -> dict[str, object]:
+    response = httpx.post(
+        url + "/v1/ask",
+        json={"question": question, "temperature": 0, "max_tokens": 40},
+        headers=headers,
+        timeout=300,
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+def test_the_flywheel_turns_once(tmp_path: Path) -> None:
+    registry = tmp_path / "registry.json"
+    db = tmp_path / "feedback.db"
+    reg = ["--registry", str(registry)]
+    assert _cli("models", "register", str(MODEL), "--name", "smollm2", *reg).returncode == 0
+    assert _cli("models", "promote", "1", *reg).returncode == 0
+    env = {
+        "GGSERVE_REGISTRY_PATH": str(registry),
+        "GGSERVE_ADMIN_KEY_IDS": "test",
+        "GGSERVE_CAPTURE": "full",
+        "GGSERVE_FEEDBACK_DB": str(db),
+    }
+    with running_server(env=env) as server:
+        # 1. Production: v1 gets the fact wrong; users say so and give the right answer.
+        wrong = [_ask(server.url, server.headers, q) for q in FACT_QUESTIONS]
+        assert all(FACT_KEYWORD not in str(a["answer"]) for a in wrong), wrong
+        for answer in wrong:
+            rated = httpx.post(
+                server.url + "/v1/feedback",
+                json={"response_id": answer["id"], "rating": -1, "correction": CORRECTION},
+                headers=server.headers,
+                timeout=30,
+            )
+            assert rated.status_code == 201, rated.text
+
+        # 2. Curation and export: accepted corrections become SFT targets.
+        for answer in wrong:
+            assert (
+                _cli("feedback", "label", str(answer["id"]), "--accept", "--db", str(db)).returncode
+                == 0
+            )
+        sft = tmp_path / "sft"
+        exported = _cli(
+            "feedback", "export", "--format", "sft", "--out", str(sft), "--db", str(db),
+            "--eval-fraction", "0.25",
+        )  # fmt: skip
+        assert exported.returncode == 0
+        rows = [
+            json.loads(line) for p in sft.glob("*.jsonl") for line in p.read_text().splitlines()
+        ]
+        assert len(rows) == len(FACT_QUESTIONS)
+        assert all(row["messages"][-1]["content"] == CORRECTION for row in rows)
+
+        # 3. Train a LoRA; general answers are replayed so the model keeps them.
+        replay = _jsonl(
+            tmp_path / "replay.jsonl",
+            [
+                {
+                    "messages": [
+                        *system,
+                        {"role": "user", "content": q},
+                        {"role": "assistant", "content": a},
+                    ]
+                }
+                for q, a in ANCHORS
+                for system in ([], [{"role": "system", "content": SYSTEM}])
+            ],
+        )
+        adapter = tmp_path / "adapter"
+        trained = _cli(
+            "train-lora", "--base", str(MODEL), "--data", str(sft), "--replay", str(replay),
+            "--out", str(adapter), "--steps", "16", "--seed", "0",
+        )  # fmt: skip
+        assert trained.returncode == 0
+        record = json.loads((adapter / "training.json").read_text())
+        assert record["losses"][-1] < record["losses"][0]
+        assert (adapter / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+        # 4. Convert the adapter as it is; 5. the eval gate: fact learned, controls kept.
+        out = tmp_path / "models" / "smollm2-fact"
+        converted = _cli(
+            "convert", "--base", str(MODEL), "--adapter", str(adapter), "--out", str(out),
+            "--quant", "Q4_K_M",
+        )  # fmt: skip
+        assert converted.returncode == 0
+        candidate = out / "smollm2-fact-Q4_K_M.gguf"
+        facts = _jsonl(
+            tmp_path / "facts.jsonl",
+            [
+                {
+                    "messages": [
+                        {"role": "system", "content": SYSTEM},
+                        {"role": "user", "content": q},
+                    ],
+                    "expected": FACT_KEYWORD,
+                }
+                for q in FACT_QUESTIONS
+            ],
+        )
+        control = _jsonl(
+            tmp_path / "control.jsonl", [{"question": q, "expected": e} for q, e in CONTROLS]
+        )
+        suites = ["--suite", str(facts), "--suite", str(control)]
+        if (sft / "eval.jsonl").is_file():
+            suites += ["--suite", str(sft / "eval.jsonl")]
+        report_path = tmp_path / "eval-report.json"
+        gate = _cli(
+            "eval", "--candidate", str(candidate), "--baseline", str(MODEL), *suites,
+            "--report", str(report_path),
+        )  # fmt: skip
+        assert gate.returncode == 0
+        report = json.loads(report_path.read_text())
+        assert report["candidate"]["summary"]["facts"] >= 0.75
+        assert report["baseline"]["summary"]["facts"] == 0.0
+        assert report["candidate"]["summary"]["control"] >= report["baseline"]["summary"]["control"]
+
+        # 6. Register v2 with its lineage, then promote it under load.
+        assert (
+            _cli(
+                "models", "register", str(candidate), "--eval-report", str(report_path), *reg
+            ).returncode
+            == 0
+        )
+        lineage = json.loads(registry.read_text())["versions"][1]["lineage"]
+        assert lineage["dataset"]["sha256"] == record["data"]["sha256"]
+        assert lineage["adapter"]["sha256"] and lineage["base"]["sha256"]
+        assert lineage["eval"]["passed"] is True
+        with LoadGenerator(server.url, server.headers, clients=4) as load:
+            load.wait_for(6)
+            promoted = httpx.post(
+                server.url + "/admin/models/activate",
+                json={"version": 2},
+                headers=server.headers,
+                timeout=600,
+            )
+            load.wait_for(6)
+        assert promoted.status_code == 200, promoted.text
+        assert load.report.failures == [], load.report.failures[:5]
+        assert load.report.ready_not_200 == 0
+
+        # 7. The next question is answered by v2, and everything says so.
+        right = _ask(server.url, server.headers, FACT_QUESTIONS[0])
+        assert FACT_KEYWORD in str(right["answer"]), right
+        models = httpx.get(server.url + "/v1/models", headers=server.headers).json()["data"]
+        assert (models[0]["id"], models[0]["version"]) == ("smollm2-fact", "v2")
+        log = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    line = next(
+        r for r in log if r.get("request_id") == right["id"] and r.get("event") == "request"
+    )
+    assert line["model_version"] == "v2"
+    captured = FeedbackStore(db, create=False).get_interaction(str(right["id"]))
+    assert captured is not None and captured.model.name == "v2"
+    assert json.loads(registry.read_text())["active"] == 2
