@@ -104,6 +104,8 @@ def _retriever(index: Path, embedder: Path | None) -> Searcher:
     from server.rag.retriever import Retriever
     from server.settings import Settings
 
+    if not index.is_dir():
+        raise _fail(f"--index {index} is not a folder (build one with 'ggserve index build')")
     try:
         with console.status("loading the index …"):
             return Retriever.load(index, Embedder(embedder or Settings().embedder_path))

@@ -89,6 +89,7 @@ def test_train_lora_will_not_overwrite_an_adapter(tmp_path: Path, gguf: Path, da
         (["--candidate", "SUITE"], "is not a GGUF file"),
         (["--baseline", "/nonexistent.gguf"], "is not a file"),
         (["--suite", "BADSUITE"], "line 1: not JSON"),
+        (["--index", "/nonexistent/index"], "is not a folder"),
     ],
 )
 def test_eval_refuses_bad_input_with_exit_2(
