@@ -127,11 +127,15 @@ class ModelRegistry:
     def read(self) -> RegistryState:
         """The current state; an empty registry when the file does not exist yet."""
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = self.path.read_bytes().decode("utf-8")
         except FileNotFoundError:
             return RegistryState()
         except OSError as exc:
             raise RegistryError(f"cannot read the registry {self.path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise RegistryError(
+                f"the registry {self.path} is corrupt (not UTF-8); restore it from a backup"
+            ) from exc
         try:
             data = json.loads(text)
             if not isinstance(data, dict):

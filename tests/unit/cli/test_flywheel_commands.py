@@ -168,3 +168,12 @@ def test_register_refuses_a_candidate_whose_eval_gate_failed(tmp_path: Path, ggu
     )
     assert result.exit_code == 1 and "eval gate failed" in result.output
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_corrupt_registry_is_reported_not_overwritten(tmp_path: Path, gguf: Path) -> None:
+    registry = tmp_path / "registry.json"
+    registry.write_bytes(b'{"versions": [\xff')
+    for args in (["list"], ["register", str(gguf)], ["promote", "1"], ["rollback"]):
+        result = runner.invoke(app, ["models", *args, "--registry", str(registry)])
+        assert result.exit_code == 1 and "corrupt" in result.output, (args, result.output)
+    assert registry.read_bytes() == b'{"versions": [\xff'
