@@ -109,7 +109,7 @@ async def activate_model(
     except ActivationError as exc:
         services.metrics.model_activations.labels(result=exc.kind).inc()
         logger.bind(event="model_activation_failed", version=body.version, kind=exc.kind).error(
-            "model activation failed, the current model keeps serving: {}", exc
+            "model activation failed: {}", exc
         )
         raise _ACTIVATION_ERRORS[exc.kind](str(exc), code=exc.kind, param="version") from exc
     served = services.served
