@@ -191,7 +191,13 @@ def close_retired(deployment: Deployment[ServedModel]) -> None:
     """Free a model nobody uses any more: off the event loop when one is running."""
 
     def close() -> None:
-        deployment.model.engine.close()
+        try:
+            deployment.model.engine.close()
+        except Exception as exc:  # nobody awaits this: say it here, never lose it
+            logger.bind(event="model_retire_failed", model_version=deployment.version).error(
+                "freeing model {} failed: {}", deployment.version, exc
+            )
+            return
         logger.bind(
             event="model_retired", model_version=deployment.version, requests=deployment.served
         ).info("model {} freed after its last request", deployment.version)
