@@ -46,7 +46,7 @@ def test_ask_stream_and_thumbs_down_with_a_correction_land_in_the_database(
 
         page.click("#thumb-down")
         page.wait_for("document.querySelector('#feedback-status').dataset.sent === '1'")
-        page.type_into("#correction", "The capital of France is Paris.")
+        page.type_into("#correction", "Paris is the capital of France.")
         page.click("#send-correction")
         page.wait_for("document.querySelector('#feedback-status').dataset.sent === '2'")
         ARTIFACTS.mkdir(exist_ok=True)
@@ -55,7 +55,7 @@ def test_ask_stream_and_thumbs_down_with_a_correction_land_in_the_database(
     stored = FeedbackStore(db, create=False).get_feedback(response_id)
     assert stored is not None
     assert stored.feedback.rating.value == -1
-    assert stored.feedback.correction == "The capital of France is Paris."
+    assert stored.feedback.correction == "Paris is the capital of France."
     assert stored.correction_status == "pending"
     assert stored.interaction.answer is not None
     assert stored.interaction.answer.strip() == answer.strip()
