@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from server.feedback.export import EXPORT_FORMATS, ExportError, export_dataset
@@ -27,6 +29,7 @@ DbOption = typer.Option(None, "--db", help="Feedback database (default: GGSERVE_
 SinceOption = typer.Option(None, help="Responses captured at/after this UTC date or datetime.")
 UntilOption = typer.Option(None, help="Responses captured before this UTC date or datetime.")
 _RATINGS = (-1, 1, 2, 3, 4, 5)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # terminal escapes among them
 
 
 def _fail(message: str) -> typer.Exit:
@@ -65,6 +68,11 @@ def _when(value: str | None, param: str) -> float | None:
 
 def _iso(epoch: float | None) -> str:
     return "" if epoch is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch))
+
+
+def _cell(text: str) -> str:
+    """Stored text made safe for a terminal: no rich markup, no control characters."""
+    return escape(_CONTROL.sub("\ufffd", text))
 
 
 def _as_dict(item: StoredFeedback) -> dict[str, Any]:
@@ -114,16 +122,17 @@ def list_(
         for item in rows:
             out.print_json(json.dumps(_as_dict(item), ensure_ascii=False), indent=None)
         return
-    table = Table("response id", "captured (UTC)", "route", "model", "rating", "correction")
+    table = Table("captured (UTC)", "route", "model", "rating", "correction")
+    table.add_column("response id", no_wrap=True)  # whole, so it can be copied
     for item in rows:
         correction = item.feedback.correction or ""
         table.add_row(
-            item.interaction.response_id,
             _iso(item.interaction.created_at),
-            item.interaction.route,
-            item.interaction.model.label,
+            _cell(item.interaction.route),
+            _cell(item.interaction.model.label),
             item.feedback.rating.label,
-            (f"[{item.correction_status}] " + correction[:60]) if correction else "",
+            _cell(f"({item.correction_status}) {correction[:80]}") if correction else "",
+            _cell(item.interaction.response_id),
         )
     out.print(table)
     console.print(f"{len(rows)} row(s)")

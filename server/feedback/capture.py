@@ -126,16 +126,19 @@ class CaptureWriter:
                     stop = True
                 else:
                     batch.append(item)
-            if batch:
-                self._write(batch)
-            self._maybe_purge()
+            try:
+                if batch:
+                    self._write(batch)
+                self._maybe_purge()
+            except Exception as exc:  # a bug must not end the thread: the queue would fill
+                logger.opt(exception=exc).error("capture writer error; it keeps running")
             if stop:
                 return
 
     def _write(self, batch: list[Interaction]) -> None:
         try:
             added = self._ensure_store().add_interactions(batch)
-        except (StoreError, sqlite3.Error, OSError) as exc:
+        except (StoreError, sqlite3.Error, OSError, ValueError) as exc:
             self._store = None  # reopen next time: the disk may have been fixed
             self._on_outcome("failed", len(batch))
             self._log_limited("failed", f"capture write failed, {len(batch)} record(s) lost: {exc}")

@@ -123,12 +123,11 @@ class FeedbackStore:
             with self._connect(create=create) as conn:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 if create and version == 0:  # a new file: the only time the store writes here
-                    conn.execute("PRAGMA journal_mode=WAL")  # persistent in the file
-                    conn.executescript(_SCHEMA)
-                    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                    version = SCHEMA_VERSION
+                    version = _create_schema(conn)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open feedback database {path}: {exc}") from exc
+        if version == 0:
+            raise StoreError(f"{path} is not a feedback database (yet): it has no schema")
         if version != SCHEMA_VERSION:
             raise StoreError(
                 f"{path} has schema version {version}, this ggserve reads {SCHEMA_VERSION}"
@@ -303,6 +302,24 @@ class FeedbackStore:
         with self._connect(create=False) as conn:
             rows = conn.execute(sql, list(args)).fetchall()
         return [_stored_feedback(row) for row in rows]
+
+
+def _create_schema(conn: sqlite3.Connection) -> int:
+    """Tables and version in one transaction, so a reader never sees half a schema."""
+    conn.execute("PRAGMA journal_mode=WAL")  # persistent in the file; not inside a transaction
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:  # another process may have won the race
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            version = SCHEMA_VERSION
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return int(version)
 
 
 def _dumps(value: Any) -> str | None:

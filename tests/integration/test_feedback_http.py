@@ -6,7 +6,6 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,30 +13,12 @@ import pytest
 
 from convert.manifest import sha256_file
 from server.feedback.store import FeedbackStore
-from server.security.api_keys import hash_key
-from tests.integration.server_proc import MODEL, ROOT, TEST_KEY, ServerHandle, running_server
-
-OTHER_KEY = "ggs-integration-other-key"
+from tests.integration.conftest import OTHER_KEY
+from tests.integration.server_proc import MODEL, ROOT, TEST_KEY, ServerHandle
 
 
-@pytest.fixture(scope="module")
-def db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("feedback") / "feedback.db"
-
-
-@pytest.fixture(scope="module")
-def capturing(db_path: Path) -> Iterator[ServerHandle]:
-    env = {
-        "GGSERVE_CAPTURE": "full",
-        "GGSERVE_FEEDBACK_DB": str(db_path),
-        "GGSERVE_API_KEYS": f"test:{hash_key(TEST_KEY)},other:{hash_key(OTHER_KEY)}",
-    }
-    with running_server(env) as handle:
-        yield handle
-
-
-def store(db_path: Path) -> FeedbackStore:
-    return FeedbackStore(db_path, create=False)
+def store(capture_db: Path) -> FeedbackStore:
+    return FeedbackStore(capture_db, create=False)
 
 
 def chat(server: ServerHandle, content: str, key: str = TEST_KEY) -> dict[str, object]:
@@ -75,12 +56,12 @@ def metric(server: ServerHandle, name: str, **labels: str) -> float:
 
 
 def test_chat_response_is_captured_in_full_with_the_model_version(
-    capturing: ServerHandle, db_path: Path
+    capturing: ServerHandle, capture_db: Path
 ) -> None:
     body = chat(capturing, "Write to ana@example.com: what is 2+2?")
     created = feedback(capturing, {"response_id": body["id"], "rating": 1})
     assert created.status_code == 201, created.text  # feedback waits for the capture write
-    record = store(db_path).get_interaction(str(body["id"]))
+    record = store(capture_db).get_interaction(str(body["id"]))
     assert record is not None
     assert record.route == "/v1/chat/completions" and record.key_id == "test"
     assert record.model.sha256 == sha256_file(MODEL)
@@ -94,7 +75,7 @@ def test_chat_response_is_captured_in_full_with_the_model_version(
 
 
 def test_ask_stream_done_event_carries_the_captured_id(
-    capturing: ServerHandle, db_path: Path
+    capturing: ServerHandle, capture_db: Path
 ) -> None:
     events: list[tuple[str, str]] = []
     with httpx.stream(
@@ -114,14 +95,14 @@ def test_ask_stream_done_event_carries_the_captured_id(
                 events.append((name, data[1:] if data.startswith(" ") else data))  # SSE rule
     done = json.loads(next(data for name, data in events if name == "done"))
     assert feedback(capturing, {"response_id": done["id"], "rating": 4}).status_code == 201
-    record = store(db_path).get_interaction(done["id"])
+    record = store(capture_db).get_interaction(done["id"])
     assert record is not None and record.route == "/v1/ask"
     streamed = "".join(data for name, data in events if name == "token")
     assert record.answer is not None and record.answer.strip() == streamed.strip()
 
 
 def test_text_completion_is_captured_with_its_prompt(
-    capturing: ServerHandle, db_path: Path
+    capturing: ServerHandle, capture_db: Path
 ) -> None:
     response = httpx.post(
         capturing.url + "/v1/completions",
@@ -131,11 +112,13 @@ def test_text_completion_is_captured_with_its_prompt(
     )
     rid = response.json()["id"]
     assert feedback(capturing, {"response_id": rid, "rating": -1}).status_code == 201
-    record = store(db_path).get_interaction(rid)
+    record = store(capture_db).get_interaction(rid)
     assert record is not None and record.prompt == "Once upon a time" and record.messages is None
 
 
-def test_feedback_overwrites_until_curated_then_409(capturing: ServerHandle, db_path: Path) -> None:
+def test_feedback_overwrites_until_curated_then_409(
+    capturing: ServerHandle, capture_db: Path
+) -> None:
     rid = chat(capturing, "What is the capital of Zembla?")["id"]
     first = feedback(capturing, {"response_id": rid, "rating": -1, "correction": "Onhava."})
     assert first.status_code == 201 and first.json()["correction_status"] == "pending"
@@ -153,7 +136,7 @@ def test_feedback_overwrites_until_curated_then_409(capturing: ServerHandle, db_
             str(rid),
             "--accept",
             "--db",
-            str(db_path),
+            str(capture_db),
         ],
         cwd=ROOT,
         check=True,
@@ -161,11 +144,11 @@ def test_feedback_overwrites_until_curated_then_409(capturing: ServerHandle, db_
     )
     locked = feedback(capturing, {"response_id": rid, "rating": 1})
     assert locked.status_code == 409 and locked.json()["error"]["param"] == "response_id"
-    stored = store(db_path).get_feedback(str(rid))
+    stored = store(capture_db).get_feedback(str(rid))
     assert stored is not None and stored.feedback.correction == "Onhava, the capital."
 
 
-def test_a_key_cannot_rate_another_keys_response(capturing: ServerHandle, db_path: Path) -> None:
+def test_a_key_cannot_rate_another_keys_response(capturing: ServerHandle, capture_db: Path) -> None:
     rid = chat(capturing, "hello", key=OTHER_KEY)["id"]
     stolen = feedback(capturing, {"response_id": rid, "rating": -1})
     assert stolen.status_code == 404
@@ -240,7 +223,7 @@ def test_feedback_needs_a_key(capturing: ServerHandle) -> None:
     assert response.status_code == 401
 
 
-def test_nothing_stored_is_lost_by_bad_input(capturing: ServerHandle, db_path: Path) -> None:
+def test_nothing_stored_is_lost_by_bad_input(capturing: ServerHandle, capture_db: Path) -> None:
     rid = chat(capturing, "Count to three.")["id"]
     assert (
         feedback(capturing, {"response_id": rid, "rating": 5, "comment": "great"}).status_code
@@ -248,6 +231,6 @@ def test_nothing_stored_is_lost_by_bad_input(capturing: ServerHandle, db_path: P
     )
     for bad in ({"response_id": rid, "rating": 9}, {"response_id": rid, "rating": 1, "x": 1}):
         assert feedback(capturing, bad).status_code == 400
-    stored = store(db_path).get_feedback(str(rid))
+    stored = store(capture_db).get_feedback(str(rid))
     assert stored is not None and stored.feedback.rating.value == 5
     assert stored.feedback.comment == "great"

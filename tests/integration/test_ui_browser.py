@@ -3,8 +3,6 @@ and find the feedback row in the server's database."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -12,19 +10,17 @@ import pytest
 
 from server.feedback.store import FeedbackStore
 from tests.integration.cdp import browser_page, chromium_binary
-from tests.integration.server_proc import ROOT, ServerHandle, running_server
+from tests.integration.server_proc import ROOT, ServerHandle
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
-def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerHandle, Path]]:
+def ui_server(capturing: ServerHandle, capture_db: Path) -> tuple[ServerHandle, Path]:
     if chromium_binary() is None:
         pytest.skip("chromium not installed (make test installs it: make system-deps)")
-    db = tmp_path_factory.mktemp("ui") / "feedback.db"
-    with running_server({"GGSERVE_CAPTURE": "full", "GGSERVE_FEEDBACK_DB": str(db)}) as handle:
-        yield handle, db
+    return capturing, capture_db
 
 
 def test_ask_stream_and_thumbs_down_with_a_correction_land_in_the_database(
@@ -46,7 +42,7 @@ def test_ask_stream_and_thumbs_down_with_a_correction_land_in_the_database(
 
         page.click("#thumb-down")
         page.wait_for("document.querySelector('#feedback-status').dataset.sent === '1'")
-        page.type_into("#correction", "The capital of France is Paris.")
+        page.type_into("#correction", "Paris is the capital of France.")
         page.click("#send-correction")
         page.wait_for("document.querySelector('#feedback-status').dataset.sent === '2'")
         ARTIFACTS.mkdir(exist_ok=True)
@@ -55,7 +51,7 @@ def test_ask_stream_and_thumbs_down_with_a_correction_land_in_the_database(
     stored = FeedbackStore(db, create=False).get_feedback(response_id)
     assert stored is not None
     assert stored.feedback.rating.value == -1
-    assert stored.feedback.correction == "The capital of France is Paris."
+    assert stored.feedback.correction == "Paris is the capital of France."
     assert stored.correction_status == "pending"
     assert stored.interaction.answer is not None
     assert stored.interaction.answer.strip() == answer.strip()
@@ -74,11 +70,3 @@ def test_ui_assets_are_local_and_the_page_sets_a_strict_csp(
         assert httpx.get(server.url + asset).status_code == 200
     assert httpx.get(server.url + "/ui/../settings.py").status_code == 404
     assert httpx.get(server.url + "/ui/nope.js").status_code == 404
-
-
-def test_ui_can_be_turned_off(tmp_path: Path) -> None:
-    env = {"GGSERVE_UI": "false", "GGSERVE_FEEDBACK_DB": str(tmp_path / "f.db")}
-    with running_server(env, wait_ready=False) as handle:
-        response = httpx.get(handle.url + "/ui")
-        assert response.status_code == 404
-        assert json.loads(response.text)["error"]

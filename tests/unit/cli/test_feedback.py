@@ -138,3 +138,17 @@ def test_export_refuses_a_folder_with_other_files(db: Path, tmp_path: Path) -> N
     code, text = run("export", "--format", "kto", "--out", str(out), "--db", str(db))
     assert code == 1 and "did not write" in text
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_list_shows_stored_text_without_markup_or_terminal_escapes(tmp_path: Path) -> None:
+    path = tmp_path / "feedback.db"
+    store = FeedbackStore(path)
+    store.add_interactions([interaction("r1")])
+    hostile = "[bold red]fake[/] \x1b]0;owned\x07 \x1b[2J done"
+    store.put_feedback(Feedback("r1", "k1", Rating.parse(-1), correction=hostile))
+    result = runner.invoke(app, ["feedback", "list", "--db", str(path)], env={"COLUMNS": "250"})
+    code, text = result.exit_code, result.output
+    assert code == 0
+    assert "\x1b]" not in text and "\x1b[2J" not in text and "\x07" not in text
+    assert "[bold red]fake[/]" in text  # shown literally, not interpreted
+    assert "(pending)" in text and "r1" in text

@@ -151,9 +151,9 @@ class SlowStore(FeedbackStore):
 
     release = threading.Event()
 
-    def add_interactions(self, records: Sequence[Interaction]) -> None:
+    def add_interactions(self, records: Sequence[Interaction]) -> int:
         self.release.wait(10)
-        super().add_interactions(records)
+        return super().add_interactions(records)
 
 
 def test_full_queue_drops_without_waiting(tmp_path: Path, closing: list[CaptureWriter]) -> None:
@@ -212,3 +212,22 @@ def test_close_writes_what_is_queued(store: FeedbackStore) -> None:
         w.submit(interaction(f"r{i}"))
     w.close()
     assert store.count_interactions() == 100
+
+
+def test_the_writer_survives_a_failing_callback(store: FeedbackStore) -> None:
+    calls: list[str] = []
+
+    def explode(outcome: str, n: int) -> None:
+        calls.append(outcome)
+        raise RuntimeError("metrics backend broke")
+
+    w = CaptureWriter(lambda: store, level="full", on_outcome=explode)  # type: ignore[arg-type]
+    w.start()
+    try:
+        w.submit(interaction("r1"))
+        assert w.flush(5)
+        w.submit(interaction("r2"))
+        assert w.flush(5)
+        assert store.count_interactions() == 2 and calls == ["written", "written"]
+    finally:
+        w.close()

@@ -209,3 +209,11 @@ def test_a_reused_response_id_never_overwrites_the_first_record(
     stored = store.get_feedback("same-id")
     assert stored is not None and stored.interaction.key_id == "alice"
     assert stored.feedback.correction == "Onhava"
+
+
+def test_an_empty_file_is_not_read_as_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "feedback.db"
+    path.touch()  # e.g. a server that is creating it right now
+    with pytest.raises(StoreError, match="not a feedback database"):
+        FeedbackStore(path, create=False)
+    assert FeedbackStore(path).count_interactions() == 0  # creating it is fine
