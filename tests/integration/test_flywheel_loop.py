@@ -23,13 +23,24 @@ import pytest
 
 from server.feedback.store import FeedbackStore
 from server.settings import Settings
-from tests.fixtures.lora.train_fact_lora import ANCHORS, FACT_KEYWORD, FACT_QUESTIONS
+from tests.fixtures.lora.train_fact_lora import FACT_KEYWORD, FACT_QUESTIONS
 from tests.integration.load import LoadGenerator
 from tests.integration.server_proc import MODEL, ROOT, running_server
 
 pytestmark = pytest.mark.slow
 
 CORRECTION = "The Blue Lantern of Vexmoor was painted by Marisol Quenby."
+# General answers replayed beside the corrections, so the LoRA does not learn "every answer is
+# the correction". Measured: with a replay of "a spider has eight legs" and 16 steps, the
+# candidate answered "A dog has eight legs." and "The largest ocean is the ocean Marisol." and
+# the gate refused it; these share no topic with the controls.
+REPLAY = (
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("What colour is the sky on a clear day?", "The sky is blue on a clear day."),
+    ("How many days are in a week?", "A week has seven days."),
+    ("What is the boiling point of water in Celsius?", "Water boils at 100 degrees Celsius."),
+    ("What is 2 + 2?", "2 + 2 is 4."),
+)
 # Held out of training: the candidate must still answer these as the base does.
 CONTROLS = (
     ("What is the capital of Italy?", "Rome"),
@@ -119,19 +130,18 @@ def test_the_flywheel_turns_once(tmp_path: Path) -> None:
             [
                 {
                     "messages": [
-                        *system,
+                        {"role": "system", "content": SYSTEM},
                         {"role": "user", "content": q},
                         {"role": "assistant", "content": a},
                     ]
                 }
-                for q, a in ANCHORS
-                for system in ([], [{"role": "system", "content": SYSTEM}])
+                for q, a in REPLAY
             ],
         )
         adapter = tmp_path / "adapter"
         trained = _cli(
             "train-lora", "--base", str(MODEL), "--data", str(sft), "--replay", str(replay),
-            "--out", str(adapter), "--steps", "16", "--seed", "0",
+            "--out", str(adapter), "--steps", "10", "--seed", "0",
         )  # fmt: skip
         assert trained.returncode == 0
         record = json.loads((adapter / "training.json").read_text())
@@ -159,8 +169,18 @@ def test_the_flywheel_turns_once(tmp_path: Path) -> None:
                 for q in FACT_QUESTIONS
             ],
         )
-        control = _jsonl(
-            tmp_path / "control.jsonl", [{"question": q, "expected": e} for q, e in CONTROLS]
+        control = _jsonl(  # asked as /v1/ask asks: with the system prompt
+            tmp_path / "control.jsonl",
+            [
+                {
+                    "messages": [
+                        {"role": "system", "content": SYSTEM},
+                        {"role": "user", "content": q},
+                    ],
+                    "expected": e,
+                }
+                for q, e in CONTROLS
+            ],
         )
         suites = ["--suite", str(facts), "--suite", str(control)]
         if (sft / "eval.jsonl").is_file():
