@@ -89,6 +89,8 @@ class Answer:
     grounded: bool  # generated from retrieved passages
     no_context: bool = False  # nothing passed the threshold (answered or refused without)
     engine_timings: Timings | None = None
+    # Best retrieval score before the threshold (drift watches it); None: nothing retrieved.
+    top_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class Retrieved:
     no_context: bool
     embed_ms: float = 0.0
     search_ms: float = 0.0
+    top_score: float | None = None  # best retrieval score before the threshold
 
 
 @dataclass(frozen=True)
