@@ -97,3 +97,34 @@ def test_observation_bounds_the_query() -> None:
         at=0.0, route="chat", query="x" * 10_000, finish_reason="stop", answer_tokens=-3
     )
     assert len(o.query) == MAX_QUERY_CHARS and o.answer_tokens == 0
+
+
+async def test_the_loop_evaluates_on_schedule_and_survives_a_failure() -> None:
+    import asyncio
+    import contextlib
+    from dataclasses import replace
+
+    from server.drift.schedule import run_drift_loop
+
+    rng = np.random.default_rng(5)
+    monitor = DriftMonitor(replace(CONFIG, interval_s=0.01), HashingEmbedder())
+    for o in observations(questions(COOKING, 200, rng), rng):
+        monitor.observe(o)
+    ticks = 0
+
+    async def before_each() -> None:
+        nonlocal ticks
+        ticks += 1
+        if ticks == 1:
+            raise RuntimeError("embedder not loadable yet")
+
+    task = asyncio.create_task(run_drift_loop(monitor, before_each))
+    for _ in range(500):
+        await asyncio.sleep(0.01)
+        if monitor.evaluations >= 2:
+            break
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert ticks >= 3 and monitor.evaluations >= 2
+    assert monitor.latest is not None and monitor.latest.drifted is False
