@@ -1,4 +1,4 @@
-"""``ggserve drift report``: reference vs current from JSON Lines files, as a table and a picture."""
+"""``ggserve drift report``: reference vs current from JSONL files, as a table and a picture."""
 
 from __future__ import annotations
 
@@ -65,8 +65,10 @@ def report(
         False, "--no-embeddings", help="Skip the query-embedding test (no embedder needed)."
     ),
     rows: int = typer.Option(
-        1000, min=2, max=MAX_ROWS, help="Rows per window: the first of --reference, the last "
-        "of --current."
+        1000,
+        min=2,
+        max=MAX_ROWS,
+        help="Rows per window: the first of --reference, the last of --current.",
     ),
     min_samples: int = typer.Option(200, min=2, help="Samples each window needs for a verdict."),
     permutations: int = typer.Option(500, min=1, max=100_000, help="MMD permutations."),

@@ -15,7 +15,6 @@ from server.drift.report import DriftReport, SignalReport
 from server.drift.stats import FloatArray
 
 
-
 @dataclass(frozen=True)
 class WindowSample:
     """What one window holds at evaluation time.
@@ -86,9 +85,7 @@ def _numeric_signal(
     )
 
 
-def _rate_signal(
-    name: str, ref: Sequence[bool], cur: Sequence[bool], need: int
-) -> SignalReport:
+def _rate_signal(name: str, ref: Sequence[bool], cur: Sequence[bool], need: int) -> SignalReport:
     if min(len(ref), len(cur)) < need:
         return _too_few(name, "two_proportion", len(ref), len(cur), need)
     hits_ref, hits_cur = sum(ref), sum(cur)

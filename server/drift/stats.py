@@ -112,7 +112,9 @@ def psi(reference: FloatArray, current: FloatArray, bins: int = 10) -> float:
     if len(reference) == 0 or len(current) == 0:
         raise ValueError("both samples must be non-empty")
     inner = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
-    ref_share = np.bincount(np.searchsorted(inner, reference, side="right"), minlength=len(inner) + 1)
+    ref_share = np.bincount(
+        np.searchsorted(inner, reference, side="right"), minlength=len(inner) + 1
+    )
     cur_share = np.bincount(np.searchsorted(inner, current, side="right"), minlength=len(inner) + 1)
     r = np.maximum(ref_share / len(reference), _PSI_FLOOR)
     c = np.maximum(cur_share / len(current), _PSI_FLOOR)

@@ -37,8 +37,15 @@ def _populated_drift_monitor() -> DriftMonitor:
     rng = np.random.default_rng(0)
     for i in range(40):
         monitor.observe(
-            Observation(float(i), "ask", f"q{i}", "stop", int(rng.integers(10, 90)),
-                        float(rng.random()), False)
+            Observation(
+                float(i),
+                "ask",
+                f"q{i}",
+                "stop",
+                int(rng.integers(10, 90)),
+                float(rng.random()),
+                False,
+            )
         )
     monitor.evaluate()
     return monitor
@@ -56,8 +63,13 @@ def _series_names(families: list[Metric]) -> set[str]:
 def exported() -> set[str]:
     """Series names on /metrics: the app's metrics, its live engine gauges and drift."""
     stats = EngineStats(
-        queue_depth=0, slots_active=0, slots_total=4, tokens_generated_total=0,
-        prompt_tokens_evaluated_total=0, prompt_tokens_cached_total=0, decode_steps_total=0,
+        queue_depth=0,
+        slots_active=0,
+        slots_total=4,
+        tokens_generated_total=0,
+        prompt_tokens_evaluated_total=0,
+        prompt_tokens_cached_total=0,
+        decode_steps_total=0,
         requests_rejected_total=0,
     )
     metrics = Metrics(stats=lambda: stats, load_state=lambda: "ready")
@@ -138,8 +150,10 @@ def test_dashboard_layout_is_importable() -> None:
     cells: set[tuple[int, int]] = set()
     for panel in dash["panels"]:
         g = panel["gridPos"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, panel["title"]
-        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24, panel["title"]
+        mine = {
+            (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
+        }
         assert not cells & mine, f"panel '{panel['title']}' overlaps another"
         cells |= mine
         if panel["type"] != "row":

@@ -15,9 +15,50 @@ import numpy.typing as npt
 
 from server.drift.observation import Observation
 
-COOKING = "bake roast simmer dough oven flour sauce knife pan recipe garlic butter".split()
-NETWORK = "router packet subnet firewall dns latency vlan switch port proxy tls cable".split()
-FILLER = "how do i what is the best way to my for a with why".split()
+COOKING = [
+    "bake",
+    "roast",
+    "simmer",
+    "dough",
+    "oven",
+    "flour",
+    "sauce",
+    "knife",
+    "pan",
+    "recipe",
+    "garlic",
+    "butter",
+]
+NETWORK = [
+    "router",
+    "packet",
+    "subnet",
+    "firewall",
+    "dns",
+    "latency",
+    "vlan",
+    "switch",
+    "port",
+    "proxy",
+    "tls",
+    "cable",
+]
+FILLER = [
+    "how",
+    "do",
+    "i",
+    "what",
+    "is",
+    "the",
+    "best",
+    "way",
+    "to",
+    "my",
+    "for",
+    "a",
+    "with",
+    "why",
+]
 
 
 class HashingEmbedder:
@@ -45,9 +86,7 @@ class HashingEmbedder:
 
 def questions(topic: list[str], n: int, rng: np.random.Generator) -> list[str]:
     """``n`` questions mixing filler words with three words of ``topic``."""
-    return [
-        " ".join([*rng.choice(FILLER, 4), *rng.choice(topic, 3)]) for _ in range(n)
-    ]
+    return [" ".join([*rng.choice(FILLER, 4), *rng.choice(topic, 3)]) for _ in range(n)]
 
 
 def observations(

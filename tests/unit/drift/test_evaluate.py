@@ -9,8 +9,8 @@ import pytest
 
 from server.drift.config import DriftConfig
 from server.drift.evaluate import WindowSample, evaluate
-from server.drift.report import SIGNALS
 from server.drift.observation import Observation, Rating
+from server.drift.report import SIGNALS
 from tests.unit.drift.conftest import COOKING, NETWORK, HashingEmbedder, observations, questions
 
 CONFIG = DriftConfig(reference_size=200, window_size=200, min_samples=100, permutations=200)
