@@ -92,6 +92,11 @@ class DriftMonitor:
             self._observations.add(_Entry(observation))
             self.observed += 1
 
+    @property
+    def has_embedder(self) -> bool:
+        """Whether the query-embedding signal can be computed."""
+        return self._embedder is not None
+
     def attach_embedder(self, embedder: TextEmbedder | None) -> None:
         """Use ``embedder`` for the query-embedding signal from the next evaluation on
         (the server's embedder loads after the app starts)."""

@@ -104,10 +104,11 @@ def build_tracing(
 @contextlib.contextmanager
 def request_span(
     tracing: Tracing, name: str, request_id: str, attributes: Attributes | None = None
-) -> Iterator[None]:
-    """The root span of one request, carrying its id (what ties the span to the log line)."""
+) -> Iterator[Any]:
+    """The root span of one request, carrying its id (what ties the span to the log line).
+    Yields the span, to add attributes known at the end (route, status), or None when off."""
     if not tracing.enabled:
-        yield
+        yield None
         return
-    with tracing.span(name, {"ggserve.request_id": request_id, **(attributes or {})}):
-        yield
+    with tracing.span(name, {"ggserve.request_id": request_id, **(attributes or {})}) as span:
+        yield span

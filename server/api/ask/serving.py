@@ -35,6 +35,7 @@ from server.agents.types import (
     answer_from_stream,
 )
 from server.agents.types import Source as AgentSource
+from server.api import observe
 from server.api.ask.protocol import AskRequest, AskResponse, AskTimings, AskUsage, Source
 from server.api.errors import BadRequestError, ServiceUnavailableError
 from server.api.generation import GenerationService, RequestContext, TextDelta, until_disconnected
@@ -125,6 +126,7 @@ class AskServing:
             events: AsyncIterator[AnswerEvent] = _refusal()
         else:
             events = self._answer_events(body, ctx, generation)
+        events = observe.answers(self.services, ctx, body.question, events)
         if body.stream:
             fmt = AskEventFormat(ctx, started)
             return await open_stream(

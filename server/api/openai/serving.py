@@ -17,6 +17,7 @@ import numpy as np
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 
+from server.api import observe
 from server.api.errors import BadRequestError, ServiceUnavailableError
 from server.api.generation import (
     Completed,
@@ -167,7 +168,11 @@ class OpenAIServing:
         max_tokens = generation.resolve_max_tokens(request.requested_max_tokens(), len(prompt))
         params = sampling_params(request, max_tokens, _grammar_for(request))
         input_text = "\n".join(m["content"] for m in messages)
-        items = generation.stream(ctx, prompt, params, input_text=input_text)
+        items = observe.generations(
+            self.services,
+            observe.last_user_message(messages),
+            generation.stream(ctx, prompt, params, input_text=input_text),
+        )
         model = self.services.model_id
         if request.stream:
             fmt = ChatChunkFormat(f"chatcmpl-{ctx.request_id}", model, _include_usage(request))
