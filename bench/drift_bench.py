@@ -188,13 +188,58 @@ def cost(cache: Cache, embedder: Embedder, repeats: int) -> dict[str, object]:
     }
 
 
+def markdown(result: dict) -> str:
+    """The figures as the Markdown tables docs/observability.md shows."""
+    cost, shift, null, power = (
+        result["cost"],
+        result["topic_shift"],
+        result["random_splits"],
+        result["samples_needed"],
+    )
+    lines = [
+        f"Machine: {result['machine']}; load average before {result['load_average_before']}, "
+        f"after {result['load_average_after']}; embedder {result['embedder']}; "
+        f"bench {result['bench_wall_s']:.0f} s.",
+        "",
+        "| measure | result |",
+        "|---|---|",
+        f"| topic shift (3 topics → 3 others), 500 vs 500, {shift['trials']} draws | "
+        f"flagged {shift['flagged']}/{shift['trials']}, largest p {shift['max_p_value']:.4f}, "
+        f"mean MMD² {shift['mean_mmd2']:.4f} |",
+        f"| random splits of one set, 500 vs 500, {null['splits']} splits | embedding test "
+        f"flagged {null['embedding_false_alarms']} ({null['embedding_false_alarm_rate']:.1%}); "
+        f"any signal {null['overall_false_alarms']} ({null['overall_false_alarm_rate']:.1%}); "
+        f"p < 0.05 in {null['share_p_below_0.05']:.1%}; mean MMD² {null['mean_mmd2']:.5f} |",
+        f"| one evaluation at the defaults (500 + 500, {cost['permutations']} permutations) | "
+        f"{cost['evaluate_wall_s_median'] * 1000:.0f} ms wall, "
+        f"{cost['evaluate_cpu_s_median'] * 1000:.0f} ms CPU (median of 5) |",
+        f"| embedding 500 new questions (the background run at full turnover) | "
+        f"{cost['embed_500_wall_s']:.1f} s wall, {cost['embed_500_cpu_s']:.1f} s CPU |",
+        "",
+        f"Detection rate of the embedding test ({power['trials']} draws per cell) when a share "
+        f"of the current window asks about a new topic ({power['new_topic']}):",
+        "",
+        "| share on the new topic | " + " | ".join(f"n={n}" for n in SIZES) + " | n for ≥ 80 % |",
+        "|---" * (len(SIZES) + 2) + "|",
+    ]
+    for share, rates in power["detection_rate"].items():
+        needed = power["samples_for_80pct"][share]
+        cells = " | ".join(f"{rates[str(n)]:.0%}" for n in SIZES)
+        lines.append(f"| {share} | {cells} | {needed if needed is not None else '> 500'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--embedder", type=Path, default=ROOT / "models" / "all-MiniLM-L6-v2")
     parser.add_argument("--splits", type=int, default=100)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "drift.json")
+    parser.add_argument("--markdown", type=Path, help="Only print the tables of a result file.")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return
 
     embedder = Embedder(args.embedder)
     cache = Cache(embedder)
@@ -224,6 +269,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
+    print(markdown(result))
 
 
 if __name__ == "__main__":
