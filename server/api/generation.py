@@ -60,6 +60,7 @@ class CaptureDraft:
     messages: list[dict[str, str]] | None = None
     prompt: str | None = None  # text completions: the raw prompt
     sources: list[dict[str, Any]] | None = None
+    per_answer: bool = False  # the handler calls ``GenerationService.capture`` itself
 
 
 @dataclass
@@ -280,7 +281,23 @@ class GenerationService:
     def _capture(
         self, ctx: RequestContext, params: SamplingParams, answer: str, done: Completed
     ) -> None:
-        """Queue the response's capture record; never blocks, never fails the request."""
+        if ctx.capture is not None and not ctx.capture.per_answer:
+            self.capture(ctx, answer, done.usage, done.finish_reason, params)
+
+    def capture(
+        self,
+        ctx: RequestContext,
+        answer: str,
+        usage: Usage,
+        finish_reason: str,
+        params: SamplingParams | None,
+    ) -> None:
+        """Queue the capture record of the response ``ctx`` answers; never blocks or fails.
+
+        Generations call this when they end; a handler whose response is built from several
+        generations (or none), as /v1/ask's agents may, sets ``per_answer`` on its draft and
+        calls it once with the final answer.
+        """
         draft = ctx.capture
         if self.feedback is None or draft is None or self.feedback.level == "off":
             return
@@ -292,14 +309,14 @@ class GenerationService:
                 model=self.model_version,
                 level=self.feedback.level,
                 latency_ms=round((time.perf_counter() - ctx.started) * 1000, 1),
-                prompt_tokens=done.usage.prompt_tokens,
-                completion_tokens=done.usage.completion_tokens,
-                finish_reason=done.finish_reason,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                finish_reason=finish_reason,
                 messages=draft.messages,
                 prompt=draft.prompt,
                 answer=answer,
                 sources=draft.sources,
-                params=_sampling_record(params),
+                params=None if params is None else _sampling_record(params),
             )
         )
 
