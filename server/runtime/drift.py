@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from loguru import logger
 
 from server.drift.config import DriftConfig
 from server.drift.monitor import DriftMonitor
+from server.drift.observation import Rating
 from server.drift.records import RecordError, read_records
 from server.drift.schedule import run_drift_loop
+from server.feedback.service import FeedbackService
+from server.feedback.store import FeedbackFilter, StoreError
 from server.rag.errors import RagError
 from server.runtime.embedder import EmbedderProvider
 from server.settings import Settings
@@ -47,6 +52,34 @@ def build_drift(settings: Settings) -> DriftMonitor | None:
             raise ValueError(f"GGSERVE_DRIFT_REFERENCE_FILE: {exc}") from exc
         logger.info("drift reference: {} questions from {}", kept, path)
     return monitor
+
+
+# Ratings usually follow their answer within minutes; a rating of an answer older than this
+# reaches drift only if it is among the newest (the store filters by the answer's time).
+RATING_LOOKBACK_S = 86_400.0
+
+
+class StoredRatings:
+    """The feedback store as drift's :class:`server.drift.observation.FeedbackSource`.
+
+    A rating counts at the time it was last given (an overwritten rating counts again). A
+    store that cannot be read yields nothing this time and says so in the log: drift goes on.
+    """
+
+    def __init__(self, feedback: FeedbackService) -> None:
+        self._feedback = feedback
+
+    def ratings_since(self, after: float, limit: int) -> Sequence[Rating]:
+        """Up to ``limit`` ratings given after ``after``, oldest first."""
+        try:
+            rows = self._feedback.store().list_feedback(
+                FeedbackFilter(since=after - RATING_LOOKBACK_S)
+            )
+        except StoreError as exc:
+            logger.warning("drift cannot read ratings this time: {}", exc)
+            return []
+        fresh = sorted((r for r in rows if r.updated_at > after), key=lambda r: r.updated_at)
+        return [Rating(r.updated_at, r.feedback.rating.polarity < 0) for r in fresh[:limit]]
 
 
 class EmbedderAttacher:

@@ -16,9 +16,11 @@ from server.agents.runtime import AskRuntime
 from server.drift.metrics import DriftCollector
 from server.drift.monitor import DriftMonitor
 from server.engine.types import Engine, EngineStats
+from server.feedback.records import ModelVersion
+from server.feedback.service import FeedbackService
 from server.observability.metrics import Metrics
 from server.observability.tracing import Tracing, build_tracing
-from server.runtime.drift import build_drift
+from server.runtime.drift import StoredRatings, build_drift
 from server.runtime.embedder import EmbedderProvider
 from server.runtime.readiness import Readiness
 from server.security.api_keys import ApiKey, KeyStore, hash_key, load_keys_file, parse_key_entry
@@ -41,6 +43,7 @@ class ModelMeta:
     created: int | None = None  # the file's mtime, as OpenAI's ``created``
     manifest_name: str | None = None
     quantization: str | None = None
+    sha256: str | None = None  # from the manifest, or hashed at load when capture is on
 
 
 @dataclass
@@ -58,6 +61,13 @@ class Services:
     engine: Engine | None = None
     model_meta: ModelMeta = field(default_factory=ModelMeta)
     ask: AskRuntime | None = None  # the /v1/ask agent and retriever, loaded with the model
+    feedback: FeedbackService | None = None  # capture + /v1/feedback store; None when off
+
+    @property
+    def model_version(self) -> ModelVersion:
+        """The version captured with each response: served name and GGUF sha256."""
+        return ModelVersion(self.model_id, self.model_meta.sha256)
+
     background: list[asyncio.Task[None]] = field(default_factory=list)  # cancelled at shutdown
     drift: DriftMonitor | None = None  # None: GGSERVE_DRIFT_ENABLED=false
     tracing: Tracing = field(default_factory=Tracing)  # a no-op unless GGSERVE_OTLP_ENDPOINT
@@ -107,6 +117,17 @@ def build_services(settings: Settings) -> Services:
         drift=drift,
         tracing=build_tracing(settings.otlp_endpoint),
     )
+    if settings.capture != "off":
+        metrics = services.metrics
+        services.feedback = FeedbackService(
+            settings.feedback_db,
+            level=settings.capture,
+            retention_days=settings.capture_retention_days,
+            max_queue=settings.capture_queue,
+            on_capture=lambda outcome, n: metrics.capture_records.labels(outcome=outcome).inc(n),
+        )
+        if drift is not None:
+            drift.attach_feedback(StoredRatings(services.feedback))
     if not settings.auth_disabled and len(services.keys) == 0:
         logger.warning(
             "no API keys configured: every protected endpoint will answer 401. "

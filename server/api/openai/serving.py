@@ -20,6 +20,7 @@ from starlette.requests import Request
 from server.api import observe
 from server.api.errors import BadRequestError, ServiceUnavailableError
 from server.api.generation import (
+    CaptureDraft,
     Completed,
     GenerationItem,
     GenerationService,
@@ -168,6 +169,7 @@ class OpenAIServing:
         max_tokens = generation.resolve_max_tokens(request.requested_max_tokens(), len(prompt))
         params = sampling_params(request, max_tokens, _grammar_for(request))
         input_text = "\n".join(m["content"] for m in messages)
+        ctx.capture = CaptureDraft(f"chatcmpl-{ctx.request_id}", messages=messages)
         items = observe.generations(
             self.services,
             observe.last_user_message(messages),
@@ -207,6 +209,7 @@ class OpenAIServing:
         prompt_text, prompt = _completion_prompt(generation, request.prompt)
         max_tokens = generation.resolve_max_tokens(request.max_tokens, len(prompt))
         params = sampling_params(request, max_tokens)
+        ctx.capture = CaptureDraft(f"cmpl-{ctx.request_id}", prompt=prompt_text)
         items = generation.stream(ctx, prompt, params, input_text=prompt_text)
         model = self.services.model_id
         echo = prompt_text if request.echo else ""

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.drift.monitor import DriftMonitor
+from server.runtime.drift import StoredRatings
 from tests.unit.api.conftest import KEY_A, KEY_B, _wait_ready, auth
 
 DRIFT = {
@@ -152,3 +153,30 @@ def test_a_reference_file_is_the_reference(
     bad.write_bytes(b'{"question": "ok"}\n{"nope": 1}\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
         make_client(**DRIFT, drift_reference_file=bad)
+
+
+def test_ratings_from_the_feedback_store_feed_the_feedback_signal(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    from tests.unit.api.test_feedback import captured
+
+    client = make_client(**{**DRIFT, "drift_min_feedback": 2})
+    _wait_ready(client)
+    monitor = _monitor(client)
+    ids = []
+    for i in range(3):
+        body = client.post("/v1/chat/completions", json=_chat(f"q{i}"), headers=auth()).json()
+        captured(tmp_path / "feedback.db", body["id"])
+        ids.append(body["id"])
+    for response_id, rating in zip(ids, (1, -1, -1), strict=True):
+        rated = client.post(
+            "/v1/feedback", json={"response_id": response_id, "rating": rating}, headers=auth()
+        )
+        assert rated.status_code == 201
+    monitor.evaluate()
+    signal = monitor.evaluate().signal("negative_feedback")
+    assert (signal.reference_n, signal.current_n) == (3, 0)  # each rating read once
+    assert signal.drifted is None  # nothing in the current window yet
+    source = StoredRatings(client.app.state.services.feedback)  # type: ignore[attr-defined]
+    assert [r.negative for r in source.ratings_since(0.0, 10)] == [False, True, True]
+    assert source.ratings_since(0.0, 1)[0].negative is False  # oldest first
