@@ -6,6 +6,9 @@ fields are optional, so a plain list of questions feeds the embedding signal alo
     {"question": "How do I reset the pump?"}
     {"question": "...", "finish_reason": "stop", "answer_tokens": 84, "top_score": 0.61,
      "no_context": false, "route": "ask", "at": 1764460000.0}
+
+Chat-format records (``{"messages": [...]}``, as ``ggserve feedback export`` writes) are read
+too: the question is the last user message.
 """
 
 from __future__ import annotations
@@ -57,6 +60,14 @@ def _flag(record: dict[str, object], name: str, where: str) -> bool | None:
     return value
 
 
+def _last_user_message(messages: list[object]) -> object:
+    """The question of a chat-format record (``ggserve feedback export`` writes these)."""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return message.get("content")
+    return None
+
+
 def parse_record(line: str, where: str) -> Observation:
     """One JSON line as an :class:`Observation`; :class:`RecordError` says what is wrong."""
     try:
@@ -66,8 +77,10 @@ def parse_record(line: str, where: str) -> Observation:
     if not isinstance(record, dict):
         raise RecordError(f"{where}: expected a JSON object, got {type(record).__name__}")
     question = record.get("question", record.get("query"))
+    if question is None and isinstance(record.get("messages"), list):
+        question = _last_user_message(record["messages"])
     if not isinstance(question, str) or not question.strip():
-        raise RecordError(f"{where}: needs a non-empty string 'question'")
+        raise RecordError(f"{where}: needs a non-empty string 'question' (or user 'messages')")
     tokens = _count(record, "answer_tokens", where)
     if tokens is None:
         tokens = _count(record, "completion_tokens", where) or 0

@@ -40,6 +40,18 @@ def test_questions_only_and_full_records(tmp_path: Path) -> None:
     assert read_records(path, limit=1) == [first]
 
 
+def test_chat_format_records_give_their_last_user_message(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        b'{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "first"},'
+        b' {"role": "assistant", "content": "a"}, {"role": "user", "content": "second"}]}\n',
+    )
+    assert read_records(path)[0].query == "second"
+    bad = _write(tmp_path, b'{"messages": [{"role": "assistant", "content": "no question"}]}\n')
+    with pytest.raises(RecordError, match="messages"):
+        read_records(bad)
+
+
 def test_long_questions_are_cut(tmp_path: Path) -> None:
     path = _write(tmp_path, ('{"question": "' + "a" * 5000 + '"}\n').encode())
     assert len(read_records(path)[0].query) == MAX_QUERY_CHARS
