@@ -52,17 +52,20 @@ class RagAgent:
         hits: list[Hit] = []
         embed_ms = search_ms = 0.0
         top_score: float | None = None
+        query_vector = None
         if ctx.retriever is not None:
             k = ctx.top_k or settings.rag_top_k
             result = await asyncio.to_thread(
                 ctx.retriever.search, question, k, settings.rag_score_threshold
             )
             hits, embed_ms, search_ms = result.hits, result.embed_ms, result.search_ms
-            top_score = result.top_score
+            top_score, query_vector = result.top_score, result.query_vector
         messages, hits = self._fit(ctx, question, hits)
         no_context = ctx.retriever is not None and not hits
         sources = [Source(h.n, h.document, h.title, h.heading, h.score, h.snippet) for h in hits]
-        yield Retrieved(sources, bool(hits), no_context, embed_ms, search_ms, top_score)
+        yield Retrieved(
+            sources, bool(hits), no_context, embed_ms, search_ms, top_score, query_vector
+        )
 
         if no_context and settings.rag_no_context == "refuse":
             yield Delta(REFUSAL)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from server.engine.types import EngineEvent, SamplingParams, Timings, Usage
+from server.rag.embedder import Vectors
 from server.rag.retriever import SearchResult
 from server.settings import Settings
 
@@ -103,6 +104,8 @@ class Retrieved:
     embed_ms: float = 0.0
     search_ms: float = 0.0
     top_score: float | None = None  # best retrieval score before the threshold
+    # The question's embedding, when the retriever made one (drift reuses it).
+    query_vector: Vectors | None = None
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,16 @@ from server.agents.streams import closing
 from server.agents.types import Answer, AnswerEvent, Done, Retrieved
 from server.api.generation import Completed, GenerationItem, RequestContext
 from server.drift.observation import observation
+from server.rag.embedder import Vectors
 from server.runtime.services import Services
 
 
-def _record(services: Services, **fields: object) -> None:
+def _record(services: Services, vector: Vectors | None = None, **fields: object) -> None:
     monitor = services.drift
     if monitor is None:
         return
     try:
-        monitor.observe(observation(at=time.time(), **fields))  # type: ignore[arg-type]
+        monitor.observe(observation(at=time.time(), **fields), vector)  # type: ignore[arg-type]
     except Exception as exc:  # drift is advisory: a bug here must not cost the user the answer
         logger.opt(exception=exc).warning("drift observation dropped")
 
@@ -33,17 +34,27 @@ async def answers(
     services: Services, ctx: RequestContext, question: str, events: AsyncIterator[AnswerEvent]
 ) -> AsyncIterator[AnswerEvent]:
     """/v1/ask events as they are, plus retrieval spans and one drift observation at the end."""
+    vector: Vectors | None = None
     async with closing(events):
         async for event in events:
-            if isinstance(event, Retrieved) and services.tracing.enabled:
-                services.tracing.stages(
-                    [("retrieval.embed", event.embed_ms), ("retrieval.search", event.search_ms)],
-                    {"ggserve.request_id": ctx.request_id, "ggserve.sources": len(event.sources)},
-                )
+            if isinstance(event, Retrieved):
+                vector = event.query_vector
+                if services.tracing.enabled:
+                    services.tracing.stages(
+                        [
+                            ("retrieval.embed", event.embed_ms),
+                            ("retrieval.search", event.search_ms),
+                        ],
+                        {
+                            "ggserve.request_id": ctx.request_id,
+                            "ggserve.sources": len(event.sources),
+                        },
+                    )
             elif isinstance(event, Done):
                 answer = event.answer
                 _record(
                     services,
+                    vector,
                     route="ask",
                     query=question,
                     finish_reason=answer.finish_reason,

@@ -86,10 +86,12 @@ class DriftMonitor:
         self.observed = 0
 
     # --- inputs ---------------------------------------------------------------------------
-    def observe(self, observation: Observation) -> None:
-        """Record one answered request (cheap: called on the request path)."""
+    def observe(self, observation: Observation, vector: Vectors | None = None) -> None:
+        """Record one answered request (cheap: called on the request path). ``vector`` is the
+        question's embedding when the caller already has it (retrieval made one): it must come
+        from the same embedder, and then the question is not embedded again."""
         with self._lock:
-            self._observations.add(_Entry(observation))
+            self._observations.add(_Entry(observation, vector))
             self.observed += 1
 
     @property

@@ -56,6 +56,7 @@ class SearchResult:
     search_ms: float
     candidates: int  # hits before the threshold was applied
     top_score: float | None = None  # best score before the threshold (None: empty index)
+    query_vector: Vectors | None = None  # the question's embedding, shape (dimension,)
 
 
 def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
@@ -154,7 +155,7 @@ class Retriever:
                 )
             )
         top = max((score for _, score in found), default=None)
-        return SearchResult(hits, (t1 - t0) * 1000, (t2 - t1) * 1000, len(found), top)
+        return SearchResult(hits, (t1 - t0) * 1000, (t2 - t1) * 1000, len(found), top, q[0])
 
     def close(self) -> None:
         """Release the chunk store."""

@@ -100,5 +100,9 @@ def test_one_ask_is_one_trace_one_log_record_and_one_observation(
     signals = {s["name"]: s for s in drift["report"]["signals"]}
     assert signals["top1_score"]["reference_n"] >= 1  # the ask's pre-threshold score
     assert signals["top1_score"]["drifted"] is None  # one request: no verdict
+    # The question's embedding is the retriever's, reused: the embedder is attached (loaded
+    # for the index) and the ask has its row in the embedding sample.
+    assert drift["embeddings"] is True
+    assert signals["query_embedding"]["reference_n"] == signals["top1_score"]["reference_n"]
     metrics = httpx.get(server.url + "/metrics", timeout=10).text
     assert 'ggserve_drift_samples{signal="top1_score",window="reference"}' in metrics

@@ -128,3 +128,19 @@ async def test_the_loop_evaluates_on_schedule_and_survives_a_failure() -> None:
         await task
     assert ticks >= 3 and monitor.evaluations >= 2
     assert monitor.latest is not None and monitor.latest.drifted is False
+
+
+def test_a_vector_given_with_the_observation_is_not_embedded_again() -> None:
+    rng = np.random.default_rng(6)
+    embedder = HashingEmbedder()
+    monitor = DriftMonitor(CONFIG, embedder)
+    obs = observations(questions(COOKING, 150, rng), rng)
+    vectors = HashingEmbedder().embed([o.query for o in obs])
+    for o, v in zip(obs[:100], vectors[:100], strict=True):
+        monitor.observe(o, v)  # as /v1/ask does with the retriever's embedding
+    for o in obs[100:]:
+        monitor.observe(o)
+    report = monitor.evaluate()
+    assert embedder.embedded == 50
+    assert report.signal("query_embedding").reference_n == 100
+    assert report.signal("query_embedding").current_n == 50

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from server.agents import (
@@ -40,7 +41,8 @@ class FakeRetriever:
         self.calls.append((query, k, threshold))
         kept = [h for h in self.hits[:k] if threshold is None or h.score >= threshold]
         top = max((h.score for h in self.hits[:k]), default=None)
-        return SearchResult(kept, 3.0, 1.0, candidates=len(self.hits[:k]), top_score=top)
+        vector = np.full(4, 0.5, dtype=np.float32)
+        return SearchResult(kept, 3.0, 1.0, len(self.hits[:k]), top_score=top, query_vector=vector)
 
 
 @dataclass
@@ -124,6 +126,7 @@ async def test_the_best_score_before_the_threshold_travels_with_the_answer() -> 
     retriever = FakeRetriever([_hit(1, "a", score=0.9), _hit(2, "b", score=0.2)])
     events = [e async for e in RagAgent().answer_stream("q", _ctx(retriever, ScriptedChat(["x"])))]
     assert isinstance(events[0], Retrieved) and events[0].top_score == 0.9
+    assert events[0].query_vector is not None and events[0].query_vector.tolist() == [0.5] * 4
     assert isinstance(events[-1], Done) and events[-1].answer.top_score == 0.9
 
 
