@@ -14,6 +14,7 @@ import typer
 from cli import (
     ask,
     convert,
+    drift,
     evaluate,
     feedback,
     health,
@@ -42,6 +43,7 @@ app.command("train-lora")(train.train_lora)
 app.command("eval")(evaluate.evaluate)
 app.add_typer(index.app, name="index")
 app.add_typer(keys.app, name="keys")
+app.add_typer(drift.app, name="drift")
 app.add_typer(feedback.app, name="feedback")
 
 

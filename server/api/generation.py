@@ -34,6 +34,7 @@ from server.engine.types import (
 from server.feedback.records import Interaction, ModelVersion
 from server.feedback.service import FeedbackService
 from server.observability.metrics import Metrics
+from server.observability.tracing import Tracing
 from server.runtime.services import ServedModel, Services
 from server.security.guardrails import REFUSAL, Guardrails
 from server.security.rate_limit import RateLimiter
@@ -60,6 +61,7 @@ class CaptureDraft:
     messages: list[dict[str, str]] | None = None
     prompt: str | None = None  # text completions: the raw prompt
     sources: list[dict[str, Any]] | None = None
+    per_answer: bool = False  # the handler calls ``GenerationService.capture`` itself
 
 
 @dataclass
@@ -110,11 +112,13 @@ class GenerationService:
         *,
         max_tokens_default: int,
         max_tokens_limit: int,
+        tracing: Tracing | None = None,
         feedback: FeedbackService | None = None,
         model_version: ModelVersion | None = None,
     ) -> None:
         self._engine = engine
         self.metrics = metrics
+        self.tracing = tracing or Tracing()
         self.limiter = limiter
         self.guardrails = guardrails
         self.max_tokens_default = max_tokens_default
@@ -134,6 +138,7 @@ class GenerationService:
             services.guardrails,
             max_tokens_default=settings.max_tokens_default,
             max_tokens_limit=settings.max_tokens_limit,
+            tracing=services.tracing,
             feedback=services.feedback,
             model_version=served.capture_version,
         )
@@ -265,6 +270,20 @@ class GenerationService:
         if timings.ttft_ms > 0:
             self.metrics.ttft.labels(route=ctx.route).observe(timings.ttft_ms / 1000)
             self.metrics.queue_wait.observe(timings.queue_ms / 1000)
+        if self.tracing.enabled and timings.ttft_ms > 0:
+            self.tracing.stages(
+                [
+                    ("queue_wait", timings.queue_ms),
+                    ("prefill", timings.prompt_ms),
+                    ("decode", timings.decode_ms),
+                ],
+                {
+                    "ggserve.request_id": ctx.request_id,
+                    "ggserve.prompt_tokens": usage.prompt_tokens,
+                    "ggserve.cached_prompt_tokens": usage.cached_prompt_tokens,
+                    "ggserve.completion_tokens": usage.completion_tokens,
+                },
+            )
         if done.tokens_per_s is not None:
             self.metrics.tokens_per_s.observe(done.tokens_per_s)
         ctx.log_fields.update(
@@ -281,7 +300,23 @@ class GenerationService:
     def _capture(
         self, ctx: RequestContext, params: SamplingParams, answer: str, done: Completed
     ) -> None:
-        """Queue the response's capture record; never blocks, never fails the request."""
+        if ctx.capture is not None and not ctx.capture.per_answer:
+            self.capture(ctx, answer, done.usage, done.finish_reason, params)
+
+    def capture(
+        self,
+        ctx: RequestContext,
+        answer: str,
+        usage: Usage,
+        finish_reason: str,
+        params: SamplingParams | None,
+    ) -> None:
+        """Queue the capture record of the response ``ctx`` answers; never blocks or fails.
+
+        Generations call this when they end; a handler whose response is built from several
+        generations (or none), as /v1/ask's agents may, sets ``per_answer`` on its draft and
+        calls it once with the final answer.
+        """
         draft = ctx.capture
         if self.feedback is None or draft is None or self.feedback.level == "off":
             return
@@ -293,14 +328,14 @@ class GenerationService:
                 model=self.model_version,
                 level=self.feedback.level,
                 latency_ms=round((time.perf_counter() - ctx.started) * 1000, 1),
-                prompt_tokens=done.usage.prompt_tokens,
-                completion_tokens=done.usage.completion_tokens,
-                finish_reason=done.finish_reason,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                finish_reason=finish_reason,
                 messages=draft.messages,
                 prompt=draft.prompt,
                 answer=answer,
                 sources=draft.sources,
-                params=_sampling_record(params),
+                params=None if params is None else _sampling_record(params),
             )
         )
 

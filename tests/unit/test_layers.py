@@ -23,6 +23,7 @@ DOMAIN = (
     "feedback",
     "registry",
     "evaluation",
+    "drift",
 )
 # What each part of server/ may import from server/ (besides itself).
 ALLOWED: dict[str, set[str]] = {
@@ -31,6 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "runtime": {"settings", *DOMAIN},
     "agents": {"rag", "engine", "settings"},
     "rag": set(),
+    "drift": set(),
     "security": set(),
     "observability": {"engine"},
     "engine": set(),

@@ -35,6 +35,7 @@ from server.agents.types import (
     answer_from_stream,
 )
 from server.agents.types import Source as AgentSource
+from server.api import observe
 from server.api.ask.protocol import AskRequest, AskResponse, AskTimings, AskUsage, Source
 from server.api.errors import BadRequestError, ServiceUnavailableError
 from server.api.generation import (
@@ -126,24 +127,27 @@ class AskServing:
         http_request: Request,
     ) -> AskResponse | EventSourceResponse:
         started = time.perf_counter()
-        ctx.capture = CaptureDraft(ctx.request_id)  # messages and sources filled in below
+        # An agent may call the model several times, or not at all: the record is the answer.
+        ctx.capture = CaptureDraft(ctx.request_id, per_answer=True)
         if violation := generation.input_violation(body.question):
             ctx.log_fields["guardrail"] = violation
             events: AsyncIterator[AnswerEvent] = _refusal()
         else:
             events = self._answer_events(body, ctx, generation)
+        sampling = SamplingParams(
+            max_tokens=body.max_tokens or self.services.settings.max_tokens_default,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+        )
+        events = _capturing(ctx, generation, body.question, sampling, events)
+        events = observe.answers(self.services, ctx, body.question, events)
         if body.stream:
             fmt = AskEventFormat(ctx, started)
             return await open_stream(
-                http_request,
-                ctx,
-                _api_errors(_noting_sources(ctx, events)),
-                fmt,
-                is_output=_is_output,
+                http_request, ctx, _api_errors(events), fmt, is_output=_is_output
             )
-        answer = await until_disconnected(
-            http_request, answer_from_stream(_api_errors(_noting_sources(ctx, events)))
-        )
+        answer = await until_disconnected(http_request, answer_from_stream(_api_errors(events)))
         _log(ctx, answer)
         return AskResponse(
             id=ctx.request_id,
@@ -264,14 +268,24 @@ async def _api_errors(events: AsyncIterator[AnswerEvent]) -> AsyncIterator[Answe
             raise _as_api_error(exc) from exc
 
 
-async def _noting_sources(
-    ctx: RequestContext, events: AsyncIterator[AnswerEvent]
+async def _capturing(
+    ctx: RequestContext,
+    generation: GenerationService,
+    question: str,
+    params: SamplingParams,
+    events: AsyncIterator[AnswerEvent],
 ) -> AsyncIterator[AnswerEvent]:
-    """The agent's events; retrieved sources are noted for the capture record on the way."""
+    """The agent's events; the sources and the final answer go into the capture record."""
+    draft = ctx.capture
     async with closing(events):
         async for event in events:
-            if isinstance(event, Retrieved) and ctx.capture is not None:
-                ctx.capture.sources = [s.model_dump() for s in ask_sources(event.sources)]
+            if draft is not None and isinstance(event, Retrieved):
+                draft.sources = [s.model_dump() for s in ask_sources(event.sources)]
+            elif draft is not None and isinstance(event, Done):
+                if draft.messages is None:  # answered without the model (refusal, no context)
+                    draft.messages = [{"role": "user", "content": question}]
+                answer = event.answer
+                generation.capture(ctx, answer.text, answer.usage, answer.finish_reason, params)
             yield event
 
 

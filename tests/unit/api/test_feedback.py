@@ -114,3 +114,22 @@ def test_ui_is_served_with_a_strict_policy_and_can_be_turned_off(
     assert '<script src="/ui/app.js">' in page.text and "<script>" not in page.text
     off = make_client(ui=False)
     assert off.get("/ui").status_code == 404 and off.get("/ui/app.js").status_code == 404
+
+
+def test_ask_answered_without_the_model_is_captured_once(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    policy = tmp_path / "guardrails.txt"
+    policy.write_text("forbidden topic\n")
+    client = make_client(capture="full", guardrails_file=policy)
+    _wait_ready(client)
+    refused = client.post(
+        "/v1/ask", json={"question": "Tell me about the forbidden topic"}, headers=auth()
+    ).json()
+    record = captured(tmp_path / "feedback.db", refused["id"])
+    assert record.finish_reason == "content_filter" and record.answer == refused["answer"]
+    assert record.messages == [{"role": "user", "content": "Tell me about the forbidden topic"}]
+    answered = client.post("/v1/ask", json={"question": "Capital?"}, headers=auth()).json()
+    assert captured(tmp_path / "feedback.db", answered["id"]).answer == answered["answer"]
+    metrics = client.get("/metrics").text
+    assert 'ggserve_capture_records_total{outcome="duplicate"} 0.0' in metrics
