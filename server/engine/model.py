@@ -136,6 +136,11 @@ class LoadedModel:
     def _load_model(self) -> int:
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = self.config.n_gpu_layers
+        params.load_mode = (
+            llama_cpp.LLAMA_LOAD_MODE_MMAP
+            if self.config.use_mmap
+            else llama_cpp.LLAMA_LOAD_MODE_NONE
+        )
         llama_log.clear_problems()
         model = llama_cpp.llama_model_load_from_file(str(self.path).encode("utf-8"), params)
         if not model:
