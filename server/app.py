@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from loguru import logger
 
 from server.api import admin, health
 from server.api.ask import api_router as ask_router
+from server.api.deps import reject_invalid_text
 from server.api.errors import install_error_handlers
 from server.api.middleware import RequestContextMiddleware
 from server.api.openai import api_router as openai_router
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=_version(),
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        dependencies=[Depends(reject_invalid_text)],
     )
     app.state.services = services
     install_error_handlers(app)
@@ -67,7 +69,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     # Added last = outermost: every response, even an error from CORS or routing, gets an id.
     app.add_middleware(
-        RequestContextMiddleware, metrics=services.metrics, max_body_bytes=settings.max_body_bytes
+        RequestContextMiddleware,
+        metrics=services.metrics,
+        max_body_bytes=settings.max_body_bytes,
+        drain=services.drain,
     )
     health.attach_router(app)
     openai_router.attach_router(app)

@@ -15,9 +15,12 @@ from loguru import logger
 from server.agents.runtime import AskRuntime
 from server.engine.types import Engine, EngineStats
 from server.observability.metrics import Metrics
+from server.runtime.drain import Drain
 from server.runtime.embedder import EmbedderProvider
+from server.runtime.model_file import ModelFile
 from server.runtime.readiness import Readiness
 from server.security.api_keys import ApiKey, KeyStore, hash_key, load_keys_file, parse_key_entry
+from server.security.auth_failures import AuthFailureLimiter
 from server.security.guardrails import Guardrails
 from server.security.rate_limit import RateLimiter
 from server.settings import Settings
@@ -54,6 +57,9 @@ class Services:
     engine: Engine | None = None
     model_meta: ModelMeta = field(default_factory=ModelMeta)
     ask: AskRuntime | None = None  # the /v1/ask agent and retriever, loaded with the model
+    model_file: ModelFile | None = None  # the GGUF on disk, as it was when loaded
+    drain: Drain = field(default_factory=Drain)  # SIGTERM: refuse new work, finish the old
+    auth_failures: AuthFailureLimiter | None = None  # brute force: 429 after repeated 401s
     background: list[asyncio.Task[None]] = field(default_factory=list)  # cancelled at shutdown
 
 
@@ -77,10 +83,14 @@ def build_services(settings: Settings) -> Services:
         engine = services.engine if services is not None else None
         return engine.stats() if engine is not None else None
 
+    metrics = Metrics(stats=engine_stats, load_state=lambda: readiness.state)
     limiter = None
     if settings.rate_limit_rpm or settings.rate_limit_tpm:
         limiter = RateLimiter(
-            settings.rate_limit_storage, settings.rate_limit_rpm, settings.rate_limit_tpm
+            settings.rate_limit_storage,
+            settings.rate_limit_rpm,
+            settings.rate_limit_tpm,
+            on_storage_error=lambda _exc: metrics.rate_limit_storage_errors.inc(),
         )
     guardrails = (
         Guardrails.from_file(settings.guardrails_file) if settings.guardrails_file else None
@@ -89,11 +99,17 @@ def build_services(settings: Settings) -> Services:
         settings=settings,
         readiness=readiness,
         keys=build_key_store(settings),
-        metrics=Metrics(stats=engine_stats, load_state=lambda: readiness.state),
+        metrics=metrics,
         limiter=limiter,
         guardrails=guardrails,
         embedder=EmbedderProvider(settings.embedder_path),
         model_id=settings.model_alias or settings.model_path.stem,
+        drain=Drain(settings.drain_timeout_s),
+        auth_failures=(
+            AuthFailureLimiter(settings.auth_failure_limit, settings.auth_failure_window_s)
+            if settings.auth_failure_limit
+            else None
+        ),
     )
     if not settings.auth_disabled and len(services.keys) == 0:
         logger.warning(
