@@ -17,6 +17,7 @@ from server.api.deps import reject_invalid_text
 from server.api.errors import install_error_handlers
 from server.api.middleware import RequestContextMiddleware
 from server.api.openai import api_router as openai_router
+from server.api.openapi import install_openapi
 from server.observability.logging import configure_logging
 from server.runtime.loading import load_model
 from server.runtime.services import Services, build_services
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = services
     install_error_handlers(app)
+    install_openapi(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
