@@ -17,7 +17,7 @@ native call (where)                            guard
 detokenize: completions echo, token prompts)   0..n_vocab-1 (``std::out_of_range`` otherwise)
 ``llama_vocab_get_text`` (model.token_text)    range check in place (returns '' outside)
 ``llama_batch`` fill + ``llama_decode``        ``check_token_ids`` on the prompt in
-(engine._step)                                 ``LlamaEngine.submit``; prompt + max_tokens <=
+(executor.py)                                  ``LlamaEngine.submit``; prompt + max_tokens <=
                                                n_ctx per slot; chunks <= n_batch
 ``llama_sampler_init_logit_bias``              ``check_logit_bias``: ids in range, bias finite
                                                and within +-100 (OpenAI's range)
@@ -33,8 +33,9 @@ penalties/dist``                               finite, and fitting the C int/flo
                                                rejected: a grammar that admits no token (e.g.
                                                ``[^\x00-\U0010ffff]``) made llama.cpp throw,
                                                SIGABRT; the generation now ends instead
-``llama_memory_seq_rm``, ``llama_get_logits_   engine-internal values only (slot ids, batch
-ith``, ``llama_sampler_sample``                indices), never taken from a request
+``llama_memory_seq_rm/cp``,                    engine-internal values only (slot ids, batch
+``llama_get_logits_ith``,                      indices), never taken from a request
+``llama_sampler_sample``
 n_probs / top_logprobs                         ``check_n_probs``: 0..20 and <= n_vocab
 =============================================  ===============================================
 
