@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.unit.api.conftest import KEY_A, _wait_ready, auth
-from tests.unit.api.test_rate_limit_redis_faults import RedisProcess
+from tests.unit.security.test_rate_limit_redis_faults import RedisProcess
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
