@@ -15,10 +15,13 @@ from server.api import admin, health
 from server.api.ask import api_router as ask_router
 from server.api.deps import reject_invalid_text
 from server.api.errors import install_error_handlers
+from server.api.feedback import api_router as feedback_router
 from server.api.middleware import RequestContextMiddleware
 from server.api.openai import api_router as openai_router
 from server.api.openapi import install_openapi
+from server.api.ui import api_router as ui_router
 from server.observability.logging import configure_logging
+from server.runtime.drift import run_drift
 from server.runtime.loading import load_model
 from server.runtime.services import Services, build_services
 from server.settings import Settings
@@ -40,7 +43,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if services.limiter is not None:
             await services.limiter.check()
+        if services.feedback is not None:
+            services.feedback.start()
         loader = asyncio.create_task(load_model(services), name="load-model")
+        if services.drift is not None:
+            drift = run_drift(services.drift, services.embedder)
+            services.background.append(asyncio.create_task(drift, name="drift"))
         try:
             yield
         finally:
@@ -75,18 +83,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=services.metrics,
         max_body_bytes=settings.max_body_bytes,
         drain=services.drain,
+        tracing=services.tracing,
     )
     health.attach_router(app)
     openai_router.attach_router(app)
     ask_router.attach_router(app)
+    feedback_router.attach_router(app)
     admin.attach_router(app)
+    if settings.ui:
+        ui_router.attach_router(app)
     return app
 
 
 def _shutdown(services: Services) -> None:
+    if services.feedback is not None:
+        services.feedback.close()  # writes what is still queued
     if services.engine is not None:
         logger.info("shutting down the engine")
         services.engine.close()
+    services.tracing.shutdown()  # flushes spans still queued for the collector
 
 
 def _version() -> str:

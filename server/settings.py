@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.engine.config import KVCacheType, check_batch_holds_slots
+from server.feedback.records import CaptureLevel
 
 LogFormat = Literal["json", "text"]
 NoContextPolicy = Literal["refuse", "answer"]
@@ -152,8 +153,58 @@ class Settings(BaseSettings):
         description="System prompt used by /v1/ask.",
     )
 
-    # --- feedback ------------------------------------------------------------------------
-    feedback_db: Path = Field(Path("data/feedback.db"), description="SQLite file for feedback.")
+    # --- feedback flywheel (docs/flywheel.md) ------------------------------------------
+    capture: CaptureLevel = Field(
+        "metadata",
+        description="One record per response: 'off'; 'metadata' (ids, key id, route, model "
+        "version, usage, latency); 'full' (also messages, answer, sources, sampling; redacted).",
+    )
+    capture_retention_days: float = Field(
+        30.0,
+        ge=0,
+        description="Delete captured responses and their feedback after N days; 0 = keep.",
+    )
+    capture_queue: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Records waiting for the capture writer; more are dropped.",
+    )
+    feedback_db: Path = Field(
+        Path("data/feedback.db"),
+        description="SQLite file (WAL) for captured responses and feedback.",
+    )
+    ui: bool = Field(True, description="Serve the demo page at /ui.")
+
+    # --- drift ---------------------------------------------------------------------------
+    drift_enabled: bool = Field(
+        True, description="Compare recent requests with a reference window (see docs)."
+    )
+    drift_reference_size: int = Field(
+        500, ge=10, le=20_000, description="Requests in the frozen reference window."
+    )
+    drift_window_size: int = Field(
+        500, ge=10, le=20_000, description="Most recent requests compared with the reference."
+    )
+    drift_min_samples: int = Field(
+        200, ge=10, description="Requests each window needs before a drift verdict."
+    )
+    drift_min_feedback: int = Field(
+        50, ge=2, description="Ratings each window needs before a feedback verdict."
+    )
+    drift_interval_s: float = Field(300.0, gt=0, description="Seconds between drift evaluations.")
+    drift_permutations: int = Field(
+        500, ge=1, le=20_000, description="Permutations of the query-embedding (MMD) test."
+    )
+    drift_alpha: float = Field(
+        0.05, gt=0, lt=1, description="False-alarm rate shared by all drift signals."
+    )
+    drift_reference_file: Path | None = Field(
+        None, description="JSONL of reference questions; unset = the first requests served."
+    )
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP collector for request traces (http://host:4318); unset = off."
+    )
 
     # --- logging -------------------------------------------------------------------------
     log_level: str = Field("INFO", description="Log level.")

@@ -20,6 +20,7 @@ from server.api.errors import error_body
 from server.observability.metrics import Metrics
 from server.observability.resources import rss_mb, vram_mb
 from server.observability.sanitize import for_log
+from server.observability.tracing import Tracing, request_span
 from server.runtime.drain import Drain
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -29,7 +30,8 @@ LOG_FIELDS_KEY = "log_fields"
 RESPONSE_HEADERS_KEY = "response_headers"
 
 
-_PROBES = ("/health", "/ready", "/metrics")
+# Probes are frequent and say nothing about a user's request: no trace for them.
+_PROBES = frozenset({"/health", "/ready", "/metrics"})
 
 
 class _BodyTooLarge(Exception):
@@ -53,12 +55,19 @@ class RequestContextMiddleware:
     """Gives each request an id, enforces the body limit, logs it once and counts it."""
 
     def __init__(
-        self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, drain: Drain | None = None
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        tracing: Tracing | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.drain = drain
+        self.tracing = tracing or Tracing()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -99,13 +108,19 @@ class RequestContextMiddleware:
 
         declared = _header(scope, b"content-length")
         self.metrics.in_flight.inc()
+        method, path = scope.get("method", ""), scope.get("path", "")
+        traced = self.tracing if path not in _PROBES else Tracing()
         # The drain waits for these (streams included); probes do not hold a shutdown up.
         tracked = (
             self.drain.track()
-            if self.drain is not None and scope.get("path") not in _PROBES
+            if self.drain is not None and path not in _PROBES
             else contextlib.nullcontext()
         )
-        with logger.contextualize(request_id=request_id), tracked:
+        with (
+            logger.contextualize(request_id=request_id),
+            request_span(traced, f"{method} {path}", request_id) as span,
+            tracked,
+        ):
             try:
                 if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
                     raise _BodyTooLarge
@@ -134,6 +149,9 @@ class RequestContextMiddleware:
             finally:
                 self.metrics.in_flight.dec()
                 self._record(scope, request_id, status["code"], started, fields)
+                if span is not None:
+                    span.set_attribute("http.route", _route_of(scope))
+                    span.set_attribute("http.status_code", status["code"])
 
     @staticmethod
     async def _send_error(

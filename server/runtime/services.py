@@ -13,9 +13,15 @@ from dataclasses import dataclass, field
 from loguru import logger
 
 from server.agents.runtime import AskRuntime
+from server.drift.metrics import DriftCollector
+from server.drift.monitor import DriftMonitor
 from server.engine.types import Engine, EngineStats
+from server.feedback.records import ModelVersion
+from server.feedback.service import FeedbackService
 from server.observability.metrics import Metrics
+from server.observability.tracing import Tracing, build_tracing
 from server.runtime.drain import Drain
+from server.runtime.drift import StoredRatings, build_drift
 from server.runtime.embedder import EmbedderProvider
 from server.runtime.model_file import ModelFile
 from server.runtime.readiness import Readiness
@@ -40,6 +46,7 @@ class ModelMeta:
     created: int | None = None  # the file's mtime, as OpenAI's ``created``
     manifest_name: str | None = None
     quantization: str | None = None
+    sha256: str | None = None  # from the manifest, or hashed at load when capture is on
 
 
 @dataclass
@@ -60,7 +67,16 @@ class Services:
     model_file: ModelFile | None = None  # the GGUF on disk, as it was when loaded
     drain: Drain = field(default_factory=Drain)  # SIGTERM: refuse new work, finish the old
     auth_failures: AuthFailureLimiter | None = None  # brute force: 429 after repeated 401s
+    feedback: FeedbackService | None = None  # capture + /v1/feedback store; None when off
+
+    @property
+    def model_version(self) -> ModelVersion:
+        """The version captured with each response: served name and GGUF sha256."""
+        return ModelVersion(self.model_id, self.model_meta.sha256)
+
     background: list[asyncio.Task[None]] = field(default_factory=list)  # cancelled at shutdown
+    drift: DriftMonitor | None = None  # None: GGSERVE_DRIFT_ENABLED=false
+    tracing: Tracing = field(default_factory=Tracing)  # a no-op unless GGSERVE_OTLP_ENDPOINT
 
 
 def build_key_store(settings: Settings) -> KeyStore:
@@ -95,6 +111,10 @@ def build_services(settings: Settings) -> Services:
     guardrails = (
         Guardrails.from_file(settings.guardrails_file) if settings.guardrails_file else None
     )
+    drift = build_drift(settings)
+    metrics = Metrics(stats=engine_stats, load_state=lambda: readiness.state)
+    if drift is not None:
+        metrics.registry.register(DriftCollector(drift))
     services = Services(
         settings=settings,
         readiness=readiness,
@@ -110,7 +130,20 @@ def build_services(settings: Settings) -> Services:
             if settings.auth_failure_limit
             else None
         ),
+        drift=drift,
+        tracing=build_tracing(settings.otlp_endpoint),
     )
+    if settings.capture != "off":
+        metrics = services.metrics
+        services.feedback = FeedbackService(
+            settings.feedback_db,
+            level=settings.capture,
+            retention_days=settings.capture_retention_days,
+            max_queue=settings.capture_queue,
+            on_capture=lambda outcome, n: metrics.capture_records.labels(outcome=outcome).inc(n),
+        )
+        if drift is not None:
+            drift.attach_feedback(StoredRatings(services.feedback))
     if not settings.auth_disabled and len(services.keys) == 0:
         logger.warning(
             "no API keys configured: every protected endpoint will answer 401. "

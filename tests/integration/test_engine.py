@@ -20,11 +20,11 @@ from server.engine.config import EngineConfig
 from server.engine.grammar import json_schema_grammar
 from server.engine.llama_engine import LlamaEngine
 from server.engine.types import (
-    InvalidRequestError,
     ContextLengthExceededError,
     EngineEvent,
     FinishEvent,
     GenerationRequest,
+    InvalidRequestError,
     ModelLoadError,
     QueueFullError,
     SamplingParams,

@@ -17,8 +17,10 @@ import numpy as np
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 
+from server.api import observe
 from server.api.errors import BadRequestError, ServiceUnavailableError
 from server.api.generation import (
+    CaptureDraft,
     Completed,
     GenerationItem,
     GenerationService,
@@ -167,7 +169,12 @@ class OpenAIServing:
         max_tokens = generation.resolve_max_tokens(request.requested_max_tokens(), len(prompt))
         params = sampling_params(request, max_tokens, _grammar_for(request))
         input_text = "\n".join(m["content"] for m in messages)
-        items = generation.stream(ctx, prompt, params, input_text=input_text)
+        ctx.capture = CaptureDraft(f"chatcmpl-{ctx.request_id}", messages=messages)
+        items = observe.generations(
+            self.services,
+            observe.last_user_message(messages),
+            generation.stream(ctx, prompt, params, input_text=input_text),
+        )
         model = self.services.model_id
         if request.stream:
             fmt = ChatChunkFormat(f"chatcmpl-{ctx.request_id}", model, _include_usage(request))
@@ -202,6 +209,7 @@ class OpenAIServing:
         prompt_text, prompt = _completion_prompt(generation, request.prompt)
         max_tokens = generation.resolve_max_tokens(request.max_tokens, len(prompt))
         params = sampling_params(request, max_tokens)
+        ctx.capture = CaptureDraft(f"cmpl-{ctx.request_id}", prompt=prompt_text)
         items = generation.stream(ctx, prompt, params, input_text=prompt_text)
         model = self.services.model_id
         echo = prompt_text if request.echo else ""
