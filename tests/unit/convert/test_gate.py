@@ -16,6 +16,7 @@ from convert.toolchain import Converter
 
 
 def _manifest(tmp_path: Path, f16_ppl: float, q4_ppl: float, reference_ppl: float) -> object:
+    tmp_path.mkdir(exist_ok=True)
     base_file = tmp_path / "base.gguf"
     base_file.write_bytes(b"GGUF")
     adapter_dir = tmp_path / "adapter"
@@ -56,6 +57,14 @@ def test_quant_over_threshold_fails_with_numbers_in_the_reason(tmp_path: Path) -
     assert manifest.artifact("m-Q4_K_M.gguf").passed_gate is False
     assert manifest.artifact("m-F16.gguf").passed_gate is True
     assert "Q4_K_M perplexity 23.000 is +15.0% over f16 (20.000)" in manifest.gate["failures"][0]
+
+
+def test_quant_far_below_f16_fails_too_it_is_no_longer_the_merged_model(tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, f16_ppl=38.0, q4_ppl=28.0, reference_ppl=38.0)
+    assert manifest.artifact("m-Q4_K_M.gguf").passed_gate is False
+    assert "is -26.3% under f16 (38.000), limit ±10.0%" in manifest.gate["failures"][0]
+    slightly_better = _manifest(tmp_path / "b", f16_ppl=38.0, q4_ppl=37.0, reference_ppl=38.0)
+    assert slightly_better.gate["passed"] is True
 
 
 def test_broken_f16_conversion_fails_against_the_reference(tmp_path: Path) -> None:
