@@ -151,8 +151,13 @@ def test_per_tensor_errors_and_the_precision_warning_are_shown(converted: Path) 
         worst = artifact.tensor_errors[0]
         assert worst.name.startswith(("blk.", "token_embd")) and 0 < worst.rel_rmse < 0.5
         assert sum(int(s["tensors"]) for s in artifact.error_by_type.values()) == 211
+    # Q5_K_M's fallback Q5_1 would alias with the Q4_1 base's grid: stored as Q5_0, said so
+    q5 = manifest.artifact("fact-Q5_K_M.gguf")
+    assert q5 is not None and "Q5_1" not in q5.tensor_types and q5.tensor_types["Q5_0"] == 166
+    assert all(abs(s["mean_gain"]) < 0.005 for s in q5.error_by_type.values())
     # Q5_K_M stores more bits than the Q4_1 base holds: said before the work, kept in the manifest
-    assert len(manifest.warnings) == 1 and "Q5_K_M is finer" in manifest.warnings[0]
+    assert "Q5_K_M is finer" in manifest.warnings[0]
+    assert "Q5_0 instead of Q5_1" in manifest.warnings[1]
     printed = (converted / "cli-output.txt").read_text()
     assert "largest per-tensor error vs f16" in printed and "Q5_K_M is finer" in printed
 

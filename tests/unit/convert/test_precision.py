@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from convert.inputs import QUANT_FTYPES
-from convert.precision import MAIN_TYPE, Precision, bits_per_weight, finer_than_base, warning_text
+from convert.precision import (
+    MAIN_TYPE,
+    Precision,
+    aliasing_fallbacks,
+    bits_per_weight,
+    finer_than_base,
+    swap_note,
+    warning_text,
+)
 
 
 def test_bits_per_weight_come_from_the_block_layout() -> None:
@@ -39,3 +47,17 @@ def test_a_float_base_warns_about_nothing() -> None:
 def test_the_warning_names_the_base_type_and_the_quants() -> None:
     text = warning_text(["Q5_K_M"], Precision("Q4_1", 5.0))
     assert "Q4_1 (5 bits per weight)" in text and "Q5_K_M is finer" in text
+
+
+def test_offset_fallbacks_on_an_offset_base_are_swapped_for_the_symmetric_format() -> None:
+    fallbacks = {"blk.0.attn_q.weight": "q5_1", "blk.0.attn_v.weight": "q8_0", "x.weight": "q4_1"}
+    swaps = aliasing_fallbacks(fallbacks, Precision("Q4_1", 5.0))
+    assert swaps == {"blk.0.attn_q.weight": "Q5_0", "x.weight": "Q4_0"}
+    note = swap_note("Q5_K_M", swaps, Precision("Q4_1", 5.0))
+    assert note.startswith("Q5_K_M: 2 fallback tensors stored as Q4_0 instead of Q4_1, Q5_0 ")
+
+
+def test_no_swap_on_a_float_or_symmetric_base() -> None:
+    fallbacks = {"blk.0.attn_q.weight": "q5_1"}
+    assert aliasing_fallbacks(fallbacks, None) == {}
+    assert aliasing_fallbacks(fallbacks, Precision("Q8_0", 8.5)) == {}
