@@ -42,12 +42,13 @@ from convert.precision import (
     warning_text,
 )
 from convert.progress import Reporter, SilentReporter, StepHandle
-from convert.quantize import QuantResult, quantize, tensor_type_counts
+from convert.quantize import QuantResult, quantize, tensor_type_counts, tensor_types_by_name
 from convert.tensor_error import TOP_TENSORS, summarize_by_type, tensor_errors
 from convert.toolchain import Converter, ensure_converter
 
 GATE_FAILED_SUFFIX = ".gate-failed"
 IMATRIX_FILE = "imatrix.gguf"
+_FLOAT_TYPES = frozenset({"F32", "F16", "BF16"})
 _PERCENT = re.compile(r"(\d{1,3})%\|")
 
 
@@ -195,9 +196,15 @@ def run_conversion(options: ConvertOptions, reporter: Reporter | None = None) ->
             # does not alias; only the plain min/max path needs the swap.
             swaps = aliasing_fallbacks(result.fallbacks, precision) if matrix is None else {}
             if swaps:
-                result = quantize(f16_path, target, quant, imatrix=matrix, overrides=swaps)
-                result.fallbacks.update(swaps)
-                result.fallback_tensors = len(result.fallbacks)
+                # Every tensor is pinned to the type the first pass chose (swapped ones aside):
+                # an override skips llama.cpp's recipe for that tensor, and with it the layer
+                # counters the recipe uses to give some attn_v/ffn_down layers more bits.
+                chosen = tensor_types_by_name(target)
+                pinned = {n: swaps.get(n, t) for n, t in chosen.items() if t not in _FLOAT_TYPES}
+                fallbacks = {**result.fallbacks, **swaps}
+                result = quantize(f16_path, target, quant, imatrix=matrix, overrides=pinned)
+                result.fallbacks = fallbacks
+                result.fallback_tensors = len(fallbacks)
         if swaps and precision is not None:
             notes.append(swap_note(quant, swaps, precision))
             reporter.message(notes[-1])
@@ -299,7 +306,7 @@ def _bar(handle: StepHandle) -> Callable[[str], None]:
 
 
 def _fallback_note(result: QuantResult) -> str:
-    used = sorted(set(result.fallbacks.values()))
+    used = sorted({kind.upper() for kind in result.fallbacks.values()})
     quantized = sum(n for t, n in result.tensor_types.items() if t not in ("F32", "F16"))
     return (
         f"{result.quant}: {result.fallback_tensors} of {quantized} quantized tensors used a "

@@ -96,6 +96,13 @@ def _override_array(overrides: dict[str, str], keep_alive: list[object]) -> obje
     return ctypes.cast(array, ctypes.POINTER(entry))
 
 
+def tensor_types_by_name(gguf_path: Path) -> dict[str, str]:
+    """Each tensor's storage type (``{"blk.0.attn_q.weight": "Q5_0", ...}``)."""
+    from gguf import GGUFReader
+
+    return {t.name: t.tensor_type.name for t in GGUFReader(gguf_path).tensors}
+
+
 def tensor_type_counts(gguf_path: Path) -> dict[str, int]:
     """How many tensors of each storage type (``{"Q5_0": 150, "F32": 61, ...}``) a GGUF holds."""
     from gguf import GGUFReader
