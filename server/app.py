@@ -11,13 +11,16 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from loguru import logger
 
-from server import admin, health
-from server.ask import api_router as ask_router
-from server.errors import install_error_handlers
+from server.api import admin, health
+from server.api.ask import api_router as ask_router
+from server.api.errors import install_error_handlers
+from server.api.feedback import api_router as feedback_router
+from server.api.middleware import RequestContextMiddleware
+from server.api.openai import api_router as openai_router
+from server.api.ui import api_router as ui_router
 from server.observability.logging import configure_logging
-from server.observability.middleware import RequestContextMiddleware
-from server.openai import api_router as openai_router
-from server.services import INDEX_WATCH_TASK, Services, build_services, load_model
+from server.runtime.loading import load_model
+from server.runtime.services import Services, build_services
 from server.settings import Settings
 
 API_DESCRIPTION = """
@@ -37,15 +40,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if services.limiter is not None:
             await services.limiter.check()
+        if services.feedback is not None:
+            services.feedback.start()
         loader = asyncio.create_task(load_model(services), name="load-model")
         try:
             yield
         finally:
-            for task in (loader, services.extras.get(INDEX_WATCH_TASK)):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            for task in (loader, *services.background):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             _shutdown(services)
 
     # FastAPIOffline serves Swagger UI / ReDoc assets from the installed package, not a CDN.
@@ -72,11 +76,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     health.attach_router(app)
     openai_router.attach_router(app)
     ask_router.attach_router(app)
+    feedback_router.attach_router(app)
     admin.attach_router(app)
+    if settings.ui:
+        ui_router.attach_router(app)
     return app
 
 
 def _shutdown(services: Services) -> None:
+    if services.feedback is not None:
+        services.feedback.close()  # writes what is still queued
     if services.engine is not None:
         logger.info("shutting down the engine")
         services.engine.close()

@@ -18,8 +18,6 @@ from server.rag.errors import IndexNotFoundError, RagError
 from server.rag.retriever import ReloadReport, RetrieverHolder
 from server.settings import Settings
 
-ASK_RUNTIME = "ask_runtime"  # key in Services.extras
-
 
 @dataclass
 class AskRuntime:

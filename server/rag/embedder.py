@@ -1,8 +1,11 @@
-"""Sentence embeddings from a local sentence-transformers folder; never from a model hub."""
+"""Sentence embeddings from a local sentence-transformers folder; never from a model hub.
+
+``local_files_only=True`` keeps the load off the network whatever the environment says; the
+process-wide offline variables are set in one place, ``cli/main.py``.
+"""
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,9 +28,6 @@ class Embedder:
     """
 
     def __init__(self, path: Path, *, device: str = "cpu", batch_size: int = 32) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
             raise EmbedderLoadError(
                 f"embedder folder {path} is not a sentence-transformers model (no modules.json "

@@ -12,10 +12,10 @@ from server.agents import AgentContext, Delta, RagAgent, load_agent
 from server.agents.engine_chat import engine_chat, engine_token_counter
 from server.agents.prompt import REFUSAL, grounded_messages
 from server.engine.types import Engine, SamplingParams
-from server.engine_setup import create_engine
 from server.rag.builder import build_index
 from server.rag.embedder import Embedder
 from server.rag.retriever import Retriever
+from server.runtime.loading import create_engine
 from server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.agents.rag_agent import RagAgent
-from server.agents.runtime import ASK_RUNTIME, AskRuntime
+from server.agents.runtime import AskRuntime
 from server.app import create_app
 from server.rag.builder import build_index, update_index
 from server.rag.embedder import Embedder
@@ -67,7 +67,7 @@ def client(
                 break
             time.sleep(0.1)
         # the lifespan loaded the agent and the index as part of "ready"
-        runtime = app.state.services.extras[ASK_RUNTIME]
+        runtime = app.state.services.ask
         assert isinstance(runtime, AskRuntime) and isinstance(runtime.agent, RagAgent)
         yield test_client
 
@@ -120,7 +120,7 @@ def test_question_longer_than_the_context_is_a_clear_400(client: TestClient) -> 
 def test_reloaded_index_is_used_by_the_next_request(
     client: TestClient, docs: Path, embedder: Embedder
 ) -> None:
-    runtime: AskRuntime = client.app.state.services.extras[ASK_RUNTIME]  # type: ignore[attr-defined]
+    runtime: AskRuntime = client.app.state.services.ask  # type: ignore[attr-defined]
     holder = runtime.retrievers
     assert holder is not None
     update_index(holder.index_dir, embedder, remove=["travel-policy.md"])

@@ -1,0 +1,1 @@
+"""Everything that knows HTTP: routes, dependencies, the error envelope, streaming."""

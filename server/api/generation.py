@@ -1,0 +1,380 @@
+"""The HTTP-facing generation service: the one path from a request to the engine and back.
+
+Chat completions, text completions and /v1/ask all come here: prompts are built and counted,
+input and output guardrails run, engine errors become API errors before the first byte, usage
+lands in metrics, the request log and the token rate limit exactly once, and a client that goes
+away cancels its generation. Handlers never reach into the engine themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+
+from server.api.errors import BadRequestError, ServiceUnavailableError
+from server.engine.types import (
+    ContextLengthExceededError,
+    Engine,
+    EngineNotReadyError,
+    FinishEvent,
+    GenerationRequest,
+    InvalidRequestError,
+    QueueFullError,
+    SamplingParams,
+    Timings,
+    TokenEvent,
+    Usage,
+)
+from server.feedback.records import Interaction, ModelVersion
+from server.feedback.service import FeedbackService
+from server.observability.metrics import Metrics
+from server.runtime.services import Services
+from server.security.guardrails import REFUSAL, Guardrails
+from server.security.rate_limit import RateLimiter
+
+T = TypeVar("T")
+
+# Engine finish reasons as the OpenAI protocol names them.
+_OPENAI_FINISH = {
+    "stop": "stop",
+    "length": "length",
+    "timeout": "length",
+    "cancelled": "stop",
+    "error": "stop",
+}
+_NO_TIMINGS = Timings(0, 0, 0, 0, 0, 0)
+
+
+@dataclass
+class CaptureDraft:
+    """What the handler knows of a response for its capture record; the generation adds the
+    answer, usage and finish reason when it ends (``GenerationService.stream``)."""
+
+    response_id: str  # the id the client sees, and sends back to /v1/feedback
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None  # text completions: the raw prompt
+    sources: list[dict[str, Any]] | None = None
+    per_answer: bool = False  # the handler calls ``GenerationService.capture`` itself
+
+
+@dataclass
+class RequestContext:
+    """Who is asking and where the per-request log fields go."""
+
+    request_id: str
+    key_id: str
+    route: str
+    log_fields: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    capture: CaptureDraft | None = None  # set by handlers whose responses are captured
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Completed:
+    """End of a generation, with the OpenAI-style finish reason."""
+
+    finish_reason: str
+    usage: Usage
+    timings: Timings
+    refused: bool = False  # the input guardrail refused: nothing was generated
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        if self.usage.completion_tokens < 2 or self.timings.decode_ms <= 0:
+            return None
+        return (self.usage.completion_tokens - 1) / (self.timings.decode_ms / 1000)
+
+
+GenerationItem = TextDelta | Completed
+
+
+class GenerationService:
+    """Runs generations for the HTTP layer over the engine that is serving now."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        limiter: RateLimiter | None,
+        guardrails: Guardrails | None,
+        *,
+        max_tokens_default: int,
+        max_tokens_limit: int,
+        feedback: FeedbackService | None = None,
+        model_version: ModelVersion | None = None,
+    ) -> None:
+        self._engine = engine
+        self.metrics = metrics
+        self.limiter = limiter
+        self.guardrails = guardrails
+        self.max_tokens_default = max_tokens_default
+        self.max_tokens_limit = max_tokens_limit
+        self.feedback = feedback
+        self.model_version = model_version or ModelVersion("unknown")
+
+    @classmethod
+    def for_services(cls, services: Services, engine: Engine) -> GenerationService:
+        """The service over ``engine`` with the app's metrics, limits and guardrails."""
+        settings = services.settings
+        return cls(
+            engine,
+            services.metrics,
+            services.limiter,
+            services.guardrails,
+            max_tokens_default=settings.max_tokens_default,
+            max_tokens_limit=settings.max_tokens_limit,
+            feedback=services.feedback,
+            model_version=services.model_version,
+        )
+
+    # --- prompts ---------------------------------------------------------------------------
+
+    @property
+    def n_ctx(self) -> int:
+        """Tokens one request may use: prompt plus completion."""
+        return self._engine.n_ctx_per_slot
+
+    def chat_prompt(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        """Prompt tokens of a chat: the model's own template, then its tokenizer."""
+        return self._engine.chat_prompt_tokens([dict(m) for m in messages])
+
+    def count_chat_tokens(self, messages: Sequence[Mapping[str, str]]) -> int:
+        """How many prompt tokens ``messages`` take."""
+        return len(self.chat_prompt(messages))
+
+    def tokenize(self, text: str) -> list[int]:
+        """Text → token ids, with the model's BOS when it uses one."""
+        return self._engine.tokenize(text, add_special=True)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """Token ids → text."""
+        return self._engine.detokenize(tokens)
+
+    def resolve_max_tokens(self, requested: int | None, prompt_tokens: int) -> int:
+        """Requested max_tokens, checked; or the default, capped to the room left."""
+        if requested is not None:
+            if requested > self.max_tokens_limit:
+                raise BadRequestError(
+                    f"max_tokens is {requested}; this server allows at most "
+                    f"{self.max_tokens_limit}.",
+                    code="invalid_value",
+                    param="max_tokens",
+                )
+            return requested
+        room = self.n_ctx - prompt_tokens
+        if room < 1:
+            raise _context_error(prompt_tokens, 1, self.n_ctx)
+        return min(self.max_tokens_default, room)
+
+    def input_violation(self, text: str) -> str | None:
+        """The guardrail pattern ``text`` breaks, or None."""
+        return self.guardrails.violation(text) if self.guardrails else None
+
+    # --- generations -----------------------------------------------------------------------
+
+    async def stream(
+        self,
+        ctx: RequestContext,
+        prompt_tokens: list[int],
+        params: SamplingParams,
+        *,
+        input_text: str | None = None,
+    ) -> AsyncGenerator[GenerationItem, None]:
+        """Text deltas, then one ``Completed``; raises ``APIError`` before the first item.
+
+        ``input_text`` is checked against the guardrails first: a refusal is a generation
+        like any other (one delta, then ``content_filter``), so it streams when the client
+        streams. Usage is recorded and charged once, before ``Completed`` is yielded.
+        """
+        if input_text is not None and (violation := self.input_violation(input_text)):
+            ctx.log_fields["guardrail"] = violation
+            done = Completed(
+                "content_filter", Usage(len(prompt_tokens), 0, 0), _NO_TIMINGS, refused=True
+            )
+            await self._account(ctx, done)
+            self._capture(ctx, params, REFUSAL, done)
+            yield TextDelta(REFUSAL)
+            yield done
+            return
+        request = GenerationRequest(ctx.request_id, prompt_tokens, params)
+        try:
+            events = self._engine.generate(request)
+            first = await anext(events)
+        except QueueFullError as exc:
+            raise ServiceUnavailableError(
+                str(exc) + "; retry shortly.",
+                code="overloaded",
+                headers={"Retry-After": str(max(1, round(exc.retry_after_s)))},
+            ) from exc
+        except ContextLengthExceededError as exc:
+            raise _context_error(exc.prompt_tokens, exc.max_tokens, exc.n_ctx) from exc
+        except InvalidRequestError as exc:
+            raise BadRequestError(str(exc), code="invalid_value") from exc
+        except EngineNotReadyError as exc:
+            raise ServiceUnavailableError(
+                str(exc), code="model_not_ready", headers={"Retry-After": "5"}
+            ) from exc
+        text_so_far: list[str] = []
+        completion_tokens = 0
+        try:
+            event: TokenEvent | FinishEvent | None = first
+            while event is not None:
+                if isinstance(event, FinishEvent):
+                    if event.finish_reason == "error":
+                        raise RuntimeError(f"engine error: {event.error}")
+                    reason = _OPENAI_FINISH.get(event.finish_reason, event.finish_reason)
+                    done = Completed(reason, event.usage, event.timings)
+                    await self._account(ctx, done)
+                    self._capture(ctx, params, "".join(text_so_far), done)
+                    yield done
+                    return
+                completion_tokens += 1
+                if event.text:
+                    text_so_far.append(event.text)
+                    if self.guardrails and self.guardrails.violation("".join(text_so_far)):
+                        await events.aclose()  # stop decoding now: frees the slot
+                        usage = Usage(len(prompt_tokens), completion_tokens, 0)
+                        done = Completed("content_filter", usage, _NO_TIMINGS)
+                        await self._account(ctx, done)
+                        self._capture(ctx, params, "".join(text_so_far[:-1]), done)
+                        yield done
+                        return
+                    yield TextDelta(event.text)
+                event = await anext(events, None)
+        finally:
+            await events.aclose()
+
+    async def _account(self, ctx: RequestContext, done: Completed) -> None:
+        """Usage and timings into metrics, the request's log record and the token budget."""
+        usage, timings = done.usage, done.timings
+        self.metrics.prompt_tokens.labels(key_id=ctx.key_id).inc(usage.prompt_tokens)
+        self.metrics.completion_tokens.labels(key_id=ctx.key_id).inc(usage.completion_tokens)
+        self.metrics.cached_prompt_tokens.inc(usage.cached_prompt_tokens)
+        self.metrics.finished.labels(finish_reason=done.finish_reason).inc()
+        if timings.ttft_ms > 0:
+            self.metrics.ttft.labels(route=ctx.route).observe(timings.ttft_ms / 1000)
+            self.metrics.queue_wait.observe(timings.queue_ms / 1000)
+        if done.tokens_per_s is not None:
+            self.metrics.tokens_per_s.observe(done.tokens_per_s)
+        ctx.log_fields.update(
+            prompt_tokens=usage.prompt_tokens,
+            cached_prompt_tokens=usage.cached_prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            ttft_ms=round(timings.ttft_ms, 1),
+            tokens_per_s=None if done.tokens_per_s is None else round(done.tokens_per_s, 1),
+            finish_reason=done.finish_reason,
+        )
+        if self.limiter is not None and usage.completion_tokens:
+            await self.limiter.charge_tokens(ctx.key_id, usage.completion_tokens)
+
+    def _capture(
+        self, ctx: RequestContext, params: SamplingParams, answer: str, done: Completed
+    ) -> None:
+        if ctx.capture is not None and not ctx.capture.per_answer:
+            self.capture(ctx, answer, done.usage, done.finish_reason, params)
+
+    def capture(
+        self,
+        ctx: RequestContext,
+        answer: str,
+        usage: Usage,
+        finish_reason: str,
+        params: SamplingParams | None,
+    ) -> None:
+        """Queue the capture record of the response ``ctx`` answers; never blocks or fails.
+
+        Generations call this when they end; a handler whose response is built from several
+        generations (or none), as /v1/ask's agents may, sets ``per_answer`` on its draft and
+        calls it once with the final answer.
+        """
+        draft = ctx.capture
+        if self.feedback is None or draft is None or self.feedback.level == "off":
+            return
+        self.feedback.submit_capture(
+            Interaction(
+                response_id=draft.response_id,
+                key_id=ctx.key_id,
+                route=ctx.route,
+                model=self.model_version,
+                level=self.feedback.level,
+                latency_ms=round((time.perf_counter() - ctx.started) * 1000, 1),
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                finish_reason=finish_reason,
+                messages=draft.messages,
+                prompt=draft.prompt,
+                answer=answer,
+                sources=draft.sources,
+                params=None if params is None else _sampling_record(params),
+            )
+        )
+
+
+def _sampling_record(params: SamplingParams) -> dict[str, Any]:
+    """The sampling settings worth keeping with a captured response (no grammar text)."""
+    return {
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "min_p": params.min_p,
+        "repeat_penalty": params.repeat_penalty,
+        "presence_penalty": params.presence_penalty,
+        "frequency_penalty": params.frequency_penalty,
+        "seed": params.seed,
+        "stop": list(params.stop),
+        "constrained": params.grammar is not None,
+    }
+
+
+def _context_error(prompt_tokens: int, max_tokens: int, n_ctx: int) -> BadRequestError:
+    return BadRequestError(
+        f"This model's context per request is {n_ctx} tokens. The prompt has {prompt_tokens} "
+        f"tokens and {max_tokens} more were requested for the completion "
+        f"({prompt_tokens + max_tokens} in total). Shorten the prompt or lower max_tokens.",
+        code="context_length_exceeded",
+        param="messages",
+    )
+
+
+async def until_disconnected(request: Request, work: Awaitable[T], poll_s: float = 0.25) -> T:
+    """Await ``work`` but cancel it when the client disconnects."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll_s)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                raise asyncio.CancelledError("client disconnected")
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+async def collect(items: AsyncIterator[GenerationItem]) -> tuple[str, Completed]:
+    """Drain a generation into its full text and final ``Completed``."""
+    parts: list[str] = []
+    final: Completed | None = None
+    async for item in items:
+        if isinstance(item, TextDelta):
+            parts.append(item.text)
+        else:
+            final = item
+    if final is None:  # the engine always ends with a FinishEvent; this is a bug guard
+        raise RuntimeError("generation ended without a finish event")
+    return "".join(parts), final

@@ -1,0 +1,170 @@
+"""Pure-ASGI middleware around every request: request id, body limit, one log record, metrics.
+
+Pure ASGI (not BaseHTTPMiddleware) so streaming responses pass through untouched and an
+exception anywhere below still becomes the JSON envelope *with* the X-Request-ID header.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Any
+
+from loguru import logger
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.api.errors import error_body
+from server.observability.metrics import Metrics
+from server.observability.resources import rss_mb, vram_mb
+
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Per-request facts handlers add for the request log line (usage, key id, finish reason...).
+LOG_FIELDS_KEY = "log_fields"
+# Headers a dependency wants on the response, whatever response class the route returns.
+RESPONSE_HEADERS_KEY = "response_headers"
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _route_of(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return str(path) if path else "unmatched"
+
+
+class RequestContextMiddleware:
+    """Gives each request an id, enforces the body limit, logs it once and counts it."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, b"x-request-id")
+        request_id = (
+            incoming if incoming and _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        )
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        fields: dict[str, Any] = {}
+        state[LOG_FIELDS_KEY] = fields
+        started = time.perf_counter()
+        status = {"code": 500, "sent": False}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                status["sent"] = True
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                for name, value in state.get(RESPONSE_HEADERS_KEY, {}).items():
+                    headers.append((name.lower().encode(), str(value).encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        declared = _header(scope, b"content-length")
+        self.metrics.in_flight.inc()
+        with logger.contextualize(request_id=request_id):
+            try:
+                if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
+                    raise _BodyTooLarge
+                await self.app(scope, limited_receive, send_with_id)
+            except _BodyTooLarge:
+                if not status["sent"]:
+                    await self._send_error(
+                        send_with_id,
+                        413,
+                        request_id,
+                        "payload_too_large",
+                        f"Request body is larger than the limit of {self.max_body_bytes} bytes.",
+                        "invalid_request_error",
+                    )
+            except Exception as exc:  # the last line of defence: never leak a traceback
+                logger.opt(exception=exc).error("unhandled error")
+                if not status["sent"]:
+                    await self._send_error(
+                        send_with_id,
+                        500,
+                        request_id,
+                        "internal_error",
+                        "Internal server error. Quote the request_id when reporting it.",
+                        "server_error",
+                    )
+            finally:
+                self.metrics.in_flight.dec()
+                self._record(scope, request_id, status["code"], started, fields)
+
+    @staticmethod
+    async def _send_error(
+        send: Send, code: int, request_id: str, error_code: str, message: str, error_type: str
+    ) -> None:
+        body = json.dumps(
+            error_body(message, error_type, code=error_code, request_id=request_id)
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": code,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    def _record(
+        self, scope: Scope, request_id: str, status: int, started: float, fields: dict[str, Any]
+    ) -> None:
+        latency_s = time.perf_counter() - started
+        route = _route_of(scope)
+        key_id = str(fields.get("key_id", "-"))
+        self.metrics.requests.labels(route=route, status=str(status), key_id=key_id).inc()
+        if route in ("/health", "/ready", "/metrics"):
+            return  # probes are counted, but not logged: they would drown the real traffic
+        self.metrics.latency.labels(route=route).observe(latency_s)
+        logger.bind(
+            event="request",
+            method=scope.get("method"),
+            route=route,
+            path=scope.get("path"),
+            status=status,
+            latency_ms=round(latency_s * 1000, 1),
+            key_id=fields.get("key_id"),
+            ttft_ms=fields.get("ttft_ms"),
+            prompt_tokens=fields.get("prompt_tokens"),
+            cached_prompt_tokens=fields.get("cached_prompt_tokens"),
+            completion_tokens=fields.get("completion_tokens"),
+            tokens_per_s=fields.get("tokens_per_s"),
+            finish_reason=fields.get("finish_reason"),
+            rss_mb=round(rss_mb(), 1),
+            vram_mb=vram_mb(),
+        ).info(
+            "{} {} {} {:.0f}ms", scope.get("method"), scope.get("path"), status, latency_s * 1000
+        )

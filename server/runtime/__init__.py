@@ -1,0 +1,1 @@
+"""What one app holds and how it comes up: services, loading, readiness, the embedder."""

@@ -1,0 +1,105 @@
+"""The OpenAI wire format, over the scripted engine (tests/integration repeats it for real)."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi.testclient import TestClient
+
+from tests.fakes import FakeEngine
+from tests.unit.api.conftest import auth
+
+CHAT = {"model": "anything", "messages": [{"role": "user", "content": "Capital of France?"}]}
+
+
+def sse_data(body: str) -> list[str]:
+    return [line[5:].strip() for line in body.splitlines() if line.startswith("data:")]
+
+
+def test_chat_completion_has_openai_shape_and_usage(client: TestClient) -> None:
+    response = client.post("/v1/chat/completions", json=CHAT, headers=auth())
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "Paris is the capital of France.",
+        "refusal": None,
+    }
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] == 6
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + 6
+
+
+def test_streaming_chat_sends_deltas_usage_and_done(client: TestClient) -> None:
+    payload = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    with client.stream("POST", "/v1/chat/completions", json=payload, headers=auth()) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        data = sse_data(resp.read().decode())
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "Paris is the capital of France."
+    finals = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert finals[0]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 6
+
+
+def test_max_tokens_gives_finish_reason_length(client: TestClient) -> None:
+    response = client.post(
+        "/v1/chat/completions", json={**CHAT, "max_completion_tokens": 2}, headers=auth()
+    )
+    assert response.json()["choices"][0]["message"]["content"] == "Paris is"
+    assert response.json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_sampling_fields_reach_the_engine(client: TestClient, fake_engine: FakeEngine) -> None:
+    payload = {
+        **CHAT,
+        "temperature": 0,
+        "top_p": 0.5,
+        "seed": 7,
+        "stop": ["capital"],
+        "presence_penalty": 0.5,
+        "frequency_penalty": 0.25,
+        "logit_bias": {"42": -100},
+        "some_future_field": {"ignored": True},
+    }
+    response = client.post("/v1/chat/completions", json=payload, headers=auth())
+    assert response.status_code == 200
+    params = fake_engine.requests[-1].params
+    assert (params.temperature, params.top_p, params.seed) == (0, 0.5, 7)
+    assert params.stop == ("capital",)
+    assert (params.presence_penalty, params.frequency_penalty) == (0.5, 0.25)
+    assert params.logit_bias == ((42, -100.0),)
+    assert response.json()["choices"][0]["message"]["content"] == "Paris is the"
+
+
+def test_text_completion_and_streaming(client: TestClient) -> None:
+    body = client.post(
+        "/v1/completions", json={"prompt": "The capital", "max_tokens": 3}, headers=auth()
+    ).json()
+    assert body["object"] == "text_completion"
+    assert body["choices"][0]["text"] == "Paris is the"
+    with client.stream(
+        "POST", "/v1/completions", json={"prompt": "x", "stream": True}, headers=auth()
+    ) as resp:
+        data = sse_data(resp.read().decode())
+    assert data[-1] == "[DONE]"
+    assert "".join(json.loads(d)["choices"][0]["text"] for d in data[:-1]).startswith("Paris")
+
+
+def test_models_lists_the_served_model(client: TestClient) -> None:
+    body = client.get("/v1/models", headers=auth()).json()
+    assert body["object"] == "list"
+    assert body["data"][0]["id"] == "SmolLM2-135M-Instruct.Q4_1"
+    assert body["data"][0]["context_length"] == 256
+
+
+def test_ask_returns_answer_usage_and_timings(client: TestClient) -> None:
+    body = client.post("/v1/ask", json={"question": "Capital of France?"}, headers=auth()).json()
+    assert body["answer"] == "Paris is the capital of France."
+    assert body["usage"]["completion_tokens"] == 6
+    assert body["timings"]["ttft_ms"] == 3.0
+    assert body["sources"] == []

@@ -1,0 +1,27 @@
+"""The embedder provider: nothing loaded until asked, a clear error for a bad folder."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from server.rag.errors import EmbedderLoadError, RagError
+from server.runtime.embedder import EmbedderProvider
+
+
+def test_nothing_is_loaded_until_the_embedder_is_asked_for(tmp_path: Path) -> None:
+    provider = EmbedderProvider(tmp_path / "missing")
+    assert provider.loaded is None
+
+
+def test_a_folder_that_is_no_model_fails_with_the_reason_every_time(tmp_path: Path) -> None:
+    provider = EmbedderProvider(tmp_path)
+
+    async def ask_twice() -> list[BaseException]:
+        results = await asyncio.gather(provider.get(), provider.get(), return_exceptions=True)
+        return [r for r in results if isinstance(r, BaseException)]
+
+    errors = asyncio.run(ask_twice())
+    assert len(errors) == 2 and all(isinstance(e, EmbedderLoadError) for e in errors)
+    assert isinstance(errors[0], RagError) and "ggserve models fetch" in str(errors[0])
+    assert provider.loaded is None

@@ -1,0 +1,113 @@
+"""The layering of ``server/`` holds: imports run api → runtime → domain packages → engine.
+
+Read from the source (every ``import``, including those inside functions), so a cycle or an
+upward import hidden in a function body fails here rather than at some later import order.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVER = ROOT / "server"
+HTTP_LIBRARIES = ("fastapi", "starlette", "sse_starlette", "fastapi_offline")
+DOMAIN = ("agents", "rag", "security", "observability", "engine", "feedback")
+# What each part of server/ may import from server/ (besides itself).
+ALLOWED: dict[str, set[str]] = {
+    "app": {"api", "runtime", "settings", *DOMAIN},
+    "api": {"runtime", "settings", *DOMAIN},
+    "runtime": {"settings", *DOMAIN},
+    "agents": {"rag", "engine", "settings"},
+    "rag": set(),
+    "security": set(),
+    "observability": {"engine"},
+    "engine": set(),
+    "feedback": set(),
+    # The engine's config types and the capture level, so each has one definition.
+    "settings": {"engine", "feedback"},
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+MODULES = {_module_name(p): p for p in sorted(SERVER.rglob("*.py"))}
+
+
+def _part(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "server"
+
+
+def _server_imports(module: str) -> set[str]:
+    return {name for name in _imports(MODULES[module]) if name in MODULES and name != module}
+
+
+def test_server_root_holds_only_the_app_and_its_settings() -> None:
+    loose = sorted(p.name for p in SERVER.glob("*.py"))
+    assert loose == ["__init__.py", "app.py", "settings.py"]
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_run_one_way(module: str) -> None:
+    part = _part(module)
+    if part == "server":
+        return
+    allowed = ALLOWED[part] | {part}
+    upward = sorted(m for m in _server_imports(module) if _part(m) not in allowed)
+    assert not upward, f"{module} imports {upward}, against the layering"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if _part(m) not in ("api", "app")))
+def test_only_the_api_layer_knows_http(module: str) -> None:
+    http = sorted(n for n in _imports(MODULES[module]) if n.split(".")[0] in HTTP_LIBRARIES)
+    assert not http, f"{module} imports {http}: HTTP belongs in server/api"
+
+
+def test_no_import_cycles() -> None:
+    graph = {module: _server_imports(module) for module in MODULES}
+    # A package's __init__ importing its own submodules is not a cycle a reader trips on.
+    for module, deps in graph.items():
+        graph[module] = {d for d in deps if not d.startswith(module + ".")}
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                cycle = [*path[path.index(dep) :], dep]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep)
+        path.pop()
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+
+
+def test_the_layering_check_sees_an_upward_import(tmp_path: Path) -> None:
+    """The checker itself works: an engine module importing the API is caught."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from server.api.errors import APIError\n")
+    assert "server.api.errors" in _imports(bad)

@@ -1,0 +1,40 @@
+"""Settings parsing, and the docs that must list every setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.settings import Settings
+
+
+def test_settings_read_env_with_prefix_and_comma_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GGSERVE_N_SLOTS", "8")
+    monkeypatch.setenv("GGSERVE_CORS_ORIGINS", "https://a.example, https://b.example")
+    monkeypatch.setenv("GGSERVE_API_KEY", "plain")
+    monkeypatch.setenv("GGSERVE_LOG_LEVEL", "debug")
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.n_slots == 8
+    assert s.cors_origins == ["https://a.example", "https://b.example"]
+    assert s.api_key is not None and "plain" not in repr(s)
+    assert s.log_level == "DEBUG"
+
+
+def test_settings_reject_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GGSERVE_N_SLOTS", "0")
+    with pytest.raises(ValueError, match="n_slots"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_env_example_documents_every_setting() -> None:
+    example = Path(__file__).parents[2] / ".env.example"
+    text = example.read_text()
+    missing = [name for name in Settings.model_fields if f"GGSERVE_{name.upper()}=" not in text]
+    assert not missing, f".env.example lacks: {missing}"
+
+
+def test_readme_settings_table_lists_every_setting() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    missing = [name for name in Settings.model_fields if f"`GGSERVE_{name.upper()}`" not in readme]
+    assert not missing, f"README settings table lacks: {missing}"
