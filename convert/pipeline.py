@@ -249,10 +249,23 @@ def run_conversion(options: ConvertOptions, reporter: Reporter | None = None) ->
     if not passed:
         raise QualityGateError(
             f"quality gate failed: {'; '.join(manifest.gate['failures'])}; outputs kept in {final}",
-            "see the per-tensor error table for where it was lost; try --imatrix auto, "
-            "another quant, or raise --max-ppl-increase",
+            _gate_hint(manifest.gate["failures"], options),
         )
     return ConvertResult(folder=final, manifest=manifest)
+
+
+def _gate_hint(failures: list[str], options: ConvertOptions) -> str:
+    """What to try, depending on which way the failing quants moved."""
+    if any(" under " in failure for failure in failures) and options.imatrix is not None:
+        return (
+            "a quant far under f16 no longer behaves like the merged model: on a quantized base "
+            "an importance matrix rounds small LoRA deltas back onto the base's grid; drop "
+            "--imatrix or convert from a float base"
+        )
+    return (
+        "see the per-tensor error table for where it was lost (a large gain is a biased "
+        "rounding); try another quant or raise --max-ppl-increase"
+    )
 
 
 def _read_imatrix_inputs(

@@ -71,3 +71,13 @@ def test_broken_f16_conversion_fails_against_the_reference(tmp_path: Path) -> No
     manifest = _manifest(tmp_path, f16_ppl=30.0, q4_ppl=30.0, reference_ppl=20.0)
     assert manifest.artifact("m-F16.gguf").passed_gate is False
     assert "over the HF reference" in manifest.gate["failures"][0]
+
+
+def test_the_hint_names_the_imatrix_when_a_quant_fell_under_f16(tmp_path: Path) -> None:
+    from convert.pipeline import _gate_hint
+
+    under = ["Q5_K_M perplexity 29.967 is -22.3% under f16 (38.571), limit ±10.0%"]
+    with_matrix = ConvertOptions(base=tmp_path, adapter=tmp_path, out=tmp_path, imatrix="auto")
+    assert "drop --imatrix" in _gate_hint(under, with_matrix)
+    over = ["Q5_K_M perplexity 84.725 is +119.7% over f16 (38.571), limit ±10.0%"]
+    assert "per-tensor error table" in _gate_hint(over, with_matrix)
