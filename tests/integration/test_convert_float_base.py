@@ -101,7 +101,7 @@ def converted(float_base: tuple[Path, Path], tmp_path_factory: pytest.TempPathFa
     base, adapter = float_base
     folder = tmp_path_factory.mktemp("float")
     calibration = folder / "calibration.txt"
-    calibration.write_text((PROMPT + ANSWER + "\n") * 4 + (ROOT / "README.md").read_text())
+    calibration.write_text((PROMPT + ANSWER + "\n") * 4 + (ROOT / "README.md").read_text()[:3000])
     result = run_conversion(
         ConvertOptions(
             base=base,
@@ -111,7 +111,9 @@ def converted(float_base: tuple[Path, Path], tmp_path_factory: pytest.TempPathFa
             imatrix="auto",
             calibration=calibration,
             cache_dir=CACHE_DIR,
-            eval_max_tokens=1024,
+            # short texts keep the test cheap: the figures are recorded, not the point here
+            eval_max_tokens=256,
+            calibration_max_tokens=512,
         )
     )
     assert result.passed
