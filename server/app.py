@@ -6,19 +6,22 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from loguru import logger
 
 from server.api import admin, health
 from server.api.ask import api_router as ask_router
+from server.api.deps import reject_invalid_text
 from server.api.errors import install_error_handlers
 from server.api.feedback import api_router as feedback_router
 from server.api.middleware import RequestContextMiddleware
 from server.api.openai import api_router as openai_router
+from server.api.openapi import install_openapi
 from server.api.ui import api_router as ui_router
 from server.observability.logging import configure_logging
+from server.runtime.drift import run_drift
 from server.runtime.loading import load_model
 from server.runtime.services import Services, build_services
 from server.settings import Settings
@@ -43,6 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if services.feedback is not None:
             services.feedback.start()
         loader = asyncio.create_task(load_model(services), name="load-model")
+        if services.drift is not None:
+            drift = run_drift(services.drift, services.embedder)
+            services.background.append(asyncio.create_task(drift, name="drift"))
         try:
             yield
         finally:
@@ -58,9 +64,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=_version(),
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        dependencies=[Depends(reject_invalid_text)],
     )
     app.state.services = services
     install_error_handlers(app)
+    install_openapi(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -71,7 +79,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     # Added last = outermost: every response, even an error from CORS or routing, gets an id.
     app.add_middleware(
-        RequestContextMiddleware, metrics=services.metrics, max_body_bytes=settings.max_body_bytes
+        RequestContextMiddleware,
+        metrics=services.metrics,
+        max_body_bytes=settings.max_body_bytes,
+        drain=services.drain,
+        tracing=services.tracing,
     )
     health.attach_router(app)
     openai_router.attach_router(app)
@@ -89,6 +101,7 @@ def _shutdown(services: Services) -> None:
     if services.engine is not None:
         logger.info("shutting down the engine")
         services.engine.close()
+    services.tracing.shutdown()  # flushes spans still queued for the collector
 
 
 def _version() -> str:

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     verify_sha256: bool = Field(
         False, description="Check the model's sha256 against its manifest.json before loading."
     )
+    model_mmap: bool = Field(
+        False,
+        description="mmap the GGUF instead of reading it; a file changed while serving can crash.",
+    )
 
     # --- engine --------------------------------------------------------------------------
     n_slots: int = Field(4, ge=1, le=64, description="Concurrent sequences (llama.cpp n_seq_max).")
@@ -89,6 +93,9 @@ class Settings(BaseSettings):
     cors_origins: CsvList = Field(
         default_factory=list, description="Origins allowed by CORS (comma list); empty = none."
     )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, seconds in-flight requests get to finish."
+    )
 
     # --- security ------------------------------------------------------------------------
     api_keys: CsvList = Field(
@@ -117,6 +124,12 @@ class Settings(BaseSettings):
     )
     guardrails_file: Path | None = Field(
         None, description="Blocked topics/patterns (one regex per line); unset = off."
+    )
+    auth_failure_limit: int = Field(
+        20, ge=0, description="Invalid keys from one address before 429; 0 = unlimited."
+    )
+    auth_failure_window_s: float = Field(
+        60.0, gt=0, description="Window over which invalid keys are counted per address."
     )
 
     # --- retrieval -----------------------------------------------------------------------
@@ -162,6 +175,36 @@ class Settings(BaseSettings):
         description="SQLite file (WAL) for captured responses and feedback.",
     )
     ui: bool = Field(True, description="Serve the demo page at /ui.")
+
+    # --- drift ---------------------------------------------------------------------------
+    drift_enabled: bool = Field(
+        True, description="Compare recent requests with a reference window (see docs)."
+    )
+    drift_reference_size: int = Field(
+        500, ge=10, le=20_000, description="Requests in the frozen reference window."
+    )
+    drift_window_size: int = Field(
+        500, ge=10, le=20_000, description="Most recent requests compared with the reference."
+    )
+    drift_min_samples: int = Field(
+        200, ge=10, description="Requests each window needs before a drift verdict."
+    )
+    drift_min_feedback: int = Field(
+        50, ge=2, description="Ratings each window needs before a feedback verdict."
+    )
+    drift_interval_s: float = Field(300.0, gt=0, description="Seconds between drift evaluations.")
+    drift_permutations: int = Field(
+        500, ge=1, le=20_000, description="Permutations of the query-embedding (MMD) test."
+    )
+    drift_alpha: float = Field(
+        0.05, gt=0, lt=1, description="False-alarm rate shared by all drift signals."
+    )
+    drift_reference_file: Path | None = Field(
+        None, description="JSONL of reference questions; unset = the first requests served."
+    )
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP collector for request traces (http://host:4318); unset = off."
+    )
 
     # --- logging -------------------------------------------------------------------------
     log_level: str = Field("INFO", description="Log level.")

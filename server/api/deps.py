@@ -7,11 +7,40 @@ from typing import Annotated, Any
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from server.api.errors import AuthenticationError, RateLimitError, ServiceUnavailableError
+from server.api.errors import (
+    AuthenticationError,
+    BadRequestError,
+    RateLimitError,
+    ServiceUnavailableError,
+)
 from server.api.generation import GenerationService, RequestContext
 from server.api.middleware import LOG_FIELDS_KEY, RESPONSE_HEADERS_KEY
+from server.engine.boundary import lone_surrogate_path
 from server.engine.types import Engine
 from server.runtime.services import Services
+
+
+async def reject_invalid_text(request: Request) -> None:
+    """400 naming the field when a JSON body holds a string that is not valid Unicode.
+
+    JSON can spell a lone UTF-16 surrogate (``"\\ud800"``); Python decodes it into a str that
+    no encoder accepts, so it would fail deep inside tokenizing, logging or storage. Runs on
+    every route, after FastAPI has parsed the body (``request.json()`` is cached by then).
+    """
+    if not await request.body():
+        return
+    try:
+        body = await request.json()
+    except ValueError:
+        return  # not JSON: the route's own body validation answers
+    path = lone_surrogate_path(body)
+    if path is not None:
+        raise BadRequestError(
+            f"{path} contains a lone UTF-16 surrogate (e.g. \\ud800), which is not valid "
+            "Unicode text; send well-formed UTF-8.",
+            code="invalid_unicode",
+            param=path,
+        )
 
 
 def get_services(request: Request) -> Services:
@@ -57,6 +86,13 @@ async def authenticate(
     _token: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
 ) -> str:
     """The caller's key id; 401 when the key is missing or unknown."""
+    with services.tracing.span("auth"):
+        key_id = _key_id(request, services)
+    _log_fields(request)["key_id"] = key_id
+    return key_id
+
+
+def _key_id(request: Request, services: Services) -> str:
     if services.settings.auth_disabled:
         key_id = "anonymous"
     else:
@@ -67,13 +103,24 @@ async def authenticate(
                 code="missing_api_key",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        failures = services.auth_failures
+        address = request.client.host if request.client else "unknown"
+        if failures is not None and (wait := failures.retry_after_s(address)) is not None:
+            # Checked before the key, valid or not: a 200 among the 429s would confirm a guess.
+            services.metrics.auth_failures_refused.inc()
+            raise RateLimitError(
+                f"Too many invalid API keys from this address; retry after {wait} s.",
+                code="too_many_auth_failures",
+                headers={"Retry-After": str(wait)},
+            )
         match = services.keys.verify(key)
         if match is None:
+            if failures is not None:
+                failures.record_failure(address)
             raise AuthenticationError(
                 "Invalid API key.", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
             )
         key_id = match.key_id
-    _log_fields(request)["key_id"] = key_id
     return key_id
 
 
@@ -84,7 +131,8 @@ async def rate_limited_key(
     limiter = services.limiter
     if limiter is None:
         return key_id
-    decision = await limiter.admit(key_id)
+    with services.tracing.span("rate_limit", {"ggserve.key_id": key_id}):
+        decision = await limiter.admit(key_id)
     if decision is None:
         return key_id
     if not decision.allowed:
@@ -103,7 +151,13 @@ KeyIdDep = Annotated[str, Depends(rate_limited_key)]
 
 
 def get_engine(services: ServicesDep) -> Engine:
-    """The engine, or 503 with the reason while loading or after a failed load."""
+    """The engine, or 503 with the reason while loading, after a failed load or draining."""
+    if services.drain.draining:
+        raise ServiceUnavailableError(
+            "The server is shutting down; retry (another replica takes the request).",
+            code="shutting_down",
+            headers={"Retry-After": str(services.drain.retry_after_s())},
+        )
     snapshot = services.readiness.snapshot()
     if services.engine is None or snapshot.state != "ready":
         raise ServiceUnavailableError(

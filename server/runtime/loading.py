@@ -14,6 +14,7 @@ from loguru import logger
 from convert.manifest import manifest_for_model, sha256_file, verify_model_sha256
 from server.agents.runtime import load_ask_runtime, watch_index
 from server.engine.types import Engine, FinishEvent, GenerationRequest, SamplingParams
+from server.runtime.model_file import ModelFile
 from server.runtime.services import ModelMeta, Services
 from server.settings import Settings
 
@@ -42,6 +43,7 @@ def create_engine(settings: Settings) -> tuple[Engine, ModelMeta]:
         request_timeout_s=settings.request_timeout_s,
         lora_path=settings.lora_path,
         lora_scale=settings.lora_scale,
+        use_mmap=settings.model_mmap,
     )
     engine = LlamaEngine(config)
     info = engine.model_info()
@@ -102,6 +104,7 @@ async def load_model(services: Services) -> None:
         return
     services.engine = engine
     services.model_meta = meta
+    services.model_file = ModelFile.observe(settings.model_path)
     services.ask = ask
     if settings.model_alias is None and meta.manifest_name:
         services.model_id = meta.manifest_name

@@ -13,13 +13,20 @@ from dataclasses import dataclass, field
 from loguru import logger
 
 from server.agents.runtime import AskRuntime
+from server.drift.metrics import DriftCollector
+from server.drift.monitor import DriftMonitor
 from server.engine.types import Engine, EngineStats
 from server.feedback.records import ModelVersion
 from server.feedback.service import FeedbackService
 from server.observability.metrics import Metrics
+from server.observability.tracing import Tracing, build_tracing
+from server.runtime.drain import Drain
+from server.runtime.drift import StoredRatings, build_drift
 from server.runtime.embedder import EmbedderProvider
+from server.runtime.model_file import ModelFile
 from server.runtime.readiness import Readiness
 from server.security.api_keys import ApiKey, KeyStore, hash_key, load_keys_file, parse_key_entry
+from server.security.auth_failures import AuthFailureLimiter
 from server.security.guardrails import Guardrails
 from server.security.rate_limit import RateLimiter
 from server.settings import Settings
@@ -57,6 +64,9 @@ class Services:
     engine: Engine | None = None
     model_meta: ModelMeta = field(default_factory=ModelMeta)
     ask: AskRuntime | None = None  # the /v1/ask agent and retriever, loaded with the model
+    model_file: ModelFile | None = None  # the GGUF on disk, as it was when loaded
+    drain: Drain = field(default_factory=Drain)  # SIGTERM: refuse new work, finish the old
+    auth_failures: AuthFailureLimiter | None = None  # brute force: 429 after repeated 401s
     feedback: FeedbackService | None = None  # capture + /v1/feedback store; None when off
 
     @property
@@ -65,6 +75,8 @@ class Services:
         return ModelVersion(self.model_id, self.model_meta.sha256)
 
     background: list[asyncio.Task[None]] = field(default_factory=list)  # cancelled at shutdown
+    drift: DriftMonitor | None = None  # None: GGSERVE_DRIFT_ENABLED=false
+    tracing: Tracing = field(default_factory=Tracing)  # a no-op unless GGSERVE_OTLP_ENDPOINT
 
 
 def build_key_store(settings: Settings) -> KeyStore:
@@ -87,23 +99,39 @@ def build_services(settings: Settings) -> Services:
         engine = services.engine if services is not None else None
         return engine.stats() if engine is not None else None
 
+    metrics = Metrics(stats=engine_stats, load_state=lambda: readiness.state)
     limiter = None
     if settings.rate_limit_rpm or settings.rate_limit_tpm:
         limiter = RateLimiter(
-            settings.rate_limit_storage, settings.rate_limit_rpm, settings.rate_limit_tpm
+            settings.rate_limit_storage,
+            settings.rate_limit_rpm,
+            settings.rate_limit_tpm,
+            on_storage_error=lambda _exc: metrics.rate_limit_storage_errors.inc(),
         )
     guardrails = (
         Guardrails.from_file(settings.guardrails_file) if settings.guardrails_file else None
     )
+    drift = build_drift(settings)
+    metrics = Metrics(stats=engine_stats, load_state=lambda: readiness.state)
+    if drift is not None:
+        metrics.registry.register(DriftCollector(drift))
     services = Services(
         settings=settings,
         readiness=readiness,
         keys=build_key_store(settings),
-        metrics=Metrics(stats=engine_stats, load_state=lambda: readiness.state),
+        metrics=metrics,
         limiter=limiter,
         guardrails=guardrails,
         embedder=EmbedderProvider(settings.embedder_path),
         model_id=settings.model_alias or settings.model_path.stem,
+        drain=Drain(settings.drain_timeout_s),
+        auth_failures=(
+            AuthFailureLimiter(settings.auth_failure_limit, settings.auth_failure_window_s)
+            if settings.auth_failure_limit
+            else None
+        ),
+        drift=drift,
+        tracing=build_tracing(settings.otlp_endpoint),
     )
     if settings.capture != "off":
         metrics = services.metrics
@@ -114,6 +142,8 @@ def build_services(settings: Settings) -> Services:
             max_queue=settings.capture_queue,
             on_capture=lambda outcome, n: metrics.capture_records.labels(outcome=outcome).inc(n),
         )
+        if drift is not None:
+            drift.attach_feedback(StoredRatings(services.feedback))
     if not settings.auth_disabled and len(services.keys) == 0:
         logger.warning(
             "no API keys configured: every protected endpoint will answer 401. "

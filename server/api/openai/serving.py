@@ -17,6 +17,7 @@ import numpy as np
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 
+from server.api import observe
 from server.api.errors import BadRequestError, ServiceUnavailableError
 from server.api.generation import (
     CaptureDraft,
@@ -169,7 +170,11 @@ class OpenAIServing:
         params = sampling_params(request, max_tokens, _grammar_for(request))
         input_text = "\n".join(m["content"] for m in messages)
         ctx.capture = CaptureDraft(f"chatcmpl-{ctx.request_id}", messages=messages)
-        items = generation.stream(ctx, prompt, params, input_text=input_text)
+        items = observe.generations(
+            self.services,
+            observe.last_user_message(messages),
+            generation.stream(ctx, prompt, params, input_text=input_text),
+        )
         model = self.services.model_id
         if request.stream:
             fmt = ChatChunkFormat(f"chatcmpl-{ctx.request_id}", model, _include_usage(request))
