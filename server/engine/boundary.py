@@ -73,12 +73,12 @@ def lone_surrogate_path(value: object, path: str = "") -> str | None:
     while stack:
         where, item = stack.pop()
         if isinstance(item, str):
-            if not _encodes(item):
+            if not encodes_as_utf8(item):
                 return where or "body"
         elif isinstance(item, dict):
             for key, child in reversed(list(item.items())):
                 child_path = f"{where}.{key}" if where else str(key)
-                if isinstance(key, str) and not _encodes(key):
+                if isinstance(key, str) and not encodes_as_utf8(key):
                     return where or "body"
                 stack.append((child_path, child))
         elif isinstance(item, list | tuple):
@@ -87,7 +87,8 @@ def lone_surrogate_path(value: object, path: str = "") -> str | None:
     return None
 
 
-def _encodes(text: str) -> bool:
+def encodes_as_utf8(text: str) -> bool:
+    """False for text with a lone surrogate (valid JSON, but no UTF-8 and no C string)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -99,7 +100,7 @@ def check_text(text: str, field: str = "prompt") -> None:
     """Refuse text that is not valid Unicode (a lone surrogate cannot become UTF-8)."""
     if not isinstance(text, str):
         raise InvalidRequestError(f"{field} must be a string.", param=field)
-    if not _encodes(text):
+    if not encodes_as_utf8(text):
         raise InvalidRequestError(
             f"{field} contains a lone UTF-16 surrogate (e.g. \\ud800), which is not valid "
             "Unicode text; send well-formed UTF-8.",

@@ -7,6 +7,8 @@ controls goes through ``for_log`` before it is logged.
 
 from __future__ import annotations
 
+from server.engine.boundary import encodes_as_utf8
+
 MAX_LOG_VALUE_CHARS = 200
 
 
@@ -19,21 +21,13 @@ def for_log(value: object, limit: int = MAX_LOG_VALUE_CHARS) -> str:
     text = value if isinstance(value, str) else str(value)
     extra = len(text) - limit
     text = text[:limit]
-    if not text.isprintable() or not _encodes(text):
+    if not text.isprintable() or not encodes_as_utf8(text):
         text = "".join(_escape(char) for char in text)
     return f"{text}...(+{extra} chars)" if extra > 0 else text
 
 
 def _escape(char: str) -> str:
-    if char.isprintable() and _encodes(char):
+    if char.isprintable() and encodes_as_utf8(char):
         return char
     code = ord(char)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

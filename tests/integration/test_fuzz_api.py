@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
+from server.engine.boundary import encodes_as_utf8
 from tests.integration.server_proc import ServerHandle, running_server
 
 EXAMPLES = int(os.environ.get("GGSERVE_FUZZ_EXAMPLES", "25"))
@@ -203,7 +204,7 @@ def test_stop_strings_never_appear_in_the_output_and_bad_text_is_400(
         }
         response = _send(fuzzed, "/v1/chat/completions", body)
         assert _problem(response) is None, _problem(response)
-        bad_text = any(not _encodes(s) for s in stop)
+        bad_text = any(not encodes_as_utf8(s) for s in stop)
         if bad_text or len(stop) > 4:
             assert response.status_code == 400, response.text
             return
@@ -221,21 +222,13 @@ def test_any_prompt_text_is_200_or_a_400_naming_the_field(fuzzed: ServerHandle) 
         prompt: object = [text] if as_list else text
         response = _send(fuzzed, "/v1/completions", {"prompt": prompt, "max_tokens": 2})
         assert _problem(response) is None, _problem(response)
-        if _encodes(text):
+        if encodes_as_utf8(text):
             assert response.status_code in (200, 400), response.text  # 400: empty prompt
         else:
             assert response.status_code == 400
             assert response.json()["error"]["param"] == ("prompt.0" if as_list else "prompt")
 
     run()
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def test_the_server_log_has_no_unhandled_error(fuzzed: ServerHandle) -> None:
