@@ -16,13 +16,14 @@ export TOKENIZERS_PARALLELISM := false
 
 STAMP := $(VENV)/.ggserve-installed
 
-.PHONY: setup run test test-fast lint fmt bench eval models system-deps docker-cpu docker-cuda clean help
+.PHONY: setup run test test-fast lint fmt bench soak eval models system-deps docker-cpu docker-cuda clean help
 
 help:
 	@echo "make run    set up and serve the embedded default model on $(HOST):$(PORT)"
 	@echo "make test   set up and run the whole test suite"
 	@echo "make lint   ruff, mypy, hadolint"
 	@echo "make bench  benchmarks against peers (slow)"
+	@echo "make soak   mixed traffic with disconnects for SOAK_MINUTES (10) minutes (slow)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +78,11 @@ fmt: $(STAMP)
 
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+# Not part of CI: 10 minutes of mixed traffic at 2x the slot count (see README, Reliability).
+SOAK_MINUTES ?= 10
+soak: setup
+	flock /tmp/ggserve-heavy.lock $(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES)
 
 eval: setup
 	$(BIN)/python bench/rag_eval.py

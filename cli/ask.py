@@ -8,14 +8,18 @@ import httpx
 import typer
 from rich.console import Console
 
+from cli.client_settings import resolve
+
 console = Console()
 
 
 def ask(
     question: str = typer.Argument(..., help="The question."),
-    url: str = typer.Option("http://127.0.0.1:8000", envvar="GGSERVE_URL", help="Server URL."),
-    api_key: str = typer.Option(
-        None, envvar="GGSERVE_API_KEY", help="API key (or GGSERVE_API_KEY, e.g. from .env)."
+    url: str | None = typer.Option(
+        None, help="Server URL [default: GGSERVE_URL, else GGSERVE_HOST:PORT, from env or .env]."
+    ),
+    api_key: str | None = typer.Option(
+        None, help="API key [default: GGSERVE_API_KEY from the environment or .env]."
     ),
     max_tokens: int | None = typer.Option(None, help="Cap on generated tokens."),
     stream: bool = typer.Option(True, help="Print tokens as they arrive."),
@@ -23,6 +27,7 @@ def ask(
     timeout: float = typer.Option(300.0, help="Seconds to wait."),
 ) -> None:
     """Ask the running server; prints the answer, its sources and timings."""
+    url, api_key = resolve(url, api_key)
     headers = {"X-API-KEY": api_key} if api_key else {}
     payload: dict[str, object] = {"question": question, "stream": stream and not as_json}
     if max_tokens:

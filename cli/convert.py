@@ -77,7 +77,7 @@ def convert(
         None, help="Plain text for the quality gate (default: ggserve's built-in text)."
     ),
     max_ppl_increase: float = typer.Option(
-        0.10, help="Largest allowed perplexity rise of a quant over f16 (0.10 = +10 %)."
+        0.10, help="Largest allowed perplexity change of a quant against f16 (0.10 = ±10 %)."
     ),
     keep_intermediate: bool = typer.Option(
         False, help="Keep the merged Hugging Face folder (OUT/merged-hf)."
@@ -88,6 +88,14 @@ def convert(
     ),
     sdist: Path | None = typer.Option(
         None, help="Use this llama-cpp-python sdist instead of downloading it."
+    ),
+    imatrix: str | None = typer.Option(
+        None,
+        help="Importance-matrix quantization: 'auto' computes one from the calibration text; "
+        "or a GGUF imatrix file written by llama-imatrix.",
+    ),
+    calibration: Path | None = typer.Option(
+        None, help="Calibration text for --imatrix auto (default: the eval text)."
     ),
 ) -> None:
     """Merge a LoRA into its base, export GGUF, quantize, gate on quality, write a manifest."""
@@ -109,6 +117,8 @@ def convert(
             force=force,
             cache_dir=cache_dir,
             sdist=sdist,
+            imatrix=imatrix,
+            calibration=calibration,
         )
         with _progress() as progress:
             result = run_conversion(options, RichReporter(progress))
@@ -187,10 +197,48 @@ def tensor_type_lines(manifest: Manifest) -> list[str]:
     ]
 
 
+def tensor_error_table(manifest: Manifest, top: int = 5) -> Table:
+    """Per quant, the tensors quantization moved furthest from their f16 values."""
+    table = Table(title="largest per-tensor error vs f16 (relative RMSE; gain = systematic scale)")
+    for column in ("quant", "tensor", "type", "rel. RMSE", "gain"):
+        table.add_column(
+            column, justify="left" if column in ("quant", "tensor", "type") else "right"
+        )
+    for artifact in manifest.artifacts:
+        for error in artifact.tensor_errors[:top]:
+            table.add_row(
+                artifact.quant,
+                error.name,
+                error.type,
+                f"{error.rel_rmse:.4f}",
+                f"{error.gain:+.2%}",
+            )
+    return table
+
+
+def error_by_type_lines(manifest: Manifest) -> list[str]:
+    """One line per quant: mean relative RMSE of its tensors, per storage type."""
+    lines = []
+    for artifact in manifest.artifacts:
+        if not artifact.error_by_type:
+            continue
+        parts = [
+            f"{kind}×{int(s['tensors'])} {s['mean_rel_rmse']:.4f} (gain {s['mean_gain']:+.2%})"
+            for kind, s in artifact.error_by_type.items()
+        ]
+        imatrix = " (imatrix)" if artifact.imatrix else ""
+        lines.append(f"{artifact.quant}{imatrix} mean rel. RMSE by type: " + ", ".join(parts))
+    return lines
+
+
 def _show(manifest: Manifest) -> None:
     console.print(quality_table(manifest))
     for line in tensor_type_lines(manifest):
         console.print(f"  {line}", highlight=False)
+    if any(a.tensor_errors for a in manifest.artifacts):
+        console.print(tensor_error_table(manifest))
+        for line in error_by_type_lines(manifest):
+            console.print(f"  {line}", highlight=False)
 
 
 def _print_failed_manifest(out: Path) -> None:

@@ -5,14 +5,19 @@ from __future__ import annotations
 import httpx
 import typer
 
+from cli.client_settings import resolve
+
 EXIT_READY, EXIT_NOT_READY, EXIT_UNREACHABLE = 0, 1, 2
 
 
 def health(
-    url: str = typer.Option("http://127.0.0.1:8000", envvar="GGSERVE_URL", help="Server URL."),
+    url: str | None = typer.Option(
+        None, help="Server URL [default: GGSERVE_URL, else GGSERVE_HOST:PORT, from env or .env]."
+    ),
     timeout: float = typer.Option(5.0, help="Seconds before giving up."),
 ) -> None:
     """Exit 0 when ready, 1 when up but not ready (loading or failed), 2 when unreachable."""
+    url, _ = resolve(url, None)
     try:
         response = httpx.get(url.rstrip("/") + "/ready", timeout=timeout)
     except httpx.HTTPError as exc:

@@ -26,8 +26,7 @@ def serve(
     log_format: str | None = typer.Option(None, help="json | text [GGSERVE_LOG_FORMAT]."),
 ) -> None:
     """Serve the model: OpenAI-compatible API, /v1/ask, /health, /ready, /metrics."""
-    import uvicorn
-
+    from server.api.uvicorn_server import serve as run_until_drained
     from server.app import create_app
 
     overrides: dict[str, Any] = {
@@ -45,12 +44,4 @@ def serve(
     }
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     app = create_app(settings)
-    # Our middleware writes one JSON record per request; uvicorn's access log would repeat it.
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=10,
-    )
+    run_until_drained(app, settings)

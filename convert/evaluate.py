@@ -33,18 +33,25 @@ def default_eval_text() -> str:
     return resources.files("convert").joinpath("data", DEFAULT_EVAL_NAME).read_text("utf-8")
 
 
-def read_eval_text(path: Path | None) -> str:
-    """The user's eval file, or the shipped default when ``path`` is None."""
+def read_eval_text(path: Path | None, what: str = "eval file") -> str:
+    """The user's eval (or calibration) file, or the shipped default when ``path`` is None."""
     if path is None:
         return default_eval_text()
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
+        raise ConvertError(f"{what} {path} does not exist", "pass an existing text file") from exc
+    except IsADirectoryError as exc:
+        raise ConvertError(f"{what} {path} is a folder", "pass a plain text file") from exc
+    except UnicodeDecodeError as exc:
         raise ConvertError(
-            f"eval file {path} does not exist", "pass an existing text file"
+            f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})",
+            "pass UTF-8 plain text",
         ) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConvertError(f"cannot read eval file {path}: {exc}", "pass UTF-8 plain text") from exc
+    except OSError as exc:
+        raise ConvertError(f"cannot read {what} {path}: {exc}", "pass UTF-8 plain text") from exc
+    if not text.strip():
+        raise ConvertError(f"{what} {path} is empty", "pass a few paragraphs of plain text")
     return text
 
 

@@ -34,6 +34,20 @@ class Quality:
 
 
 @dataclass
+class TensorError:
+    """How far one quantized tensor is from its f16 values.
+
+    ``rel_rmse`` = ‖q − f‖ / ‖f‖ (how much noise); ``gain`` = ⟨q − f, f⟩ / ⟨f, f⟩ (how much of
+    that error is the tensor itself scaled: ~0 for rounding noise, not for a systematic bias).
+    """
+
+    name: str
+    type: str
+    rel_rmse: float
+    gain: float = 0.0
+
+
+@dataclass
 class Artifact:
     """One GGUF file produced by the conversion."""
 
@@ -45,6 +59,10 @@ class Artifact:
     fallback_tensors: int = 0
     quality: Quality | None = None
     passed_gate: bool | None = None
+    # the tensors that lost most in quantization, worst first, and the same per storage type
+    tensor_errors: list[TensorError] = field(default_factory=list)
+    error_by_type: dict[str, dict[str, float]] = field(default_factory=dict)
+    imatrix: bool = False
 
 
 @dataclass
@@ -69,6 +87,8 @@ class Manifest:
     eval: dict[str, Any] = field(default_factory=dict)
     gate: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
+    imatrix: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
     schema: int = SCHEMA_VERSION
 
     def artifact(self, file_name: str) -> Artifact | None:
@@ -88,6 +108,7 @@ class Manifest:
                     **{
                         **a,
                         "quality": Quality(**a["quality"]) if a.get("quality") else None,
+                        "tensor_errors": [TensorError(**e) for e in a.get("tensor_errors", [])],
                     }
                 )
                 for a in data["artifacts"]
@@ -103,6 +124,8 @@ class Manifest:
                 eval=dict(data.get("eval", {})),
                 gate=dict(data.get("gate", {})),
                 timings_s=dict(data.get("timings_s", {})),
+                imatrix=dict(data["imatrix"]) if data.get("imatrix") else None,
+                warnings=[str(w) for w in data.get("warnings", [])],
                 schema=int(data.get("schema", SCHEMA_VERSION)),
             )
         except (KeyError, TypeError, ValueError) as exc:

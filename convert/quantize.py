@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from convert.errors import ConvertError
+from convert.imatrix import ImportanceMatrix, as_quantize_param
 from convert.inputs import QUANT_FTYPES
 
 _FALLBACK = re.compile(r"warning: (\S+)\s+- ncols .*?-> falling back to\s+(\S+)", re.DOTALL)
@@ -33,8 +34,20 @@ class QuantResult:
     fallbacks: dict[str, str] = field(default_factory=dict)  # tensor name → type used
 
 
-def quantize(f16_path: Path, out_path: Path, quant: str, threads: int = 0) -> QuantResult:
-    """Quantize ``f16_path`` to ``quant`` at ``out_path``; ConvertError when llama.cpp fails."""
+def quantize(
+    f16_path: Path,
+    out_path: Path,
+    quant: str,
+    threads: int = 0,
+    imatrix: ImportanceMatrix | None = None,
+    overrides: dict[str, str] | None = None,
+) -> QuantResult:
+    """Quantize ``f16_path`` to ``quant`` at ``out_path``; ConvertError when llama.cpp fails.
+
+    With ``imatrix``, llama.cpp weights each column's rounding error by its importance.
+    ``overrides`` maps tensor names to the storage type they must get (``{"blk.0.attn_q.weight":
+    "Q5_0"}``) instead of the one the recipe or its fallback would choose.
+    """
     import llama_cpp
 
     if quant not in QUANT_FTYPES:
@@ -42,10 +55,16 @@ def quantize(f16_path: Path, out_path: Path, quant: str, threads: int = 0) -> Qu
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANT_FTYPES[quant]
     params.nthread = threads
+    keep_alive: list[object] = []
+    if imatrix is not None:
+        params.imatrix, keep_alive = as_quantize_param(imatrix)
+    if overrides:
+        params.tt_overrides = _override_array(overrides, keep_alive)
     with _captured_llama_log() as log:
         status = llama_cpp.llama_model_quantize(
             str(f16_path).encode(), str(out_path).encode(), ctypes.byref(params)
         )
+    del keep_alive  # the matrix is copied by llama.cpp; it may go once quantization returns
     text = "".join(log)
     if status != 0 or not out_path.is_file():
         reason = next((ln for ln in text.splitlines() if "failed" in ln), "see llama.cpp's log")
@@ -61,6 +80,27 @@ def quantize(f16_path: Path, out_path: Path, quant: str, threads: int = 0) -> Qu
         fallback_tensors=len(fallbacks),
         fallbacks=fallbacks,
     )
+
+
+def _override_array(overrides: dict[str, str], keep_alive: list[object]) -> object:
+    """``llama_model_tensor_override`` entries (exact-name patterns), NULL-pattern terminated."""
+    import llama_cpp
+    from gguf import GGMLQuantizationType
+
+    entry = llama_cpp.llama_model_tensor_override
+    array = (entry * (len(overrides) + 1))()
+    for slot, (name, kind) in zip(array, sorted(overrides.items()), strict=False):
+        slot.pattern = f"^{re.escape(name)}$".encode()
+        slot.type = int(GGMLQuantizationType[kind])
+    keep_alive.append(array)
+    return ctypes.cast(array, ctypes.POINTER(entry))
+
+
+def tensor_types_by_name(gguf_path: Path) -> dict[str, str]:
+    """Each tensor's storage type (``{"blk.0.attn_q.weight": "Q5_0", ...}``)."""
+    from gguf import GGUFReader
+
+    return {t.name: t.tensor_type.name for t in GGUFReader(gguf_path).tensors}
 
 
 def tensor_type_counts(gguf_path: Path) -> dict[str, int]:

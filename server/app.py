@@ -6,17 +6,19 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from loguru import logger
 
 from server.api import admin, health
 from server.api.ask import api_router as ask_router
+from server.api.deps import reject_invalid_text
 from server.api.errors import install_error_handlers
 from server.api.feedback import api_router as feedback_router
 from server.api.middleware import RequestContextMiddleware
 from server.api.openai import api_router as openai_router
+from server.api.openapi import install_openapi
 from server.api.ui import api_router as ui_router
 from server.observability.logging import configure_logging
 from server.runtime.drift import run_drift
@@ -62,9 +64,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=_version(),
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        dependencies=[Depends(reject_invalid_text)],
     )
     app.state.services = services
     install_error_handlers(app)
+    install_openapi(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -78,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestContextMiddleware,
         metrics=services.metrics,
         max_body_bytes=settings.max_body_bytes,
+        drain=services.drain,
         tracing=services.tracing,
     )
     health.attach_router(app)

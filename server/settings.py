@@ -64,6 +64,10 @@ class Settings(BaseSettings):
         description="Model registry (JSON); when set, its active version is served and "
         "POST /admin/models/activate swaps versions without a restart.",
     )
+    model_mmap: bool = Field(
+        False,
+        description="mmap the GGUF instead of reading it; a file changed while serving can crash.",
+    )
 
     # --- engine --------------------------------------------------------------------------
     n_slots: int = Field(4, ge=1, le=64, description="Concurrent sequences (llama.cpp n_seq_max).")
@@ -94,6 +98,9 @@ class Settings(BaseSettings):
     cors_origins: CsvList = Field(
         default_factory=list, description="Origins allowed by CORS (comma list); empty = none."
     )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, seconds in-flight requests get to finish."
+    )
 
     # --- security ------------------------------------------------------------------------
     api_keys: CsvList = Field(
@@ -122,6 +129,12 @@ class Settings(BaseSettings):
     )
     guardrails_file: Path | None = Field(
         None, description="Blocked topics/patterns (one regex per line); unset = off."
+    )
+    auth_failure_limit: int = Field(
+        20, ge=0, description="Invalid keys from one address before 429; 0 = unlimited."
+    )
+    auth_failure_window_s: float = Field(
+        60.0, gt=0, description="Window over which invalid keys are counted per address."
     )
 
     # --- retrieval -----------------------------------------------------------------------

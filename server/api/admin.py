@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query
@@ -25,6 +26,7 @@ from server.drift.report import DriftReport
 from server.rag.errors import RagError
 from server.registry.activation import ActivationError
 from server.runtime.drift import EmbedderAttacher
+from server.runtime.model_file import ModelFile
 
 router = APIRouter(prefix="/admin", tags=["operations"])
 
@@ -120,6 +122,7 @@ async def activate_model(
     assert served is not None  # just installed
     services.metrics.model_activations.labels(result="ok").inc()
     services.metrics.serving(served.model_id, served.version)
+    services.model_file = ModelFile.observe(Path(served.path))  # /health watches the new file
     logger.bind(
         event="model_activated",
         by=admin,

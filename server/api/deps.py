@@ -8,10 +8,39 @@ from typing import Annotated, Any
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from server.api.errors import AuthenticationError, RateLimitError, ServiceUnavailableError
+from server.api.errors import (
+    AuthenticationError,
+    BadRequestError,
+    RateLimitError,
+    ServiceUnavailableError,
+)
 from server.api.generation import GenerationService, RequestContext
 from server.api.middleware import LOG_FIELDS_KEY, RESPONSE_HEADERS_KEY
+from server.engine.boundary import lone_surrogate_path
 from server.runtime.services import ServedModel, Services
+
+
+async def reject_invalid_text(request: Request) -> None:
+    """400 naming the field when a JSON body holds a string that is not valid Unicode.
+
+    JSON can spell a lone UTF-16 surrogate (``"\\ud800"``); Python decodes it into a str that
+    no encoder accepts, so it would fail deep inside tokenizing, logging or storage. Runs on
+    every route, after FastAPI has parsed the body (``request.json()`` is cached by then).
+    """
+    if not await request.body():
+        return
+    try:
+        body = await request.json()
+    except ValueError:
+        return  # not JSON: the route's own body validation answers
+    path = lone_surrogate_path(body)
+    if path is not None:
+        raise BadRequestError(
+            f"{path} contains a lone UTF-16 surrogate (e.g. \\ud800), which is not valid "
+            "Unicode text; send well-formed UTF-8.",
+            code="invalid_unicode",
+            param=path,
+        )
 
 
 def get_services(request: Request) -> Services:
@@ -74,8 +103,20 @@ def _key_id(request: Request, services: Services) -> str:
                 code="missing_api_key",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        failures = services.auth_failures
+        address = request.client.host if request.client else "unknown"
+        if failures is not None and (wait := failures.retry_after_s(address)) is not None:
+            # Checked before the key, valid or not: a 200 among the 429s would confirm a guess.
+            services.metrics.auth_failures_refused.inc()
+            raise RateLimitError(
+                f"Too many invalid API keys from this address; retry after {wait} s.",
+                code="too_many_auth_failures",
+                headers={"Retry-After": str(wait)},
+            )
         match = services.keys.verify(key)
         if match is None:
+            if failures is not None:
+                failures.record_failure(address)
             raise AuthenticationError(
                 "Invalid API key.", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
             )
@@ -116,6 +157,12 @@ async def served_model(request: Request, services: ServicesDep) -> AsyncIterator
     hot swap lets this request finish on the engine it started on; that engine is freed when
     its last lease returns. 503 with the reason while loading or after a failed load.
     """
+    if services.drain.draining:
+        raise ServiceUnavailableError(
+            "The server is shutting down; retry (another replica takes the request).",
+            code="shutting_down",
+            headers={"Retry-After": str(services.drain.retry_after_s())},
+        )
     with services.models.lease() as deployment:
         snapshot = services.readiness.snapshot()
         if deployment is None or snapshot.state != "ready":

@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.engine.types import InvalidRequestError as EngineInvalidRequestError
+
 
 class APIError(Exception):
     """An error a client can act on. Subclasses fix the status and type."""
@@ -164,6 +166,15 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _engine_invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    # Raised by the validation boundary in front of llama.cpp (server/engine/boundary.py)
+    # wherever a handler tokenizes or detokenizes outside a generation.
+    assert isinstance(exc, EngineInvalidRequestError)
+    return error_response(
+        request, 400, str(exc), "invalid_request_error", code="invalid_value", param=exc.param
+    )
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # The traceback goes to the log (with the request id); the client gets the id only.
     logger.opt(exception=exc).error("unhandled error on {}", request.url.path)
@@ -179,6 +190,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error, expected or not, through the JSON envelope."""
     app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(EngineInvalidRequestError, _engine_invalid_request)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -35,6 +35,7 @@ from server.feedback.records import Interaction, ModelVersion
 from server.feedback.service import FeedbackService
 from server.observability.metrics import Metrics
 from server.observability.tracing import Tracing
+from server.runtime.drain import Drain
 from server.runtime.services import ServedModel, Services
 from server.security.guardrails import REFUSAL, Guardrails
 from server.security.rate_limit import RateLimiter
@@ -112,11 +113,13 @@ class GenerationService:
         *,
         max_tokens_default: int,
         max_tokens_limit: int,
+        drain: Drain | None = None,
         tracing: Tracing | None = None,
         feedback: FeedbackService | None = None,
         model_version: ModelVersion | None = None,
     ) -> None:
         self._engine = engine
+        self._drain = drain
         self.metrics = metrics
         self.tracing = tracing or Tracing()
         self.limiter = limiter
@@ -138,6 +141,7 @@ class GenerationService:
             services.guardrails,
             max_tokens_default=settings.max_tokens_default,
             max_tokens_limit=settings.max_tokens_limit,
+            drain=services.drain,
             tracing=services.tracing,
             feedback=services.feedback,
             model_version=served.capture_version,
@@ -225,7 +229,7 @@ class GenerationService:
         except ContextLengthExceededError as exc:
             raise _context_error(exc.prompt_tokens, exc.max_tokens, exc.n_ctx) from exc
         except InvalidRequestError as exc:
-            raise BadRequestError(str(exc), code="invalid_value") from exc
+            raise BadRequestError(str(exc), code="invalid_value", param=exc.param) from exc
         except EngineNotReadyError as exc:
             raise ServiceUnavailableError(
                 str(exc), code="model_not_ready", headers={"Retry-After": "5"}
@@ -237,6 +241,13 @@ class GenerationService:
             while event is not None:
                 if isinstance(event, FinishEvent):
                     if event.finish_reason == "error":
+                        if self._drain is not None and self._drain.deadline_passed:
+                            raise ServiceUnavailableError(
+                                "The server is shutting down and its drain time is over; "
+                                "retry the request.",
+                                code="shutting_down",
+                                headers={"Retry-After": str(self._drain.retry_after_s())},
+                            )
                         raise RuntimeError(f"engine error: {event.error}")
                     reason = _OPENAI_FINISH.get(event.finish_reason, event.finish_reason)
                     done = Completed(reason, event.usage, event.timings)

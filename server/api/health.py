@@ -15,9 +15,12 @@ router = APIRouter(tags=["operations"])
 
 def _status(services: ServicesDep) -> dict[str, Any]:
     snap = services.readiness.snapshot()
+    drain = services.drain
     body: dict[str, Any] = {
-        "status": snap.state,
-        "reason": snap.reason,
+        "status": "draining" if drain.draining else snap.state,
+        "reason": "shutting down: finishing the requests in flight"
+        if drain.draining
+        else snap.reason,
         "model": services.model_id,
         "model_version": services.served_version,
         "model_path": services.served.path
@@ -26,6 +29,8 @@ def _status(services: ServicesDep) -> dict[str, Any]:
     }
     if draining := services.models.draining:
         body["models_draining"] = [d.version for d in draining]
+    if services.model_file is not None:
+        body["model_file"] = services.model_file.state()
     meta = services.model_meta
     for key in ("quantization", "manifest_name", "n_params", "architecture"):
         if (value := getattr(meta, key)) is not None:
@@ -44,11 +49,16 @@ async def health(services: ServicesDep) -> dict[str, Any]:
     return _status(services)
 
 
-@router.get("/ready", responses={503: {"description": "loading, or the load failed"}})
+@router.get(
+    "/ready", responses={503: {"description": "loading, the load failed, or draining to exit"}}
+)
 async def ready(services: ServicesDep) -> JSONResponse:
-    """Readiness: 200 once the model is loaded and warmed; 503 with the reason otherwise."""
+    """Readiness: 200 once the model is loaded and warmed; 503 with the reason otherwise.
+
+    From the first SIGTERM on it answers 503 ("draining"), so load balancers stop sending.
+    """
     body = _status(services)
-    if services.readiness.is_ready:
+    if services.readiness.is_ready and not services.drain.draining:
         return JSONResponse(body)
     return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 

@@ -6,6 +6,7 @@ exception anywhere below still becomes the JSON envelope *with* the X-Request-ID
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -18,7 +19,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server.api.errors import error_body
 from server.observability.metrics import Metrics
 from server.observability.resources import rss_mb, vram_mb
+from server.observability.sanitize import for_log
 from server.observability.tracing import Tracing, request_span
+from server.runtime.drain import Drain
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Per-request facts handlers add for the request log line (usage, key id, finish reason...).
@@ -58,10 +61,12 @@ class RequestContextMiddleware:
         metrics: Metrics,
         max_body_bytes: int,
         tracing: Tracing | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.drain = drain
         self.tracing = tracing or Tracing()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -105,9 +110,16 @@ class RequestContextMiddleware:
         self.metrics.in_flight.inc()
         method, path = scope.get("method", ""), scope.get("path", "")
         traced = self.tracing if path not in _PROBES else Tracing()
+        # The drain waits for these (streams included); probes do not hold a shutdown up.
+        tracked = (
+            self.drain.track()
+            if self.drain is not None and path not in _PROBES
+            else contextlib.nullcontext()
+        )
         with (
             logger.contextualize(request_id=request_id),
             request_span(traced, f"{method} {path}", request_id) as span,
+            tracked,
         ):
             try:
                 if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
@@ -167,14 +179,15 @@ class RequestContextMiddleware:
         route = _route_of(scope)
         key_id = str(fields.get("key_id", "-"))
         self.metrics.requests.labels(route=route, status=str(status), key_id=key_id).inc()
-        if route in ("/health", "/ready", "/metrics"):
+        if route in _PROBES:
             return  # probes are counted, but not logged: they would drown the real traffic
         self.metrics.latency.labels(route=route).observe(latency_s)
+        path = for_log(scope.get("path", ""))  # client-chosen: bounded, control chars escaped
         logger.bind(
             event="request",
             method=scope.get("method"),
             route=route,
-            path=scope.get("path"),
+            path=path,
             status=status,
             latency_ms=round(latency_s * 1000, 1),
             key_id=fields.get("key_id"),
@@ -187,6 +200,4 @@ class RequestContextMiddleware:
             finish_reason=fields.get("finish_reason"),
             rss_mb=round(rss_mb(), 1),
             vram_mb=vram_mb(),
-        ).info(
-            "{} {} {} {:.0f}ms", scope.get("method"), scope.get("path"), status, latency_s * 1000
-        )
+        ).info("{} {} {} {:.0f}ms", scope.get("method"), path, status, latency_s * 1000)

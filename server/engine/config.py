@@ -39,6 +39,9 @@ class EngineConfig:
     request_timeout_s: float = 300.0  # wall clock from submission to finish
     lora_path: Path | None = None  # GGUF LoRA adapter applied at load time
     lora_scale: float = 1.0
+    # False: read the weights into process memory, so the file on disk may be deleted,
+    # replaced or truncated while serving (a truncated mmap'ed file is a SIGBUS).
+    use_mmap: bool = False
     # A prompt prefix held by another slot is copied (whole-stream KV copy, ~10 ms for 2,048
     # tokens of SmolLM2) rather than recomputed when it saves at least this many tokens.
     prefix_copy_min_tokens: int = 32

@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from server.engine.boundary import check_token_ids
 from server.engine.chat_template import ChatTemplate
 from server.engine.config import EngineConfig, check_batch_holds_slots
 from server.engine.detokenizer import IncrementalDetokenizer
@@ -375,11 +376,7 @@ class LlamaEngine:
         if not prompt:
             raise InvalidRequestError("The prompt is empty: send at least one token of text.")
         n_vocab = self._model.n_vocab
-        bad = next((t for t in prompt if not 0 <= t < n_vocab), None)
-        if bad is not None:
-            raise InvalidRequestError(
-                f"The prompt contains token id {bad}; this model's ids are 0..{n_vocab - 1}."
-            )
+        check_token_ids(prompt, n_vocab)
         if not 1 <= request.n <= len(self._slots):
             raise InvalidRequestError(
                 f"n must be between 1 and {len(self._slots)} (the server's slots), got {request.n}."

@@ -17,6 +17,7 @@ import llama_cpp
 import psutil
 
 from server.engine import llama_log
+from server.engine.boundary import check_text, check_token_id, check_token_ids
 from server.engine.config import EngineConfig
 from server.engine.threads import resolve_threads
 from server.engine.types import ModelLoadError
@@ -135,6 +136,11 @@ class LoadedModel:
     def _load_model(self) -> int:
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = self.config.n_gpu_layers
+        params.load_mode = (
+            llama_cpp.LLAMA_LOAD_MODE_MMAP
+            if self.config.use_mmap
+            else llama_cpp.LLAMA_LOAD_MODE_NONE
+        )
         llama_log.clear_problems()
         model = llama_cpp.llama_model_load_from_file(str(self.path).encode("utf-8"), params)
         if not model:
@@ -220,6 +226,7 @@ class LoadedModel:
         self, text: str, *, add_special: bool = True, parse_special: bool = True
     ) -> list[int]:
         """Text → token ids. ``parse_special`` turns ``<|im_start|>`` into its control token."""
+        check_text(text)
         data = text.encode("utf-8")
         capacity = len(data) + 8
         tokens = (llama_cpp.llama_token * capacity)()
@@ -236,6 +243,7 @@ class LoadedModel:
 
     def token_to_piece(self, token: int) -> bytes:
         """The raw bytes of one token (possibly part of a UTF-8 character); control tokens → b''."""
+        check_token_id(token, self.n_vocab)
         buffer = ctypes.create_string_buffer(64)  # per call: tokenizing threads never share it
         n = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, False)
         if n < 0:
@@ -245,6 +253,7 @@ class LoadedModel:
 
     def detokenize(self, tokens: list[int]) -> str:
         """Token ids → text, invalid UTF-8 replaced."""
+        check_token_ids(tokens, self.n_vocab)
         return b"".join(self.token_to_piece(t) for t in tokens).decode("utf-8", errors="replace")
 
     def is_eog(self, token: int) -> bool:

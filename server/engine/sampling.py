@@ -23,6 +23,7 @@ import llama_cpp
 import numpy as np
 
 from server.engine import llama_log
+from server.engine.boundary import check_sampling
 from server.engine.types import InvalidRequestError, SamplingParams
 
 # Mirrors llama_token_data {int32 id; float logit; float p;} for a numpy view of the candidates.
@@ -31,36 +32,8 @@ PENALTY_LAST_N = 64  # window for repeat/presence/frequency penalties (llama.cpp
 
 
 def validate_params(params: SamplingParams, n_vocab: int) -> None:
-    """Raise ``InvalidRequestError`` naming the first out-of-range parameter."""
-    problems = [
-        (params.max_tokens >= 1, f"max_tokens must be >= 1, got {params.max_tokens}"),
-        (
-            math.isfinite(params.temperature) and params.temperature >= 0,
-            f"temperature must be >= 0, got {params.temperature}",
-        ),
-        (0 < params.top_p <= 1, f"top_p must be in (0, 1], got {params.top_p}"),
-        (params.top_k >= 0, f"top_k must be >= 0 (0 = off), got {params.top_k}"),
-        (0 <= params.min_p <= 1, f"min_p must be in [0, 1], got {params.min_p}"),
-        (params.repeat_penalty > 0, f"repeat_penalty must be > 0, got {params.repeat_penalty}"),
-        (
-            math.isfinite(params.presence_penalty) and -2 <= params.presence_penalty <= 2,
-            f"presence_penalty must be in [-2, 2], got {params.presence_penalty}",
-        ),
-        (
-            math.isfinite(params.frequency_penalty) and -2 <= params.frequency_penalty <= 2,
-            f"frequency_penalty must be in [-2, 2], got {params.frequency_penalty}",
-        ),
-    ]
-    for ok, message in problems:
-        if not ok:
-            raise InvalidRequestError(message)
-    for token, bias in params.logit_bias:
-        if not 0 <= token < n_vocab:
-            raise InvalidRequestError(
-                f"logit_bias names token {token}, but the vocabulary has ids 0..{n_vocab - 1}."
-            )
-        if math.isnan(bias):
-            raise InvalidRequestError(f"logit_bias for token {token} is NaN.")
+    """Raise ``InvalidRequestError`` naming the first out-of-range parameter (the boundary)."""
+    check_sampling(params, n_vocab)
 
 
 class SamplerChain:
@@ -73,6 +46,8 @@ class SamplerChain:
         self._chain: Any = llama_cpp.llama_sampler_chain_init(chain_params)
         self._grammar: Any = None
         self._n_vocab = n_vocab
+        self._eog = -1
+        self.grammar_dead_end = False  # the grammar admitted no token; generation was ended
         try:
             self._build(params, vocab, n_vocab)
         except BaseException:
@@ -113,6 +88,9 @@ class SamplerChain:
                 detail = f": {problems[-1]}" if problems else ""
                 raise InvalidRequestError(f"The grammar (GBNF) does not parse{detail}")
             self._grammar = grammar
+            self._eog = int(llama_cpp.llama_vocab_eos(vocab))
+            if self._eog < 0:
+                self._eog = int(llama_cpp.llama_vocab_eot(vocab))
             self._candidates = np.zeros(n_vocab, dtype=_TOKEN_DATA)
         self._seed = params.seed if params.seed is not None else random.getrandbits(32)
         if params.temperature == 0:
@@ -138,7 +116,14 @@ class SamplerChain:
             candidates = self._fill_candidates(ctx, batch_index)
             llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(candidates))
             llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(candidates))
-            token = int(candidates.data[candidates.selected].id)
+            chosen = candidates.data[candidates.selected]
+            token = int(chosen.id)
+            if not math.isfinite(chosen.logit):
+                # The grammar allows no token here (e.g. an empty character class). llama.cpp
+                # throws on accepting a rejected token, which would abort the process: end
+                # this generation with end-of-generation instead.
+                self.grammar_dead_end = True
+                return self._eog
         llama_cpp.llama_sampler_accept(self._grammar, token)
         llama_cpp.llama_sampler_accept(self._chain, token)
         return token

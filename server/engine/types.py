@@ -125,7 +125,14 @@ class ModelLoadError(EngineError):
 
 
 class InvalidRequestError(EngineError):
-    """The request itself is wrong (empty prompt, unknown token id, bad grammar, bad parameter)."""
+    """The request itself is wrong (empty prompt, unknown token id, bad grammar, bad parameter).
+
+    ``param`` names the request field at fault when known (the HTTP layer reports it).
+    """
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass(frozen=True)

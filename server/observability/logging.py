@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, cast
 
 from loguru import logger
 
@@ -56,16 +58,67 @@ class InterceptHandler(logging.Handler):
         )
 
 
+class GuardedFile:
+    """A log file whose write errors (disk full, read-only remount, I/O error) never propagate.
+
+    A record that cannot be written is dropped and counted; stderr gets one line about it at
+    most every ``warn_every_s``. Serving requests matters more than the file log, and stderr
+    (the container log) still has every record.
+    """
+
+    def __init__(self, stream: TextIO, warn_every_s: float = 60.0) -> None:
+        self._stream = stream
+        self._warn_every_s = warn_every_s
+        self._last_warning = -math.inf
+        self.dropped = 0
+
+    def write(self, text: str) -> int:
+        try:
+            written = self._stream.write(text)
+            self._stream.flush()
+            return written
+        except (OSError, ValueError) as exc:  # ValueError: the stream was closed under us
+            self.dropped += 1
+            now = time.monotonic()
+            if now - self._last_warning >= self._warn_every_s:
+                self._last_warning = now
+                sys.stderr.write(
+                    f"ggserve: cannot write the log file ({exc}); {self.dropped} records dropped "
+                    "from it so far (stderr still has them)\n"
+                )
+            return 0
+
+    def flush(self) -> None:
+        """Flushing happens in ``write``; here only to look like a stream to loguru."""
+
+
+def _open_log_file(log_file: Path) -> TextIO | None:
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        return log_file.open("a", encoding="utf-8")
+    except OSError as exc:
+        sys.stderr.write(
+            f"ggserve: cannot open the log file {log_file} ({exc.strerror or exc}); logging to "
+            "stderr only. Fix GGSERVE_LOG_FILE or the folder's permissions.\n"
+        )
+        return None
+
+
 def configure_logging(
     level: str = "INFO", fmt: Literal["json", "text"] = "json", log_file: Path | None = None
 ) -> None:
-    """Replace loguru's default sink; ``json`` writes one flat JSON object per line."""
+    """Replace loguru's default sink; ``json`` writes one flat JSON object per line.
+
+    An unwritable ``log_file`` (missing permission, read-only or full disk) never stops the
+    server: it logs to stderr only and says so there (see ``GuardedFile``).
+    """
     logger.remove()
     logger.configure(extra={"request_id": "-"})
     streams: list[TextIO] = [sys.stderr]
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        streams.append(log_file.open("a", encoding="utf-8"))
+        opened = _open_log_file(log_file)
+        if opened is not None:
+            streams.append(cast(TextIO, GuardedFile(opened)))
     for stream in streams:
         if fmt == "json":
             logger.add(_json_sink(stream), level=level, format="{message}")

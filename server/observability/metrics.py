@@ -204,6 +204,16 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.rate_limit_storage_errors = Counter(
+            "ggserve_rate_limit_storage_errors",
+            "Rate-limit storage (Redis) failures; each request was served unlimited (fail open).",
+            registry=r,
+        )
+        self.auth_failures_refused = Counter(
+            "ggserve_auth_failures_refused",
+            "Requests refused (429) because their address sent too many invalid keys.",
+            registry=r,
+        )
         self.capture_records = Counter(
             "ggserve_capture_records",
             "Captured responses by outcome: written, duplicate (id reused), dropped (queue "

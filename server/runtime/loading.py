@@ -18,6 +18,7 @@ from server.engine.types import Engine, FinishEvent, GenerationRequest, Sampling
 from server.registry.activation import ModelActivator
 from server.registry.deployment import Deployment
 from server.registry.store import ModelRegistry, RegistryError
+from server.runtime.model_file import ModelFile
 from server.runtime.services import UNREGISTERED, ModelMeta, ServedModel, Services
 from server.settings import Settings
 
@@ -46,6 +47,7 @@ def create_engine(settings: Settings) -> tuple[Engine, ModelMeta]:
         request_timeout_s=settings.request_timeout_s,
         lora_path=settings.lora_path,
         lora_scale=settings.lora_scale,
+        use_mmap=settings.model_mmap,
     )
     engine = LlamaEngine(config)
     info = engine.model_info()
@@ -159,6 +161,7 @@ async def load_model(services: Services) -> None:
     services.models.install(Deployment(served.version, served))
     services.metrics.serving(served.model_id, served.version)
     meta = served.meta
+    services.model_file = ModelFile.observe(Path(served.path))
     services.ask = ask
     if settings.index_watch_s > 0 and ask.retrievers is not None:
         services.background.append(

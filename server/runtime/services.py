@@ -22,10 +22,13 @@ from server.observability.metrics import Metrics
 from server.observability.tracing import Tracing, build_tracing
 from server.registry.activation import ModelActivator
 from server.registry.deployment import ActiveModel, Deployment
+from server.runtime.drain import Drain
 from server.runtime.drift import StoredRatings, build_drift
 from server.runtime.embedder import EmbedderProvider
+from server.runtime.model_file import ModelFile
 from server.runtime.readiness import Readiness
 from server.security.api_keys import ApiKey, KeyStore, hash_key, load_keys_file, parse_key_entry
+from server.security.auth_failures import AuthFailureLimiter
 from server.security.guardrails import Guardrails
 from server.security.rate_limit import RateLimiter
 from server.settings import Settings
@@ -90,6 +93,9 @@ class Services:
     default_model_id: str = "ggserve"  # reported until a model is loaded
     activator: ModelActivator[ServedModel] | None = None  # set when a registry is configured
     ask: AskRuntime | None = None  # the /v1/ask agent and retriever, loaded with the model
+    model_file: ModelFile | None = None  # the GGUF on disk, as it was when loaded
+    drain: Drain = field(default_factory=Drain)  # SIGTERM: refuse new work, finish the old
+    auth_failures: AuthFailureLimiter | None = None  # brute force: 429 after repeated 401s
     feedback: FeedbackService | None = None  # capture + /v1/feedback store; None when off
     background: list[asyncio.Task[None]] = field(default_factory=list)  # cancelled at shutdown
     drift: DriftMonitor | None = None  # None: GGSERVE_DRIFT_ENABLED=false
@@ -157,10 +163,14 @@ def build_services(settings: Settings) -> Services:
         # was in flight); closing joins the engine thread, so it runs off the event loop.
         close_retired(deployment)
 
+    metrics = Metrics(stats=engine_stats, load_state=lambda: readiness.state)
     limiter = None
     if settings.rate_limit_rpm or settings.rate_limit_tpm:
         limiter = RateLimiter(
-            settings.rate_limit_storage, settings.rate_limit_rpm, settings.rate_limit_tpm
+            settings.rate_limit_storage,
+            settings.rate_limit_rpm,
+            settings.rate_limit_tpm,
+            on_storage_error=lambda _exc: metrics.rate_limit_storage_errors.inc(),
         )
     guardrails = (
         Guardrails.from_file(settings.guardrails_file) if settings.guardrails_file else None
@@ -179,6 +189,12 @@ def build_services(settings: Settings) -> Services:
         embedder=EmbedderProvider(settings.embedder_path),
         models=ActiveModel(close=retire),
         default_model_id=settings.model_alias or settings.model_path.stem,
+        drain=Drain(settings.drain_timeout_s),
+        auth_failures=(
+            AuthFailureLimiter(settings.auth_failure_limit, settings.auth_failure_window_s)
+            if settings.auth_failure_limit
+            else None
+        ),
         drift=drift,
         tracing=build_tracing(settings.otlp_endpoint),
     )

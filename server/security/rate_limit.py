@@ -3,19 +3,37 @@
 Built on the ``limits`` library's moving-window limiter, in memory or in Redis (so replicas
 behind one Service share one budget). Token budgets are charged after a generation with its
 real token count; a key whose token budget is spent is refused until the window frees up.
+
+When the storage fails mid-run (Redis killed, restarting, partitioned) the limiter fails
+**open**: the request is served unlimited, the failure is counted (``on_storage_error``, which
+the app wires to ``ggserve_rate_limit_storage_errors_total``) and logged as a warning at most
+once per ``WARN_EVERY_S``. Rate limits here protect fairness and capacity, not identity (API
+keys are checked locally), so losing Redis must not take the API down with it; the engine's
+admission queue still bounds the load (503 when full). Each storage call is bounded by
+``STORAGE_TIMEOUT_S`` so a hung Redis cannot stall requests. Once Redis answers again, limits
+apply again with no restart. At start-up an unreachable storage is still an error (``check``):
+that is a configuration mistake, better seen at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import Storage as AsyncStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+STORAGE_TIMEOUT_S = 1.0  # bound on one limiter round trip; a hung Redis must not hang requests
+WARN_EVERY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -45,14 +63,30 @@ def _async_uri(uri: str) -> str:
 class RateLimiter:
     """Request and token budgets per API key id."""
 
-    def __init__(self, storage_uri: str, requests_per_minute: int, tokens_per_minute: int) -> None:
+    def __init__(
+        self,
+        storage_uri: str,
+        requests_per_minute: int,
+        tokens_per_minute: int,
+        *,
+        on_storage_error: Callable[[Exception], None] | None = None,
+    ) -> None:
         uri = _async_uri(storage_uri)
-        # limits' async Redis storage defaults to coredis; use redis-py, which we already ship.
-        options = {"implementation": "redispy"} if uri.startswith("async+redis") else {}
+        options: dict[str, float | str | bool] = {}
+        if uri.startswith("async+redis"):
+            # limits' async Redis storage defaults to coredis; use redis-py, which we ship.
+            options = {
+                "implementation": "redispy",
+                "socket_timeout": STORAGE_TIMEOUT_S,
+                "socket_connect_timeout": STORAGE_TIMEOUT_S,
+            }
         self._storage = cast(AsyncStorage, storage_from_string(uri, **options))
         self._limiter = MovingWindowRateLimiter(self._storage)
         self._rpm = RateLimitItemPerMinute(requests_per_minute) if requests_per_minute else None
         self._tpm = RateLimitItemPerMinute(tokens_per_minute) if tokens_per_minute else None
+        self._on_storage_error = on_storage_error
+        self.storage_errors = 0
+        self._last_warning = -math.inf
 
     @property
     def enabled(self) -> bool:
@@ -64,7 +98,36 @@ class RateLimiter:
             raise ConnectionError("rate-limit storage is not reachable")
 
     async def admit(self, key_id: str) -> LimitDecision | None:
-        """Count one request for ``key_id``; the refusing decision, or the request one."""
+        """Count one request for ``key_id``; the refusing decision, or the request one.
+
+        None when no limit applies, or when the storage failed (fail open, see the module doc).
+        """
+        return await self._fail_open(self._admit(key_id), None)
+
+    async def charge_tokens(self, key_id: str, tokens: int) -> None:
+        """Charge generated tokens to the key's token budget (may overdraw the last request)."""
+        await self._fail_open(self._charge_tokens(key_id, tokens), None)
+
+    async def _fail_open(self, work: Awaitable[T], fallback: T) -> T:
+        try:
+            return await asyncio.wait_for(work, STORAGE_TIMEOUT_S * 2)
+        except Exception as exc:  # any storage failure: redis-py, limits, or our timeout
+            self.storage_errors += 1
+            if self._on_storage_error is not None:
+                self._on_storage_error(exc)
+            now = time.monotonic()
+            if now - self._last_warning >= WARN_EVERY_S:
+                self._last_warning = now
+                logger.warning(
+                    "rate-limit storage failed (%s: %s); serving without rate limits until it "
+                    "answers again (%d failures so far)",
+                    type(exc).__name__,
+                    exc,
+                    self.storage_errors,
+                )
+            return fallback
+
+    async def _admit(self, key_id: str) -> LimitDecision | None:
         decision: LimitDecision | None = None
         if self._tpm is not None:
             stats = await self._limiter.get_window_stats(self._tpm, "tokens", key_id)
@@ -81,8 +144,7 @@ class RateLimiter:
             decision = request_decision
         return decision
 
-    async def charge_tokens(self, key_id: str, tokens: int) -> None:
-        """Charge generated tokens to the key's token budget (may overdraw the last request)."""
+    async def _charge_tokens(self, key_id: str, tokens: int) -> None:
         if self._tpm is None or tokens <= 0:
             return
         remaining = (await self._limiter.get_window_stats(self._tpm, "tokens", key_id)).remaining

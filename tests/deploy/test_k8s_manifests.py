@@ -297,3 +297,17 @@ def test_pods_meet_the_restricted_pod_security_standard(path: Path) -> None:
             assert context["capabilities"]["drop"] == ["ALL"]
             assert context["readOnlyRootFilesystem"] is True
             assert container["resources"]["limits"]["memory"], "a memory limit keeps OOM local"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_grace_period_outlasts_prestop_plus_the_drain(variant: str) -> None:
+    """SIGKILL must not come before the server's drain (server/runtime/drain.py) is over."""
+    from server.runtime.drain import DEADLINE_GRACE_S
+
+    objects = _variant(variant)
+    drain_s = float(_one(objects, "ConfigMap", "ggserve-config")["data"]["GGSERVE_DRAIN_TIMEOUT_S"])
+    pod = _server(objects)["spec"]["template"]["spec"]
+    pre_stop = _container(_server(objects))["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    needed = float(pre_stop[1]) + drain_s + DEADLINE_GRACE_S
+    assert pod["terminationGracePeriodSeconds"] >= needed + 5, (pod, needed)

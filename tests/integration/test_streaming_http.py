@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,27 +65,45 @@ def test_stream_with_max_tokens_over_the_limit_is_a_json_400(
     assert response.json()["error"]["param"] == "max_tokens"
 
 
+def _slots_active(server: ServerHandle) -> int:
+    return int(httpx.get(server.url + "/health", timeout=10).json()["slots_active"])
+
+
+def _wait_for_slots(server: ServerHandle, active: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while _slots_active(server) != active:
+        assert time.monotonic() < deadline, f"slots_active never became {active}"
+        time.sleep(0.1)
+
+
 @pytest.mark.parametrize("endpoint", sorted(ENDPOINTS))
 def test_stream_on_a_full_server_is_a_json_503_with_retry_after(
     one_slot_server: ServerHandle, endpoint: str
 ) -> None:
+    # The slot of an earlier test's cancelled request is freed at the engine's next step.
+    _wait_for_slots(one_slot_server, 0)
+    holder_status: list[int] = []
     started = threading.Event()
     done = threading.Event()
 
     def occupy_the_only_slot() -> None:
         path, body = ENDPOINTS["completions"]
-        with httpx.Client(base_url=one_slot_server.url, headers=one_slot_server.headers) as c:
-            long = {**body, "prompt": COUNTING, "max_tokens": 400, "stream": True, **NO_EOS}
-            with c.stream("POST", path, json=long, timeout=120) as response:
-                for _ in response.iter_lines():
-                    started.set()
-                    if done.is_set():
-                        break
+        long = {**body, "prompt": COUNTING, "max_tokens": 400, "stream": True, **NO_EOS}
+        with (
+            httpx.Client(base_url=one_slot_server.url, headers=one_slot_server.headers) as c,
+            c.stream("POST", path, json=long, timeout=120) as response,
+        ):
+            holder_status.append(response.status_code)
+            for _ in response.iter_lines():
+                started.set()
+                if done.is_set():
+                    break
 
     holder = threading.Thread(target=occupy_the_only_slot)
     holder.start()
     try:
         assert started.wait(60), "the slot-holding request never started streaming"
+        assert holder_status == [200] and _slots_active(one_slot_server) == 1
         response = _post_stream(one_slot_server, endpoint)
     finally:
         done.set()

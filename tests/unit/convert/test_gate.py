@@ -16,6 +16,7 @@ from convert.toolchain import Converter
 
 
 def _manifest(tmp_path: Path, f16_ppl: float, q4_ppl: float, reference_ppl: float) -> object:
+    tmp_path.mkdir(exist_ok=True)
     base_file = tmp_path / "base.gguf"
     base_file.write_bytes(b"GGUF")
     adapter_dir = tmp_path / "adapter"
@@ -58,7 +59,25 @@ def test_quant_over_threshold_fails_with_numbers_in_the_reason(tmp_path: Path) -
     assert "Q4_K_M perplexity 23.000 is +15.0% over f16 (20.000)" in manifest.gate["failures"][0]
 
 
+def test_quant_far_below_f16_fails_too_it_is_no_longer_the_merged_model(tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, f16_ppl=38.0, q4_ppl=28.0, reference_ppl=38.0)
+    assert manifest.artifact("m-Q4_K_M.gguf").passed_gate is False
+    assert "is -26.3% under f16 (38.000), limit ±10.0%" in manifest.gate["failures"][0]
+    slightly_better = _manifest(tmp_path / "b", f16_ppl=38.0, q4_ppl=37.0, reference_ppl=38.0)
+    assert slightly_better.gate["passed"] is True
+
+
 def test_broken_f16_conversion_fails_against_the_reference(tmp_path: Path) -> None:
     manifest = _manifest(tmp_path, f16_ppl=30.0, q4_ppl=30.0, reference_ppl=20.0)
     assert manifest.artifact("m-F16.gguf").passed_gate is False
     assert "over the HF reference" in manifest.gate["failures"][0]
+
+
+def test_the_hint_names_the_imatrix_when_a_quant_fell_under_f16(tmp_path: Path) -> None:
+    from convert.pipeline import _gate_hint
+
+    under = ["Q5_K_M perplexity 29.967 is -22.3% under f16 (38.571), limit ±10.0%"]
+    with_matrix = ConvertOptions(base=tmp_path, adapter=tmp_path, out=tmp_path, imatrix="auto")
+    assert "drop --imatrix" in _gate_hint(under, with_matrix)
+    over = ["Q5_K_M perplexity 84.725 is +119.7% over f16 (38.571), limit ±10.0%"]
+    assert "per-tensor error table" in _gate_hint(over, with_matrix)
