@@ -27,6 +27,12 @@ import llama_cpp
 from server.engine.chat_template import ChatTemplate
 from server.engine.config import EngineConfig, check_batch_holds_slots
 from server.engine.detokenizer import IncrementalDetokenizer
+from server.engine.logprobs import (
+    PROMPT_LOGPROB_CHUNK,
+    logits_row,
+    prompt_logprobs,
+    token_logprob,
+)
 from server.engine.model import LoadedModel, ModelInfo
 from server.engine.outbox import Outbox
 from server.engine.sampling import SamplerChain
@@ -42,6 +48,7 @@ from server.engine.types import (
     FinishReason,
     GenerationRequest,
     InvalidRequestError,
+    PromptLogprobsEvent,
     QueueFullError,
     SamplingParams,
     Timings,
@@ -213,21 +220,55 @@ class LlamaEngine:
         """Token ids → text (thread-safe); control tokens render as ''."""
         return self._model.detokenize(tokens)
 
+    @property
+    def n_vocab(self) -> int:
+        """Number of token ids: valid ids are 0 .. n_vocab - 1."""
+        return self._model.n_vocab
+
+    def token_piece(self, token: int) -> bytes:
+        """The raw bytes of one token (maybe part of a UTF-8 character); ids are range-checked."""
+        if not 0 <= token < self._model.n_vocab:
+            raise InvalidRequestError(
+                f"token id {token} is out of range: this model's ids are "
+                f"0..{self._model.n_vocab - 1}."
+            )
+        return self._model.token_to_piece(token)
+
+    @property
+    def template_source(self) -> str:
+        """The Jinja source of the chat template in use (ChatML when the GGUF has none)."""
+        return self._template.source
+
     def apply_chat_template(
-        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        **template_vars: Any,
     ) -> str:
-        """Render ``messages`` with the model's own chat template (ChatML if it has none)."""
-        return self._template.render(messages, add_generation_prompt=add_generation_prompt)
+        """Render ``messages`` with the model's own chat template (ChatML if it has none).
+
+        ``template_vars`` are extra template variables, e.g. ``tools``.
+        """
+        return self._template.render(
+            messages, add_generation_prompt=add_generation_prompt, **template_vars
+        )
 
     def chat_prompt_tokens(
-        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        **template_vars: Any,
     ) -> list[int]:
         """Template and tokenize ``messages``: the prompt tokens for a chat request.
 
         The BOS token is added only when the template did not already write it, so models whose
         template starts with ``{{ bos_token }}`` do not get two.
         """
-        text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        text = self.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, **template_vars
+        )
         bos = self._template.bos_token
         return self.tokenize(text, add_special=not (bos and text.startswith(bos)))
 
@@ -416,6 +457,8 @@ class LlamaEngine:
             if generation is None:
                 return
             slot, reuse = choose_slot(generation.prompt, free)
+            if generation.params.prompt_logprobs is not None:
+                reuse = 0  # every prompt token's logits are needed: evaluate them all
             if reuse < len(slot.cached_tokens):
                 if not llama_cpp.llama_memory_seq_rm(self._model.memory, slot.seq_id, reuse, -1):
                     llama_cpp.llama_memory_seq_rm(self._model.memory, slot.seq_id, -1, -1)
@@ -440,6 +483,7 @@ class LlamaEngine:
         n = 0
         sample_at: list[tuple[_Generation, int]] = []
         decoded: list[tuple[_Slot, list[int]]] = []
+        scored: list[tuple[_Generation, int, int]] = []  # prompt logprobs: (gen, batch row, pos)
 
         def add(token: int, pos: int, seq_id: int, logits: bool) -> None:
             nonlocal n
@@ -465,13 +509,18 @@ class LlamaEngine:
             if generation.next_token is not None or n >= capacity:
                 continue
             prompt = generation.prompt
-            chunk = prompt[generation.prompt_pos : generation.prompt_pos + capacity - n]
+            room = capacity - n
+            score = generation.params.prompt_logprobs is not None
+            if score:
+                room = min(room, PROMPT_LOGPROB_CHUNK)
+                scored.append((generation, n, generation.prompt_pos))
+            chunk = prompt[generation.prompt_pos : generation.prompt_pos + room]
             completes = generation.prompt_pos + len(chunk) == len(prompt)
             for offset, token in enumerate(chunk):
                 last = completes and offset == len(chunk) - 1
                 if last:
                     sample_at.append((generation, n))
-                add(token, generation.prompt_pos + offset, slot.seq_id, last)
+                add(token, generation.prompt_pos + offset, slot.seq_id, last or score)
             decoded.append((slot, chunk))
         if n == 0:
             return
@@ -489,15 +538,32 @@ class LlamaEngine:
                 generation.prompt_pos += len(tokens)
                 generation.evaluated += len(tokens)
                 self._counters.prompt_tokens_evaluated += len(tokens)
+        for generation, row, pos in scored:
+            self._send_prompt_logprobs(generation, row, pos)
         for generation, index in sample_at:
             self._sample(generation, index)
 
+    def _send_prompt_logprobs(self, generation: _Generation, row: int, start: int) -> None:
+        """Logprobs of the prompt tokens after ``start`` that this chunk's logits predict."""
+        prompt = generation.prompt
+        targets = prompt[start + 1 : generation.prompt_pos + 1]  # prompt_pos: past the chunk
+        n_top = generation.params.prompt_logprobs or 0
+        entries = prompt_logprobs(self._model.ctx, self._model.n_vocab, row, targets, n_top)
+        generation.sink(PromptLogprobsEvent(start + 1, tuple(entries)))
+
     def _sample(self, generation: _Generation, index: int) -> None:
+        params = generation.params
+        if params.max_tokens == 0:  # prompt scoring only
+            self._finish(generation, "length")
+            return
         token = generation.sampler.sample(self._model.ctx, index)
         now = time.perf_counter()
         if generation.first_token_at is None:
             generation.first_token_at = now
-        params = generation.params
+        logprob = None
+        if params.logprobs is not None:
+            row = logits_row(self._model.ctx, index, self._model.n_vocab)
+            logprob = token_logprob(row, token, params.logprobs)
         if self._model.is_eog(token) and not params.ignore_eos:
             self._emit(generation, self._flush_text(generation), token)
             self._finish(generation, "stop")
@@ -507,14 +573,14 @@ class LlamaEngine:
         text = generation.detokenizer.feed(self._model.token_to_piece(token))
         check = generation.stops.feed(text)
         if check.stopped:
-            generation.sink(TokenEvent(check.text, token))
+            generation.sink(TokenEvent(check.text, token, logprob))
             self._finish(generation, "stop")
             return
         if len(generation.generated) >= params.max_tokens:
-            generation.sink(TokenEvent(check.text + self._flush_text(generation), token))
+            generation.sink(TokenEvent(check.text + self._flush_text(generation), token, logprob))
             self._finish(generation, "length")
             return
-        generation.sink(TokenEvent(check.text, token))
+        generation.sink(TokenEvent(check.text, token, logprob))
         generation.next_token = token
 
     def _flush_text(self, generation: _Generation) -> str:
