@@ -37,7 +37,13 @@ from server.agents.types import (
 from server.agents.types import Source as AgentSource
 from server.api.ask.protocol import AskRequest, AskResponse, AskTimings, AskUsage, Source
 from server.api.errors import BadRequestError, ServiceUnavailableError
-from server.api.generation import GenerationService, RequestContext, TextDelta, until_disconnected
+from server.api.generation import (
+    Completed,
+    GenerationService,
+    RequestContext,
+    TextDelta,
+    until_disconnected,
+)
 from server.api.streaming import Frame, open_stream
 from server.engine.types import (
     EngineEvent,
@@ -265,7 +271,7 @@ def _generation_chat(
             async for item in items:
                 if isinstance(item, TextDelta):
                     yield TokenEvent(item.text, -1)
-                else:
+                elif isinstance(item, Completed):
                     # "content_filter" is not an engine reason; the answer passes it through.
                     reason = cast(FinishReason, item.finish_reason)
                     yield FinishEvent(reason, item.usage, item.timings)
