@@ -16,6 +16,8 @@ from server.api.ask import api_router as ask_router
 from server.api.errors import install_error_handlers
 from server.api.middleware import RequestContextMiddleware
 from server.api.openai import api_router as openai_router
+from server.api.responses import api_router as responses_router
+from server.api.tokenize import api_router as tokenize_router
 from server.observability.logging import configure_logging
 from server.runtime.loading import load_model
 from server.runtime.services import Services, build_services
@@ -73,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openai_router.attach_router(app)
     ask_router.attach_router(app)
     admin.attach_router(app)
+    tokenize_router.attach_router(app)
+    responses_router.attach_router(app)
     return app
 
 

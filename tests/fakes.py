@@ -46,7 +46,9 @@ class FakeEngine:
     def template_source(self) -> str:
         return "{{ messages }}"
 
-    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+    def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
         return [len(word) for word in text.split()] or [0]
 
     def token_piece(self, token: int) -> bytes:

@@ -168,9 +168,11 @@ class GenerationService:
         """How many prompt tokens ``messages`` take."""
         return len(self.chat_prompt(messages))
 
-    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+    def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
         """Text → token ids, with the model's BOS when it uses one (and ``add_special``)."""
-        return self._engine.tokenize(text, add_special=add_special)
+        return self._engine.tokenize(text, add_special=add_special, parse_special=parse_special)
 
     def check_token_ids(self, tokens: Sequence[int], param: str) -> None:
         """400 naming ``param[i]`` unless every id is in the vocabulary.

@@ -232,13 +232,14 @@ class LlamaEngine:
         return self._model.n_vocab
 
     def token_piece(self, token: int) -> bytes:
-        """The raw bytes of one token (maybe part of a UTF-8 character); ids are range-checked."""
+        """The raw bytes of one token (maybe part of a UTF-8 character; control tokens as their
+        text, e.g. ``<|im_end|>``); ids are range-checked."""
         if not 0 <= token < self._model.n_vocab:
             raise InvalidRequestError(
                 f"token id {token} is out of range: this model's ids are "
                 f"0..{self._model.n_vocab - 1}."
             )
-        return self._model.token_to_piece(token)
+        return self._model.token_to_piece(token, special=True)
 
     @property
     def template_source(self) -> str:
