@@ -296,3 +296,37 @@ def test_bad_completion_logprob_requests_name_the_field(
     )
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
+
+
+def test_streamed_completion_sends_prompt_logprobs_with_the_echo(client: openai.OpenAI) -> None:
+    prompt = "Once upon a time"
+    chunks = list(
+        client.completions.create(
+            model="m",
+            prompt=prompt,
+            max_tokens=3,
+            echo=True,
+            logprobs=2,
+            temperature=0,
+            stream=True,
+        )
+    )
+    first = chunks[0].choices[0]
+    assert first.text == prompt
+    assert first.logprobs is not None and first.logprobs.token_logprobs is not None
+    assert first.logprobs.token_logprobs[0] is None
+    assert all(lp is not None for lp in first.logprobs.token_logprobs[1:])
+    generated = [
+        lp
+        for chunk in chunks[1:]
+        if chunk.choices and chunk.choices[0].logprobs
+        for lp in chunk.choices[0].logprobs.token_logprobs or []
+    ]
+    assert len(generated) == 3
+    offsets = [
+        off
+        for chunk in chunks
+        if chunk.choices and chunk.choices[0].logprobs
+        for off in chunk.choices[0].logprobs.text_offset or []
+    ]
+    assert offsets == sorted(offsets) and offsets[0] == 0
