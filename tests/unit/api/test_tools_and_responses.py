@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.fakes import FakeEngine
@@ -129,3 +130,18 @@ def test_responses_without_stream_returns_a_response_object(
     assert body["output"][0]["content"][0]["text"] == fake_engine.reply
     assert body["store"] is False and body["instructions"] == "Be brief."
     assert body["usage"]["output_tokens"] == 6
+
+
+@pytest.mark.parametrize("depth", [450, 3000])
+def test_deeply_nested_tool_schema_is_a_4xx_not_a_crash(client: TestClient, depth: int) -> None:
+    deep = '{"type": "object", "properties": {"x": ' * depth + '{"type": "string"}' + "}}" * depth
+    body = (
+        '{"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": '
+        '"function", "function": {"name": "f", "parameters": ' + deep + "}}]}"
+    )
+    response = client.post(
+        "/v1/chat/completions",
+        content=body,
+        headers={**auth(), "content-type": "application/json"},
+    )
+    assert 400 <= response.status_code < 500, response.text
