@@ -1,7 +1,8 @@
 """``make bench``: every benchmark, one after another, so none competes with another for the CPU.
 
 1. ``bench/engine_inprocess.py`` — the engine vs raw ``llama_cpp.Llama`` in one process;
-2. ``bench/http_bench.py`` — ggserve vs llama_cpp.server vs llama-server over HTTP;
+2. ``bench/http_bench.py`` — ggserve vs llama_cpp.server vs llama-server over HTTP, then
+   ``bench/burst_bench.py`` — the RAG burst (8 requests sharing a context) vs llama-server;
 3. ``bench/rag_*.py`` — the retrieval benchmarks, when present.
 
 Each step's output is shown and also saved next to the results (``bench/results/`` for a full
@@ -120,6 +121,9 @@ def main() -> int:
     if "http" in steps:
         plan.append(
             ("http_bench", [python, str(BENCH / "http_bench.py")] + ["--quick"] * args.quick)
+        )
+        plan.append(
+            ("burst_bench", [python, str(BENCH / "burst_bench.py")] + ["--quick"] * args.quick)
         )
     if "rag" in steps:
         for script in sorted(BENCH.glob("rag_*.py")):

@@ -39,6 +39,9 @@ class EngineConfig:
     request_timeout_s: float = 300.0  # wall clock from submission to finish
     lora_path: Path | None = None  # GGUF LoRA adapter applied at load time
     lora_scale: float = 1.0
+    # A prompt prefix held by another slot is copied (whole-stream KV copy, ~10 ms for 2,048
+    # tokens of SmolLM2) rather than recomputed when it saves at least this many tokens.
+    prefix_copy_min_tokens: int = 32
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field and its allowed range."""
@@ -58,6 +61,10 @@ class EngineConfig:
                 f"kv_cache_type must be f16, q8_0 or q4_0, got {self.kv_cache_type!r}",
             ),
             (self.max_queue >= 0, f"max_queue must be >= 0, got {self.max_queue}"),
+            (
+                self.prefix_copy_min_tokens >= 1,
+                f"prefix_copy_min_tokens must be >= 1, got {self.prefix_copy_min_tokens}",
+            ),
             (
                 self.request_timeout_s > 0,
                 f"request_timeout_s must be > 0, got {self.request_timeout_s}",

@@ -4,17 +4,23 @@ A dedicated thread runs the loop; the asyncio event loop only enqueues requests 
 events. Each step of the loop:
 
 1. drops cancelled and timed-out requests (their slot is free again at once);
-2. admits waiting requests, oldest first, each to the free slot whose KV cache shares the longest
-   prefix with its prompt; only the divergent tail is removed (``llama_memory_seq_rm``);
-3. builds ONE ``llama_batch``: the last sampled token of every generating sequence plus prompt
-   chunks of admitted ones, asking for logits only where a token will be sampled;
-4. calls ``llama_decode`` once, samples each sequence with its own sampler chain, and hands the
-   new text to the request's asyncio queue with ``loop.call_soon_threadsafe``.
+2. asks the pure planner (``planner.plan``) for a ``StepPlan``: admissions, prefix copies from
+   other slots (busy or idle), waits for an older request prefilling the same prefix, decode
+   tokens and prompt chunks;
+3. has the ``StepExecutor`` apply the KV edits, fill ONE ``llama_batch`` and call
+   ``llama_decode`` once;
+4. samples each sequence with its own sampler chain and hands the step's events to the
+   requests' asyncio queues with one wake-up per event loop (``Outbox``).
+
+A request with ``n > 1`` is queued as n choices; choices 1..n-1 wait for choice 0's prompt and
+fork it (a KV copy), then sample independently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import logging
 import threading
 import time
@@ -22,11 +28,11 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import llama_cpp
-
 from server.engine.chat_template import ChatTemplate
 from server.engine.config import EngineConfig, check_batch_holds_slots
 from server.engine.detokenizer import IncrementalDetokenizer
+from server.engine.executor import Slot, StepExecutor
+from server.engine.histogram import INTER_TOKEN_BOUNDS, TTFT_BOUNDS, LatencyHistogram
 from server.engine.logprobs import (
     PROMPT_LOGPROB_CHUNK,
     logits_row,
@@ -35,8 +41,9 @@ from server.engine.logprobs import (
 )
 from server.engine.model import LoadedModel, ModelInfo
 from server.engine.outbox import Outbox
+from server.engine.planner import Phase, PlanState, StepPlan, plan
 from server.engine.sampling import SamplerChain
-from server.engine.scheduling import AdmissionQueue, choose_slot
+from server.engine.scheduling import AdmissionQueue
 from server.engine.stop_strings import StopStringMatcher
 from server.engine.types import (
     ContextLengthExceededError,
@@ -64,19 +71,25 @@ Sink = Callable[[EngineEvent], None]
 
 @dataclass(eq=False)
 class _Generation:
-    """Engine-side state of one request, owned by the loop thread once queued."""
+    """Engine-side state of one choice of one request, owned by the loop thread once queued.
 
+    Implements the planner's ``SequenceView``: its ``phase`` is set only by the loop thread.
+    """
+
+    key: int  # increasing in submission order
+    index: int  # choice index within its request (n > 1)
     request: GenerationRequest
     sampler: SamplerChain
     sink: Sink
     submitted: float
     deadline: float
+    phase: Phase = Phase.WAITING
     cancelled: bool = False  # set from any thread; the loop acts on it within one step
     admitted: float | None = None
     first_token_at: float | None = None
+    last_token_at: float = 0.0
     slot: _Slot | None = None
-    prompt_pos: int = 0  # next prompt index to evaluate
-    cached: int = 0  # prompt tokens reused from the KV cache
+    prompt_pos: int = 0  # prompt tokens in the slot's KV cache
     evaluated: int = 0  # prompt tokens run through the model
     generated: list[int] = field(default_factory=list)
     next_token: int | None = None  # sampled, not yet in the KV cache
@@ -94,14 +107,24 @@ class _Generation:
     def prompt(self) -> list[int]:
         return self.request.prompt_tokens
 
+    @property
+    def seq_id(self) -> int | None:
+        return self.slot.seq_id if self.slot is not None else None
+
+    @property
+    def scores_prompt(self) -> bool:
+        return self.request.params.prompt_logprobs is not None
+
+    @property
+    def cached(self) -> int:
+        """Prompt tokens that were not evaluated for this choice (own cache or a copy)."""
+        return self.prompt_pos - self.evaluated
+
 
 @dataclass(eq=False)
-class _Slot:
-    """One llama.cpp sequence. ``cached_tokens`` mirrors what its KV cache holds."""
+class _Slot(Slot):
+    """A slot and the choice it serves (None when idle; its cache stays as a prefix cache)."""
 
-    seq_id: int
-    cached_tokens: list[int] = field(default_factory=list)
-    last_used: float = 0.0
     generation: _Generation | None = None
 
 
@@ -114,17 +137,33 @@ class _Counters:
     tokens_generated: int = 0
     decode_steps: int = 0
     queue_wait_s: float = 0.0
+    prefix_hits: int = 0
+    prefix_misses: int = 0
+    prefix_copies: int = 0
+    prefix_copy_tokens: int = 0
+    ttft: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(TTFT_BOUNDS))
+    inter_token: LatencyHistogram = field(
+        default_factory=lambda: LatencyHistogram(INTER_TOKEN_BOUNDS)
+    )
 
 
 class GenerationStream(AsyncIterator[EngineEvent]):
-    """The async stream of one request's events; closing it early cancels the request."""
+    """The async stream of one request's events; closing it early cancels the request.
+
+    With ``n > 1`` the choices' events interleave (each carries its ``index``) and the stream
+    ends after the last choice's ``FinishEvent``.
+    """
 
     def __init__(
-        self, engine: LlamaEngine, generation: _Generation, queue: asyncio.Queue[EngineEvent]
+        self,
+        engine: LlamaEngine,
+        generations: list[_Generation],
+        queue: asyncio.Queue[EngineEvent],
     ) -> None:
         self._engine = engine
-        self._generation = generation
+        self._generations = generations
         self._queue = queue
+        self._open = len(generations)
         self._done = False
 
     def __aiter__(self) -> GenerationStream:
@@ -139,11 +178,12 @@ class GenerationStream(AsyncIterator[EngineEvent]):
             self._cancel()
             raise
         if isinstance(event, FinishEvent):
-            self._done = True
+            self._open -= 1
+            self._done = self._open == 0
         return event
 
     async def aclose(self) -> None:
-        """Stop the generation (client gone); its slot is freed within one engine step."""
+        """Stop the generation (client gone); its slots are freed within one engine step."""
         self._cancel()
 
     async def __aenter__(self) -> GenerationStream:
@@ -155,12 +195,13 @@ class GenerationStream(AsyncIterator[EngineEvent]):
     def _cancel(self) -> None:
         if not self._done:
             self._done = True
-            self._engine._cancel(self._generation)
+            self._engine._cancel(self._generations)
 
     def __del__(self) -> None:
-        # Dropped without aclose(): only flag it; the loop thread frees the slot next step.
+        # Dropped without aclose(): only flag it; the loop thread frees the slots next step.
         if not self._done:
-            self._generation.cancelled = True
+            for generation in self._generations:
+                generation.cancelled = True
 
 
 class LlamaEngine:
@@ -178,12 +219,16 @@ class LlamaEngine:
         self._template = self._load_template()
         self._slots = [_Slot(seq_id=i) for i in range(config.n_slots)]
         self._queue: AdmissionQueue[_Generation] = AdmissionQueue(config.n_slots, config.max_queue)
+        self._running: dict[int, _Generation] = {}  # key -> choice holding a slot
+        self._keys = itertools.count()
         self._counters = _Counters()
         self._wake = threading.Event()
         self._outbox: Outbox[EngineEvent] = Outbox()
         self._closing = False
         self._reset_cache_requested = False
-        self._batch = llama_cpp.llama_batch_init(self._model.n_batch, 0, 1)
+        self._executor = StepExecutor(
+            self._model.ctx, self._model.memory, self._model.n_batch, self._slots
+        )
         self._thread = threading.Thread(target=self._run, name="ggserve-engine", daemon=True)
         self._thread.start()
         logger.info(
@@ -301,14 +346,14 @@ class LlamaEngine:
         generations: list[_Generation] = []
 
         def undeliverable() -> None:  # the consumer's event loop is closed
-            if generations:
-                generations[0].cancelled = True
+            for generation in generations:
+                generation.cancelled = True
 
         def sink(event: EngineEvent) -> None:  # engine thread; delivered at the step's end
             self._outbox.put(loop, queue, event, undeliverable)
 
-        generations.append(self.submit(request, sink))
-        return GenerationStream(self, generations[0], queue)
+        generations.extend(self.submit(request, sink))
+        return GenerationStream(self, generations, queue)
 
     def stats(self) -> EngineStats:
         """Slot use, queue depth and monotonic counters for /metrics."""
@@ -324,6 +369,13 @@ class LlamaEngine:
             tokens_generated_total=c.tokens_generated,
             decode_steps_total=c.decode_steps,
             queue_wait_seconds_total=c.queue_wait_s,
+            prefix_cache_hits_total=c.prefix_hits,
+            prefix_cache_misses_total=c.prefix_misses,
+            prefix_cache_tokens_saved_total=c.prompt_tokens_cached,
+            prefix_copies_total=c.prefix_copies,
+            prefix_copy_tokens_total=c.prefix_copy_tokens,
+            ttft_seconds=c.ttft.snapshot(),
+            inter_token_seconds=c.inter_token.snapshot(),
         )
 
     def warmup(self) -> None:
@@ -361,13 +413,14 @@ class LlamaEngine:
         self._closing = True
         self._wake.set()
         self._thread.join()
-        llama_cpp.llama_batch_free(self._batch)
+        self._executor.close()
         self._model.close()
 
     # --- submission (any thread) ---------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, sink: Sink) -> _Generation:
-        """Validate and queue ``request``; ``sink`` receives its events on the engine thread."""
+    def submit(self, request: GenerationRequest, sink: Sink) -> list[_Generation]:
+        """Validate and queue ``request`` (one entry per choice); ``sink`` gets the events on the
+        engine thread."""
         if self._closing:
             raise EngineNotReadyError("The engine is shut down.")
         prompt = request.prompt_tokens
@@ -379,25 +432,45 @@ class LlamaEngine:
             raise InvalidRequestError(
                 f"The prompt contains token id {bad}; this model's ids are 0..{n_vocab - 1}."
             )
+        if not 1 <= request.n <= len(self._slots):
+            raise InvalidRequestError(
+                f"n must be between 1 and {len(self._slots)} (the server's slots), got {request.n}."
+            )
         if len(prompt) + request.params.max_tokens > self.n_ctx_per_slot:
             raise ContextLengthExceededError(
                 len(prompt), request.params.max_tokens, self.n_ctx_per_slot
             )
-        sampler = SamplerChain(request.params, self._model.vocab, n_vocab)
+        samplers: list[SamplerChain] = []
+        try:
+            for index in range(request.n):
+                samplers.append(
+                    SamplerChain(_choice_params(request.params, index), self._model.vocab, n_vocab)
+                )
+        except BaseException:
+            for sampler in samplers:
+                sampler.free()
+            raise
         now = time.perf_counter()
-        generation = _Generation(
-            request=request,
-            sampler=sampler,
-            sink=sink,
-            submitted=now,
-            deadline=now + (request.timeout_s or self.config.request_timeout_s),
-        )
-        if not self._queue.try_put(generation):
-            sampler.free()
+        deadline = now + (request.timeout_s or self.config.request_timeout_s)
+        generations = [
+            _Generation(
+                key=next(self._keys),
+                index=index,
+                request=request,
+                sampler=sampler,
+                sink=sink,
+                submitted=now,
+                deadline=deadline,
+            )
+            for index, sampler in enumerate(samplers)
+        ]
+        if not self._queue.try_put_all(generations):
+            for sampler in samplers:
+                sampler.free()
             self._counters.requests_rejected += 1
             raise QueueFullError(retry_after_s=self._retry_after_s())
         self._wake.set()
-        return generation
+        return generations
 
     def _retry_after_s(self) -> float:
         """A rough wait before a retry can get in: the mean queue wait so far, at least 1 s."""
@@ -405,8 +478,9 @@ class LlamaEngine:
         mean_wait = c.queue_wait_s / c.requests_admitted if c.requests_admitted else 0.0
         return max(1.0, round(mean_wait, 1))
 
-    def _cancel(self, generation: _Generation) -> None:
-        generation.cancelled = True
+    def _cancel(self, generations: list[_Generation]) -> None:
+        for generation in generations:
+            generation.cancelled = True
         self._wake.set()
 
     # --- the loop (engine thread only) ---------------------------------------------------------
@@ -418,12 +492,21 @@ class LlamaEngine:
                     self._reset_cache_requested = False
                     self._drop_idle_caches()
                 self._reap()
-                self._admit()
-                if not any(slot.generation for slot in self._slots):
+                step = plan(
+                    PlanState(
+                        slots=self._slots,
+                        running=list(self._running.values()),
+                        waiting=self._queue.snapshot() if self._queue.waiting else (),
+                        batch_capacity=self._model.n_batch,
+                        min_copy_tokens=self.config.prefix_copy_min_tokens,
+                        score_chunk=PROMPT_LOGPROB_CHUNK,
+                    )
+                )
+                if step.is_empty:
                     self._wake.wait(IDLE_WAIT_S)
                     self._wake.clear()
                     continue
-                self._step()
+                self._execute(step)
             except Exception:
                 logger.exception("engine step failed; failing the requests in flight")
                 self._fail_active("internal engine error (see the server log)")
@@ -435,142 +518,108 @@ class LlamaEngine:
     def _drop_idle_caches(self) -> None:
         for slot in self._slots:
             if slot.generation is None:
-                llama_cpp.llama_memory_seq_rm(self._model.memory, slot.seq_id, -1, -1)
-                slot.cached_tokens.clear()
+                self._executor.clear(slot.seq_id)
 
     def _reap(self) -> None:
         """Finish cancelled and timed-out requests, running or waiting."""
         now = time.perf_counter()
-        for slot in self._slots:
-            generation = slot.generation
-            if generation is None:
-                continue
+        for generation in list(self._running.values()):
             if generation.cancelled:
                 self._finish(generation, "cancelled")
             elif now >= generation.deadline:
                 self._finish(generation, "timeout")
+        if not self._queue.waiting:
+            return
         for generation in self._queue.snapshot():
             expired = generation.cancelled or now >= generation.deadline
             if expired and self._queue.remove(generation):
                 self._finish(generation, "cancelled" if generation.cancelled else "timeout")
 
-    def _admit(self) -> None:
-        """Give free slots to waiting requests, oldest first."""
-        while True:
-            free = [slot for slot in self._slots if slot.generation is None]
-            if not free:
-                return
-            generation = self._queue.pop_oldest()
-            if generation is None:
-                return
-            slot, reuse = choose_slot(generation.prompt, free)
-            if generation.params.prompt_logprobs is not None:
-                reuse = 0  # every prompt token's logits are needed: evaluate them all
-            if reuse < len(slot.cached_tokens):
-                if not llama_cpp.llama_memory_seq_rm(self._model.memory, slot.seq_id, reuse, -1):
-                    llama_cpp.llama_memory_seq_rm(self._model.memory, slot.seq_id, -1, -1)
-                    reuse = 0
-                del slot.cached_tokens[reuse:]
-            now = time.perf_counter()
-            slot.generation = generation
-            slot.last_used = now
-            generation.slot = slot
-            generation.admitted = now
-            generation.prompt_pos = reuse
-            generation.cached = reuse
+    def _execute(self, step: StepPlan) -> None:
+        """Apply the plan: admissions, prefix copies, then one decode and the sampling."""
+        now = time.perf_counter()
+        slots = self._slots
+        replan = False
+        for admission in step.admissions:
+            generation = self._queue.take(_has_key(admission.key))
+            assert generation is not None, "planned admission of a request no longer queued"
+            slot = slots[admission.seq_id]
+            generation.prompt_pos = self._executor.keep_prefix(slot.seq_id, admission.keep)
+            # llama.cpp refused a partial removal and the slot was cleared: the rest of this
+            # plan assumed the prefix was kept, so plan again from the real state.
+            replan |= generation.prompt_pos != admission.keep
+            slot.generation, slot.last_used = generation, now
+            generation.slot, generation.admitted = slot, now
+            generation.phase = Phase.PREFILLING
+            self._running[generation.key] = generation
             c = self._counters
             c.requests_admitted += 1
-            c.prompt_tokens_cached += reuse
             c.queue_wait_s += now - generation.submitted
-
-    def _step(self) -> None:
-        """One llama_decode over every active sequence, then sampling."""
-        batch = self._batch
-        capacity = self._model.n_batch
-        n = 0
-        sample_at: list[tuple[_Generation, int]] = []
-        decoded: list[tuple[_Slot, list[int]]] = []
-        scored: list[tuple[_Generation, int, int]] = []  # prompt logprobs: (gen, batch row, pos)
-
-        def add(token: int, pos: int, seq_id: int, logits: bool) -> None:
-            nonlocal n
-            batch.token[n] = token
-            batch.pos[n] = pos
-            batch.n_seq_id[n] = 1
-            batch.seq_id[n][0] = seq_id
-            batch.logits[n] = logits
-            n += 1
-
-        active = [slot for slot in self._slots if slot.generation is not None]
-        for slot in active:  # generating sequences first: one token each
-            generation = slot.generation
-            assert generation is not None
-            if generation.next_token is not None:
-                sample_at.append((generation, n))
-                add(generation.next_token, len(slot.cached_tokens), slot.seq_id, True)
-                decoded.append((slot, [generation.next_token]))
-        active.sort(key=lambda slot: slot.last_used)  # admission order for prompt chunks
-        for slot in active:  # then prompt chunks, oldest admission first, while there is room
-            generation = slot.generation
-            assert generation is not None
-            if generation.next_token is not None or n >= capacity:
-                continue
-            prompt = generation.prompt
-            room = capacity - n
-            score = generation.params.prompt_logprobs is not None
-            if score:
-                room = min(room, PROMPT_LOGPROB_CHUNK)
-                scored.append((generation, n, generation.prompt_pos))
-            chunk = prompt[generation.prompt_pos : generation.prompt_pos + room]
-            completes = generation.prompt_pos + len(chunk) == len(prompt)
-            for offset, token in enumerate(chunk):
-                last = completes and offset == len(chunk) - 1
-                if last:
-                    sample_at.append((generation, n))
-                add(token, generation.prompt_pos + offset, slot.seq_id, last or score)
-            decoded.append((slot, chunk))
-        if n == 0:
+        if replan:
             return
-        batch.n_tokens = n
-        status = llama_cpp.llama_decode(self._model.ctx, batch)
+        for copy in step.copies:
+            generation = self._running[copy.key]
+            self._executor.copy_prefix(copy.src, copy.dst, copy.keep)
+            generation.prompt_pos = copy.keep
+            self._counters.prefix_copies += 1
+            self._counters.prefix_copy_tokens += copy.keep
+        if step.n_tokens == 0:
+            return
+        running = self._running
+        result = self._executor.decode(step, lambda key: running[key].prompt)
         self._counters.decode_steps += 1
-        if status != 0:
-            self._fail_active(f"llama_decode failed with status {status}")
+        if result.status != 0:
+            self._fail_active(f"llama_decode failed with status {result.status}")
             return
-        for slot, tokens in decoded:
-            slot.cached_tokens.extend(tokens)
-            generation = slot.generation
-            assert generation is not None
-            if generation.next_token is None:
-                generation.prompt_pos += len(tokens)
-                generation.evaluated += len(tokens)
-                self._counters.prompt_tokens_evaluated += len(tokens)
-        for generation, row, pos in scored:
-            self._send_prompt_logprobs(generation, row, pos)
-        for generation, index in sample_at:
-            self._sample(generation, index)
+        for key, row in result.score_rows.items():
+            self._send_prompt_logprobs(running[key], row, step)
+        for chunk in step.chunks:
+            generation = running[chunk.key]
+            generation.prompt_pos = chunk.end
+            generation.evaluated += chunk.end - chunk.start
+            self._counters.prompt_tokens_evaluated += chunk.end - chunk.start
+            slots[chunk.seq_id].last_used = now
+            if chunk.completes:
+                self._count_prefix_use(generation)
+        for key, row in result.sample_rows.items():
+            self._sample(running[key], row)
 
-    def _send_prompt_logprobs(self, generation: _Generation, row: int, start: int) -> None:
-        """Logprobs of the prompt tokens after ``start`` that this chunk's logits predict."""
-        prompt = generation.prompt
-        targets = prompt[start + 1 : generation.prompt_pos + 1]  # prompt_pos: past the chunk
+    def _count_prefix_use(self, generation: _Generation) -> None:
+        """Once a prompt is fully in the cache: how much of it was not evaluated."""
+        c = self._counters
+        cached = generation.cached
+        c.prompt_tokens_cached += cached
+        if cached > 0:
+            c.prefix_hits += 1
+        else:
+            c.prefix_misses += 1
+
+    def _send_prompt_logprobs(self, generation: _Generation, row: int, step: StepPlan) -> None:
+        """Logprobs of the prompt tokens this step's chunk of ``generation`` predicts."""
+        chunk = next(c for c in step.chunks if c.key == generation.key)
+        targets = generation.prompt[chunk.start + 1 : chunk.end + 1]  # row i predicts start+i+1
         n_top = generation.params.prompt_logprobs or 0
         entries = prompt_logprobs(self._model.ctx, self._model.n_vocab, row, targets, n_top)
-        generation.sink(PromptLogprobsEvent(start + 1, tuple(entries)))
+        generation.sink(PromptLogprobsEvent(chunk.start + 1, tuple(entries)))
 
-    def _sample(self, generation: _Generation, index: int) -> None:
+    def _sample(self, generation: _Generation, row: int) -> None:
         params = generation.params
         if params.max_tokens == 0:  # prompt scoring only
             self._finish(generation, "length")
             return
-        token = generation.sampler.sample(self._model.ctx, index)
+        token = generation.sampler.sample(self._model.ctx, row)
+        logprob = None
+        if params.logprobs is not None:
+            logits = logits_row(self._model.ctx, row, self._model.n_vocab)
+            logprob = token_logprob(logits, token, params.logprobs)
         now = time.perf_counter()
         if generation.first_token_at is None:
             generation.first_token_at = now
-        logprob = None
-        if params.logprobs is not None:
-            row = logits_row(self._model.ctx, index, self._model.n_vocab)
-            logprob = token_logprob(row, token, params.logprobs)
+            generation.phase = Phase.DECODING
+            self._counters.ttft.observe(now - generation.submitted)
+        else:
+            self._counters.inter_token.observe(now - generation.last_token_at)
+        generation.last_token_at = now
         if self._model.is_eog(token) and not params.ignore_eos:
             self._emit(generation, self._flush_text(generation), token)
             self._finish(generation, "stop")
@@ -579,15 +628,17 @@ class LlamaEngine:
         self._counters.tokens_generated += 1
         text = generation.detokenizer.feed(self._model.token_to_piece(token))
         check = generation.stops.feed(text)
+        index = generation.index
         if check.stopped:
-            generation.sink(TokenEvent(check.text, token, logprob))
+            generation.sink(TokenEvent(check.text, token, index, logprob))
             self._finish(generation, "stop")
             return
         if len(generation.generated) >= params.max_tokens:
-            generation.sink(TokenEvent(check.text + self._flush_text(generation), token, logprob))
+            text = check.text + self._flush_text(generation)
+            generation.sink(TokenEvent(text, token, index, logprob))
             self._finish(generation, "length")
             return
-        generation.sink(TokenEvent(check.text, token, logprob))
+        generation.sink(TokenEvent(check.text, token, index, logprob))
         generation.next_token = token
 
     def _flush_text(self, generation: _Generation) -> str:
@@ -597,7 +648,7 @@ class LlamaEngine:
 
     def _emit(self, generation: _Generation, text: str, token: int) -> None:
         if text:
-            generation.sink(TokenEvent(text, token))
+            generation.sink(TokenEvent(text, token, generation.index))
 
     def _finish(
         self, generation: _Generation, reason: FinishReason, error: str | None = None
@@ -609,6 +660,9 @@ class LlamaEngine:
             slot.generation = None
             slot.last_used = now
             generation.slot = None
+        self._running.pop(generation.key, None)
+        generation.phase = Phase.FINISHED
+        generation.next_token = None
         generation.sampler.free()
         self._queue.finished()
         admitted = generation.admitted if generation.admitted is not None else now
@@ -627,22 +681,31 @@ class LlamaEngine:
             completion_tokens=len(generation.generated),
             cached_prompt_tokens=generation.cached,
         )
-        generation.sink(FinishEvent(reason, usage, timings, error))
+        generation.sink(FinishEvent(reason, usage, timings, error, generation.index))
 
     def _fail_active(self, message: str) -> None:
         """A decode failed: finish every running request with 'error' and drop their KV."""
         for slot in self._slots:
-            llama_cpp.llama_memory_seq_rm(self._model.memory, slot.seq_id, -1, -1)
-            slot.cached_tokens.clear()
-            if slot.generation is not None:
-                self._finish(slot.generation, "error", message)
+            self._executor.clear(slot.seq_id)
+        for generation in list(self._running.values()):
+            self._finish(generation, "error", message)
 
     def _shutdown(self) -> None:
-        for slot in self._slots:
-            if slot.generation is not None:
-                self._finish(slot.generation, "error", "the server is shutting down")
-        while (generation := self._queue.pop_oldest()) is not None:
-            self._finish(generation, "error", "the server is shutting down")
+        for running in list(self._running.values()):
+            self._finish(running, "error", "the server is shutting down")
+        while (waiting := self._queue.pop_oldest()) is not None:
+            self._finish(waiting, "error", "the server is shutting down")
+
+
+def _has_key(key: int) -> Callable[[_Generation], bool]:
+    return lambda generation: generation.key == key
+
+
+def _choice_params(params: SamplingParams, index: int) -> SamplingParams:
+    """Choice ``index`` of an n > 1 request samples with its own seed (``seed + index``)."""
+    if index == 0 or params.seed is None:
+        return params
+    return dataclasses.replace(params, seed=(params.seed + index) % 2**32)
 
 
 if TYPE_CHECKING:

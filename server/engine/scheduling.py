@@ -1,14 +1,14 @@
-"""Pure scheduling decisions: the bounded fair admission queue and slot choice by prefix.
+"""The bounded, fair admission queue in front of the engine's slots.
 
-No llama.cpp here, so the policies are unit-tested without a model.
+Slot choice and prefix sharing are the planner's job (``server/engine/planner.py``).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Sequence
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -35,6 +35,24 @@ class AdmissionQueue(Generic[T]):
             self._in_flight += 1
             self._waiting.append(item)
             return True
+
+    def try_put_all(self, items: Sequence[T]) -> bool:
+        """Accept all of ``items`` (the choices of one request) or none of them."""
+        with self._lock:
+            if self._in_flight + len(items) > self._capacity:
+                return False
+            self._in_flight += len(items)
+            self._waiting.extend(items)
+            return True
+
+    def take(self, match: Callable[[T], bool]) -> T | None:
+        """Withdraw the oldest waiting item that ``match`` accepts (it is being admitted)."""
+        with self._lock:
+            for item in self._waiting:
+                if match(item):
+                    self._waiting.remove(item)
+                    return item
+            return None
 
     def pop_oldest(self) -> T | None:
         """The request that has waited longest, or None."""
@@ -64,42 +82,3 @@ class AdmissionQueue(Generic[T]):
     def waiting(self) -> int:
         with self._lock:
             return len(self._waiting)
-
-
-class SlotLike(Protocol):
-    """What slot choice needs to know about a slot."""
-
-    @property
-    def cached_tokens(self) -> Sequence[int]: ...
-
-    @property
-    def last_used(self) -> float: ...
-
-
-S = TypeVar("S", bound=SlotLike)
-
-
-def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
-    """Number of leading tokens ``a`` and ``b`` share."""
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
-def choose_slot(prompt: Sequence[int], free_slots: Sequence[S]) -> tuple[S, int]:
-    """The free slot whose cached tokens share the longest prefix with ``prompt``.
-
-    Ties go to the least recently used slot, so a popular prefix in another slot is not
-    overwritten needlessly. Returns the slot and the reusable prefix length; at least the last
-    prompt token is always left to evaluate, because its logits are needed to sample.
-    """
-    if not free_slots:
-        raise ValueError("choose_slot needs at least one free slot")
-    best = max(
-        free_slots,
-        key=lambda slot: (common_prefix_length(prompt, slot.cached_tokens), -slot.last_used),
-    )
-    reuse = min(common_prefix_length(prompt, best.cached_tokens), max(len(prompt) - 1, 0))
-    return best, reuse

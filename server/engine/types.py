@@ -56,6 +56,9 @@ class GenerationRequest:
     prompt_tokens: list[int]
     params: SamplingParams = field(default_factory=SamplingParams)
     timeout_s: float | None = None  # wall-clock limit from submission; None = engine default
+    # Choices to generate from one prefill (OpenAI's ``n``). Each gets its own slot, forked
+    # from the first choice's prompt cache, and its own seed (``seed + index`` when set).
+    n: int = 1
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class TokenEvent:
 
     text: str
     token_id: int
+    index: int = 0  # the choice it belongs to (0 unless the request asked for n > 1)
     logprob: TokenLogprob | None = None  # when the request asked for logprobs
 
 
@@ -107,12 +111,16 @@ class Timings:
 
 @dataclass(frozen=True)
 class FinishEvent:
-    """Last event of every stream."""
+    """Last event of a choice; a stream with ``n`` choices ends after ``n`` of them.
+
+    ``usage`` is the choice's own: ``prompt_tokens`` is the shared prompt (count it once).
+    """
 
     finish_reason: FinishReason
     usage: Usage
     timings: Timings
     error: str | None = None
+    index: int = 0  # the choice it finishes
 
 
 EngineEvent = TokenEvent | PromptLogprobsEvent | FinishEvent
@@ -168,6 +176,24 @@ class EngineStats:
     tokens_generated_total: int = 0
     decode_steps_total: int = 0  # llama_decode calls
     queue_wait_seconds_total: float = 0.0  # summed over admitted requests
+    # Prefix cache: a hit reused at least one prompt token from a KV cache (its own slot's or
+    # copied from another slot); tokens saved = prompt tokens not evaluated thanks to it.
+    prefix_cache_hits_total: int = 0
+    prefix_cache_misses_total: int = 0
+    prefix_cache_tokens_saved_total: int = 0
+    prefix_copies_total: int = 0  # cross-slot KV copies (llama_memory_seq_cp)
+    prefix_copy_tokens_total: int = 0  # prompt tokens those copies provided
+    ttft_seconds: HistogramSnapshot | None = None  # submission -> first token, per choice
+    inter_token_seconds: HistogramSnapshot | None = None  # gap between a choice's tokens
+
+
+@dataclass(frozen=True)
+class HistogramSnapshot:
+    """Per-bucket counts: ``counts[i]`` observations in (bounds[i-1], bounds[i]]; the last +Inf."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]  # len(bounds) + 1, NOT cumulative
+    total: float  # sum of observations
 
 
 class EventStream(Protocol):

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from server.engine.types import EngineStats
+from server.engine.types import EngineStats, HistogramSnapshot
 from server.observability.resources import rss_mb, vram_mb
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
@@ -24,7 +24,9 @@ class _LiveCollector(Collector):
         self._stats = stats
         self._load_state = load_state
 
-    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(
+        self,
+    ) -> Iterable[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         stats = self._stats()
         queue = GaugeMetricFamily("ggserve_queue_depth", "Requests waiting for a slot.")
         active = GaugeMetricFamily("ggserve_slots_active", "Slots generating now.")
@@ -57,10 +59,49 @@ class _LiveCollector(Collector):
                     "Requests refused because the queue was full.",
                     stats.requests_rejected_total,
                 ),
+                (
+                    "prefix_cache_hits",
+                    "Prompts (per choice) that reused at least one token from a KV cache.",
+                    stats.prefix_cache_hits_total,
+                ),
+                (
+                    "prefix_cache_misses",
+                    "Prompts (per choice) evaluated from the first token.",
+                    stats.prefix_cache_misses_total,
+                ),
+                (
+                    "prefix_cache_tokens_saved",
+                    "Prompt tokens not evaluated thanks to a cached or copied prefix.",
+                    stats.prefix_cache_tokens_saved_total,
+                ),
+                (
+                    "prefix_cache_copies",
+                    "Prompt prefixes copied from another slot (busy or idle).",
+                    stats.prefix_copies_total,
+                ),
+                (
+                    "prefix_cache_copied_tokens",
+                    "Prompt tokens provided by cross-slot copies.",
+                    stats.prefix_copy_tokens_total,
+                ),
             ):
                 counter = CounterMetricFamily("ggserve_" + name, help_text)
                 counter.add_metric([], value)
                 yield counter
+            for name, help_text, snapshot in (
+                (
+                    "engine_ttft_seconds",
+                    "Submission to first token, per choice, measured in the engine.",
+                    stats.ttft_seconds,
+                ),
+                (
+                    "engine_inter_token_seconds",
+                    "Time between consecutive tokens of a choice, measured in the engine.",
+                    stats.inter_token_seconds,
+                ),
+            ):
+                if snapshot is not None:
+                    yield _histogram("ggserve_" + name, help_text, snapshot)
         state = GaugeMetricFamily(
             "ggserve_model_load_state", "1 for the current model load state.", labels=["state"]
         )
@@ -76,6 +117,18 @@ class _LiveCollector(Collector):
             gpu = GaugeMetricFamily("ggserve_vram_used_bytes", "GPU 0 memory in use.")
             gpu.add_metric([], vram * 1024 * 1024)
             yield gpu
+
+
+def _histogram(name: str, help_text: str, snapshot: HistogramSnapshot) -> HistogramMetricFamily:
+    """A Prometheus histogram (cumulative buckets) from the engine's per-bucket counts."""
+    buckets: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip((*snapshot.bounds, float("inf")), snapshot.counts, strict=True):
+        running += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+    family = HistogramMetricFamily(name, help_text)
+    family.add_metric([], buckets, snapshot.total)
+    return family
 
 
 class Metrics:

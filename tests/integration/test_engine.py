@@ -20,11 +20,11 @@ from server.engine.config import EngineConfig
 from server.engine.grammar import json_schema_grammar
 from server.engine.llama_engine import LlamaEngine
 from server.engine.types import (
-    InvalidRequestError,
     ContextLengthExceededError,
     EngineEvent,
     FinishEvent,
     GenerationRequest,
+    InvalidRequestError,
     ModelLoadError,
     QueueFullError,
     SamplingParams,
@@ -467,3 +467,146 @@ async def test_grammar_overrides_what_the_model_would_say(engine: LlamaEngine) -
     assert "red" not in free.text and "green" not in free.text
     assert json.loads(constrained.text) in ("red", "green")
     assert constrained.finish.finish_reason == "stop"
+
+
+# --- prefix sharing across slots and n > 1 -------------------------------------------------
+
+
+def warehouse_system(tag: str, n_facts: int = 60) -> str:
+    """A ~1,000-token system prompt; ``tag`` makes it unlike any other test's."""
+    facts = " ".join(
+        f"Fact {i}: the {tag} depot in city {i} stores {i * 7} crates." for i in range(n_facts)
+    )
+    return f"You answer questions about {tag} depots. {facts}"
+
+
+async def alone_cold(engine: LlamaEngine, prompt: list[int], params: SamplingParams) -> Result:
+    """The reference answer: no other request, nothing cached."""
+    await wait_idle(engine)
+    engine.reset_prefix_cache()
+    return await run(engine, prompt, params)
+
+
+async def test_prefix_copied_from_a_busy_slot_gives_the_same_greedy_output(
+    engine: LlamaEngine,
+) -> None:
+    system = warehouse_system("copper")
+    busy_prompt = chat(engine, "List every city.", system=system)
+    prompt = chat(engine, "How many crates are in city 5?", system=system)
+    params = SamplingParams(max_tokens=24, temperature=0.0)
+    reference = await alone_cold(engine, prompt, params)
+
+    engine.reset_prefix_cache()
+    endless = SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True)
+    busy = engine.generate(GenerationRequest("busy", busy_prompt, endless))
+    assert isinstance(await anext(busy), TokenEvent)  # its prompt is in its slot, it generates
+    before = engine.stats()
+    shared = run(engine, prompt, params)
+    copied = await shared
+    after = engine.stats()
+    await busy.aclose()
+
+    assert after.prefix_copies_total == before.prefix_copies_total + 1
+    assert copied.finish.usage.cached_prompt_tokens >= 1000
+    assert copied.finish.timings.prompt_tokens_evaluated < 30
+    assert copied.tokens == reference.tokens
+    assert copied.text == reference.text
+
+
+async def test_burst_sharing_an_uncached_prefix_prefills_it_once_with_unchanged_answers(
+    engine: LlamaEngine,
+) -> None:
+    system = warehouse_system("tin")
+    questions = [f"How many crates are in city {i}?" for i in (3, 11, 27, 42)]
+    prompts = [chat(engine, q, system=system) for q in questions]
+    params = SamplingParams(max_tokens=12, temperature=0.0)
+    references = [await alone_cold(engine, p, params) for p in prompts]
+
+    engine.reset_prefix_cache()
+    before = engine.stats()
+    burst = await asyncio.gather(*(run(engine, p, params) for p in prompts))
+    after = engine.stats()
+
+    shared = min(len(p) for p in prompts) - 20
+    evaluated = after.prompt_tokens_evaluated_total - before.prompt_tokens_evaluated_total
+    # the shared context once (plus each question); without sharing it would be 4 times
+    assert evaluated < len(prompts[0]) + 4 * 40
+    assert evaluated < 2 * shared
+    assert after.prefix_copies_total - before.prefix_copies_total == 3
+    assert [r.tokens for r in burst] == [r.tokens for r in references]
+
+
+async def test_cancelling_the_request_whose_prefix_is_shared_leaves_the_others_intact(
+    engine: LlamaEngine,
+) -> None:
+    system = warehouse_system("zinc", n_facts=90)  # ~1,500 tokens: three prompt chunks
+    leader_prompt = chat(engine, "Which city stores the most crates?", system=system)
+    prompts = [chat(engine, f"How many crates are in city {i}?", system=system) for i in (4, 9)]
+    params = SamplingParams(max_tokens=12, temperature=0.0)
+    references = [await alone_cold(engine, p, params) for p in prompts]
+
+    engine.reset_prefix_cache()
+    start = engine.stats().prompt_tokens_evaluated_total
+    leader = engine.generate(GenerationRequest("leader", leader_prompt, params))
+    followers = [asyncio.ensure_future(run(engine, p, params)) for p in prompts]
+    for _ in range(2000):  # cancel the leader once it has prefilled part of the shared prefix
+        if engine.stats().prompt_tokens_evaluated_total - start >= 256:
+            break
+        await asyncio.sleep(0.002)
+    await leader.aclose()
+    done = await asyncio.gather(*followers)
+
+    reasons = [r.finish.finish_reason for r in done]
+    assert reasons == [r.finish.finish_reason for r in references]
+    assert [r.tokens for r in done] == [r.tokens for r in references]
+
+
+async def test_n_choices_fork_one_prefill_and_choice_0_equals_the_single_answer(
+    engine: LlamaEngine,
+) -> None:
+    prompt = chat(engine, "Write one sentence about the moon.", system=warehouse_system("iron"))
+    greedy = SamplingParams(max_tokens=16, temperature=0.0)
+    single = await alone_cold(engine, prompt, greedy)
+
+    engine.reset_prefix_cache()
+    before = engine.stats()
+    events = [e async for e in engine.generate(GenerationRequest("n", prompt, greedy, n=3))]
+    after = engine.stats()
+
+    finishes = [e for e in events if isinstance(e, FinishEvent)]
+    assert sorted(f.index for f in finishes) == [0, 1, 2]
+    assert isinstance(events[-1], FinishEvent)
+    for index in range(3):
+        tokens = [e.token_id for e in events if isinstance(e, TokenEvent) and e.index == index]
+        assert tokens == single.tokens, f"choice {index} differs from the single answer"
+    assert all(f.usage.prompt_tokens == len(prompt) for f in finishes)
+    evaluated = after.prompt_tokens_evaluated_total - before.prompt_tokens_evaluated_total
+    assert evaluated == len(prompt) + 2  # one prefill, plus each fork's last prompt token
+    assert after.prefix_copies_total - before.prefix_copies_total == 2
+
+
+async def test_sampled_choices_differ_and_reproduce_with_a_seed(engine: LlamaEngine) -> None:
+    prompt = chat(engine, "Invent a name for a new planet.")
+    params = SamplingParams(max_tokens=16, temperature=1.0, top_p=1.0, min_p=0.0, seed=11)
+
+    async def choices() -> list[list[int]]:
+        # Cold both times: a prompt evaluated in a different batch shape gets logits that differ
+        # in the last bits, which greedy decoding ignores but a seeded draw may not.
+        await wait_idle(engine)
+        engine.reset_prefix_cache()
+        out: list[list[int]] = [[], [], []]
+        async for event in engine.generate(GenerationRequest("s", prompt, params, n=3)):
+            if isinstance(event, TokenEvent):
+                out[event.index].append(event.token_id)
+        return out
+
+    first, again = await choices(), await choices()
+    assert first == again
+    assert len({tuple(c) for c in first}) == 3, "each choice draws with its own seed"
+
+
+async def test_n_beyond_the_slots_is_refused_before_queueing(engine: LlamaEngine) -> None:
+    with pytest.raises(InvalidRequestError, match="n must be between 1 and 4"):
+        engine.generate(GenerationRequest("n", [1, 2], GREEDY, n=5))
+    with pytest.raises(InvalidRequestError, match="n must be between 1 and 4"):
+        engine.generate(GenerationRequest("n", [1, 2], GREEDY, n=0))

@@ -1,43 +1,4 @@
-from dataclasses import dataclass, field
-
-import pytest
-
-from server.engine.scheduling import AdmissionQueue, choose_slot, common_prefix_length
-
-
-@dataclass
-class FakeSlot:
-    name: str
-    cached_tokens: list[int] = field(default_factory=list)
-    last_used: float = 0.0
-
-
-def test_common_prefix_length() -> None:
-    assert common_prefix_length([1, 2, 3], [1, 2, 4]) == 2
-    assert common_prefix_length([1, 2], [1, 2, 3]) == 2
-    assert common_prefix_length([], [1]) == 0
-
-
-def test_slot_with_longest_common_prefix_is_chosen() -> None:
-    slots = [FakeSlot("a", [1, 2, 9]), FakeSlot("b", [1, 2, 3, 4, 8]), FakeSlot("c", [7])]
-    slot, reuse = choose_slot([1, 2, 3, 4, 5, 6], slots)
-    assert (slot.name, reuse) == ("b", 4)
-
-
-def test_last_prompt_token_is_always_left_to_evaluate() -> None:
-    slot, reuse = choose_slot([1, 2, 3], [FakeSlot("a", [1, 2, 3, 4])])
-    assert (slot.name, reuse) == ("a", 2)
-
-
-def test_tie_goes_to_least_recently_used_slot() -> None:
-    slots = [FakeSlot("recent", [5], last_used=10.0), FakeSlot("old", [6], last_used=1.0)]
-    slot, reuse = choose_slot([1, 2], slots)
-    assert (slot.name, reuse) == ("old", 0)
-
-
-def test_choose_slot_needs_a_free_slot() -> None:
-    with pytest.raises(ValueError):
-        choose_slot([1], [])
+from server.engine.scheduling import AdmissionQueue
 
 
 def test_queue_admits_in_arrival_order() -> None:
@@ -71,3 +32,21 @@ def test_withdrawn_request_leaves_order_of_others_intact() -> None:
     assert not queue.remove("b")
     assert queue.snapshot() == ["a", "c"]
     assert queue.waiting == 2
+
+
+def test_all_choices_of_a_request_are_accepted_together_or_not_at_all() -> None:
+    queue: AdmissionQueue[str] = AdmissionQueue(n_slots=2, max_waiting=1)
+    assert queue.try_put("a")
+    assert not queue.try_put_all(["b0", "b1", "b2"])  # 1 + 3 > 2 + 1
+    assert queue.snapshot() == ["a"]
+    assert queue.try_put_all(["b0", "b1"])
+    assert queue.snapshot() == ["a", "b0", "b1"]
+
+
+def test_take_withdraws_the_oldest_match_only() -> None:
+    queue: AdmissionQueue[str] = AdmissionQueue(n_slots=1, max_waiting=5)
+    for name in ["a1", "b1", "a2"]:
+        queue.try_put(name)
+    assert queue.take(lambda n: n.startswith("a")) == "a1"
+    assert queue.take(lambda n: n == "zz") is None
+    assert queue.snapshot() == ["b1", "a2"]

@@ -1,0 +1,331 @@
+"""Plan one engine step as plain data: admissions, prefix copies, waits, decodes, prompt chunks.
+
+``plan(state) -> StepPlan`` is pure: it reads the slots (what each sequence's KV cache holds)
+and the sequences (their named phase, prompt and progress) and decides, without touching
+llama.cpp,
+
+- which waiting sequences get which free slot, and how much of that slot's cache they keep;
+- which prompt prefixes are copied from another slot, idle or busy, instead of recomputed
+  (``llama_memory_seq_cp`` of the whole stream, then ``llama_memory_seq_rm`` of the tail);
+- which sequences wait one step for an older sequence that is prefilling the same prefix, so a
+  burst of requests sharing a long system prompt evaluates it once (``n > 1`` forks use the same
+  rule: choices 1..n-1 wait for choice 0's prompt and copy it);
+- which sequences decode one token, and which prompt chunks fill the rest of the batch.
+
+Fairness: waiting sequences are admitted oldest first, prompt chunks are served oldest
+admission first, and a sequence only ever waits for an *older* sequence that is itself making
+progress, so no stream of sharing requests can starve another request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+_CHUNK = 64  # common_prefix_length compares this many tokens at a time with C-speed slices
+
+
+class Phase(Enum):
+    """Where a sequence is in its life; the planner and the executor speak only these."""
+
+    WAITING = "waiting"  # queued, no slot yet
+    PREFILLING = "prefilling"  # has a slot; prompt not fully in its KV cache
+    DECODING = "decoding"  # prompt evaluated; one token per step
+    FINISHED = "finished"  # done; its slot (if any) is free
+
+
+class SlotView(Protocol):
+    """What the planner reads about a slot (one llama.cpp sequence id)."""
+
+    @property
+    def seq_id(self) -> int: ...
+
+    @property
+    def cached_tokens(self) -> Sequence[int]: ...
+
+    @property
+    def last_used(self) -> float: ...
+
+
+class SequenceView(Protocol):
+    """What the planner reads about one sequence (one request, or one choice of an n > 1 one)."""
+
+    @property
+    def key(self) -> int: ...  # unique, and increasing in submission order
+
+    @property
+    def phase(self) -> Phase: ...
+
+    @property
+    def prompt(self) -> Sequence[int]: ...
+
+    @property
+    def prompt_pos(self) -> int: ...  # prompt tokens already in its slot's KV cache
+
+    @property
+    def seq_id(self) -> int | None: ...  # its slot, None while WAITING
+
+    @property
+    def next_token(self) -> int | None: ...  # DECODING: sampled, not yet in the KV cache
+
+    @property
+    def scores_prompt(self) -> bool: ...  # needs every prompt token's logits (prompt logprobs)
+
+
+@dataclass(frozen=True)
+class PlanState:
+    """Everything one step's decisions depend on."""
+
+    slots: Sequence[SlotView]
+    running: Sequence[SequenceView]  # PREFILLING or DECODING, any order
+    waiting: Sequence[SequenceView]  # WAITING, oldest first
+    batch_capacity: int  # most tokens one llama_decode may take
+    min_copy_tokens: int = 32  # a shorter gain is cheaper to recompute than to copy
+    score_chunk: int = 64  # most prompt tokens per step for a prompt-scoring sequence
+
+
+@dataclass(frozen=True)
+class Admission:
+    """``key`` takes the free slot ``seq_id`` and keeps its first ``keep`` cached tokens."""
+
+    key: int
+    seq_id: int
+    keep: int
+
+
+@dataclass(frozen=True)
+class PrefixCopy:
+    """Copy slot ``src``'s KV into slot ``dst`` (the slot of ``key``), keep ``keep`` tokens."""
+
+    key: int
+    src: int
+    dst: int
+    keep: int
+
+
+@dataclass(frozen=True)
+class Wait:
+    """``key`` skips this step: the older ``leader`` is prefilling ``shared`` tokens it needs."""
+
+    key: int
+    leader: int
+    shared: int
+
+
+@dataclass(frozen=True)
+class DecodeToken:
+    """One sampled token of a DECODING sequence goes into the batch (logits wanted)."""
+
+    key: int
+    seq_id: int
+    token: int
+    pos: int
+
+
+@dataclass(frozen=True)
+class PromptChunk:
+    """Prompt tokens ``[start, end)`` of ``key``; ``completes``: the last one gets logits.
+
+    ``all_logits``: every token gets logits (prompt scoring).
+    """
+
+    key: int
+    seq_id: int
+    start: int
+    end: int
+    completes: bool
+    all_logits: bool = False
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """One step, in execution order: admissions, copies, then one batch of decodes + chunks."""
+
+    admissions: tuple[Admission, ...] = ()
+    copies: tuple[PrefixCopy, ...] = ()
+    waits: tuple[Wait, ...] = ()
+    decodes: tuple[DecodeToken, ...] = ()
+    chunks: tuple[PromptChunk, ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        """Nothing to do: the engine may sleep until a request arrives."""
+        return not (self.admissions or self.copies or self.decodes or self.chunks)
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens the batch will hold."""
+        return len(self.decodes) + sum(c.end - c.start for c in self.chunks)
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Number of leading tokens ``a`` and ``b`` share."""
+    n = min(len(a), len(b))
+    i = 0
+    while i + _CHUNK <= n and a[i : i + _CHUNK] == b[i : i + _CHUNK]:
+        i += _CHUNK
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def usable_prefix(prompt: Sequence[int], tokens: Sequence[int]) -> int:
+    """How much of ``tokens`` a sequence with ``prompt`` can take over.
+
+    The last prompt token is always left to evaluate: its logits are what the first sample
+    needs, and a copied cache holds no logits.
+    """
+    return min(common_prefix_length(prompt, tokens), max(len(prompt) - 1, 0))
+
+
+@dataclass
+class _Cache:
+    """The planner's running picture of one slot's KV cache within this step."""
+
+    slot: SlotView
+    tokens: Sequence[int]
+    length: int
+    occupied: bool
+    copy_dst: bool = False  # receives a copy this step: not a source until the next one
+    copy_src: bool = False  # serves a copy this step: not a destination until the next one
+
+    def view(self) -> Sequence[int]:
+        return self.tokens[: self.length] if self.length < len(self.tokens) else self.tokens
+
+
+@dataclass
+class _Progress:
+    """A sequence as this step leaves it."""
+
+    seq: SequenceView
+    seq_id: int
+    prompt_pos: int
+
+
+def _admit(state: PlanState, caches: dict[int, _Cache]) -> tuple[list[Admission], list[_Progress]]:
+    """Give free slots to waiting sequences, oldest first; keep the longest own prefix.
+
+    Among free slots the one sharing the longest prefix wins; ties go to the least recently used,
+    so the idle cache evicted first is the one touched longest ago.
+    """
+    admissions: list[Admission] = []
+    admitted: list[_Progress] = []
+    for seq in state.waiting:
+        free = [c for c in caches.values() if not c.occupied]
+        if not free:
+            break
+        best = max(
+            free,
+            key=lambda c: (usable_prefix(seq.prompt, c.view()), -c.slot.last_used),
+        )
+        # A scoring sequence evaluates its whole prompt: cached tokens have no logits.
+        keep = 0 if seq.scores_prompt else usable_prefix(seq.prompt, best.view())
+        best.occupied = True
+        best.length = keep
+        admissions.append(Admission(seq.key, best.slot.seq_id, keep))
+        admitted.append(_Progress(seq, best.slot.seq_id, keep))
+    return admissions, admitted
+
+
+def _best_source(seq: SequenceView, own: int, caches: dict[int, _Cache]) -> tuple[int, int]:
+    """The other slot holding the longest usable prefix of ``seq``'s prompt: (seq_id, length)."""
+    best_id, best_len = -1, 0
+    for cache in caches.values():
+        if cache.slot.seq_id == own or cache.copy_dst:
+            continue
+        length = usable_prefix(seq.prompt, cache.view())
+        if length > best_len:
+            best_id, best_len = cache.slot.seq_id, length
+    return best_id, best_len
+
+
+def _leader(me: _Progress, prefilling: Sequence[_Progress]) -> tuple[int, int]:
+    """The older prefilling sequence that will compute the most of my prompt: (key, shared).
+
+    Only older sequences count, so waits always point backwards: the oldest prefilling sequence
+    never waits, and every wait ends.
+    """
+    best_key, best_shared = -1, 0
+    for other in prefilling:
+        if other.seq.key >= me.seq.key:
+            continue
+        shared = usable_prefix(me.seq.prompt, other.seq.prompt)
+        if shared > best_shared:
+            best_key, best_shared = other.seq.key, shared
+    return best_key, best_shared
+
+
+def plan(state: PlanState) -> StepPlan:
+    """Decide one step. Pure: the same state always gives the same plan."""
+    caches = {
+        slot.seq_id: _Cache(slot, slot.cached_tokens, len(slot.cached_tokens), occupied=False)
+        for slot in state.slots
+    }
+    for seq in state.running:
+        if seq.seq_id is not None:
+            caches[seq.seq_id].occupied = True
+    admissions, admitted = _admit(state, caches)
+
+    decodes: list[DecodeToken] = []
+    prefilling: list[_Progress] = []
+    for seq in state.running:
+        assert seq.seq_id is not None
+        if seq.phase is Phase.DECODING and seq.next_token is not None:
+            pos = caches[seq.seq_id].length
+            decodes.append(DecodeToken(seq.key, seq.seq_id, seq.next_token, pos))
+        elif seq.phase is Phase.PREFILLING:
+            prefilling.append(_Progress(seq, seq.seq_id, seq.prompt_pos))
+    prefilling.extend(admitted)
+    prefilling.sort(key=lambda p: p.seq.key)  # oldest first: fairness for copies and chunks
+
+    copies: list[PrefixCopy] = []
+    waits: list[Wait] = []
+    ready: list[_Progress] = []
+    for progress in prefilling:
+        seq, own = progress.seq, progress.seq_id
+        if seq.scores_prompt:  # no copies, no waiting: every prompt token must be evaluated
+            ready.append(progress)
+            continue
+        src, available = _best_source(seq, own, caches)
+        leader, shared = _leader(progress, prefilling)
+        gain_now = available - progress.prompt_pos
+        if shared > available and shared - progress.prompt_pos >= state.min_copy_tokens:
+            waits.append(Wait(seq.key, leader, shared))
+            continue
+        if gain_now >= state.min_copy_tokens:
+            if caches[own].copy_src:  # its old cache feeds another copy first; copy next step
+                continue
+            copies.append(PrefixCopy(seq.key, src, own, available))
+            caches[src].copy_src = True
+            dst = caches[own]
+            dst.tokens, dst.length, dst.copy_dst = caches[src].view(), available, True
+            progress.prompt_pos = available
+        ready.append(progress)
+
+    chunks: list[PromptChunk] = []
+    room = state.batch_capacity - len(decodes)
+    for progress in ready:
+        if room <= 0:
+            break
+        prompt = progress.seq.prompt
+        scores = progress.seq.scores_prompt
+        # Scoring materializes logits for every token: a bounded chunk bounds that memory.
+        end = min(
+            len(prompt), progress.prompt_pos + (min(room, state.score_chunk) if scores else room)
+        )
+        if end <= progress.prompt_pos:
+            continue
+        chunks.append(
+            PromptChunk(
+                progress.seq.key,
+                progress.seq_id,
+                progress.prompt_pos,
+                end,
+                end == len(prompt),
+                all_logits=scores,
+            )
+        )
+        room -= end - progress.prompt_pos
+    return StepPlan(tuple(admissions), tuple(copies), tuple(waits), tuple(decodes), tuple(chunks))

@@ -1,0 +1,286 @@
+"""The step planner, without a model: admissions, prefix sharing, waits, batches, fairness."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+from server.engine.planner import (
+    Admission,
+    DecodeToken,
+    Phase,
+    PlanState,
+    PrefixCopy,
+    PromptChunk,
+    StepPlan,
+    Wait,
+    common_prefix_length,
+    plan,
+)
+
+SYSTEM = list(range(1000, 1200))  # a 200-token shared system prompt
+
+
+@dataclass
+class FakeSlot:
+    seq_id: int
+    cached_tokens: list[int] = field(default_factory=list)
+    last_used: float = 0.0
+
+
+@dataclass
+class FakeSeq:
+    key: int
+    prompt: list[int]
+    phase: Phase = Phase.WAITING
+    prompt_pos: int = 0
+    seq_id: int | None = None
+    next_token: int | None = None
+    scores_prompt: bool = False
+
+
+def state(
+    slots: Sequence[FakeSlot],
+    running: Sequence[FakeSeq] = (),
+    waiting: Sequence[FakeSeq] = (),
+    capacity: int = 512,
+    min_copy: int = 32,
+) -> PlanState:
+    return PlanState(slots, running, waiting, capacity, min_copy)
+
+
+def question(i: int, length: int = 10) -> list[int]:
+    return [50_000 + 100 * i + j for j in range(length)]
+
+
+def apply(step: StepPlan, slots: list[FakeSlot], seqs: dict[int, FakeSeq]) -> None:
+    """What the executor does to the state, so multi-step scenarios can be played out."""
+    by_id = {s.seq_id: s for s in slots}
+    for a in step.admissions:
+        seq = seqs[a.key]
+        del by_id[a.seq_id].cached_tokens[a.keep :]
+        seq.phase, seq.seq_id, seq.prompt_pos = Phase.PREFILLING, a.seq_id, a.keep
+    for c in step.copies:
+        by_id[c.dst].cached_tokens = by_id[c.src].cached_tokens[: c.keep]
+        seqs[c.key].prompt_pos = c.keep
+    for d in step.decodes:
+        by_id[d.seq_id].cached_tokens.append(d.token)
+        seqs[d.key].next_token = 7
+    for ch in step.chunks:
+        seq = seqs[ch.key]
+        by_id[ch.seq_id].cached_tokens.extend(seq.prompt[ch.start : ch.end])
+        seq.prompt_pos = ch.end
+        if ch.completes:
+            seq.phase, seq.next_token = Phase.DECODING, 7
+
+
+def play(
+    slots: list[FakeSlot], seqs: list[FakeSeq], capacity: int = 512, steps: int = 50
+) -> list[StepPlan]:
+    """Run the planner until every sequence decodes; returns the plans."""
+    table = {s.key: s for s in seqs}
+    plans = []
+    for _ in range(steps):
+        running = [s for s in seqs if s.phase in (Phase.PREFILLING, Phase.DECODING)]
+        waiting = [s for s in seqs if s.phase is Phase.WAITING]
+        step = plan(state(slots, running, waiting, capacity))
+        plans.append(step)
+        apply(step, slots, table)
+        if all(s.phase is Phase.DECODING for s in seqs):
+            return plans
+    raise AssertionError("the sequences never all reached DECODING")
+
+
+def test_common_prefix_length_across_chunk_boundaries() -> None:
+    long = list(range(300))
+    assert common_prefix_length(long, [*long[:130], -1]) == 130
+    assert common_prefix_length(long, long) == 300
+    assert common_prefix_length([1, 2], [1, 2, 3]) == 2
+    assert common_prefix_length([], [1]) == 0
+
+
+def test_waiting_request_takes_the_free_slot_with_its_longest_prefix() -> None:
+    slots = [FakeSlot(0, [9, 9]), FakeSlot(1, [*SYSTEM, 5, 5]), FakeSlot(2, [])]
+    seq = FakeSeq(0, SYSTEM + question(0))
+    step = plan(state(slots, waiting=[seq]))
+    assert step.admissions == (Admission(0, 1, len(SYSTEM)),)
+    assert step.copies == ()
+    assert step.chunks == (PromptChunk(0, 1, len(SYSTEM), len(seq.prompt), True),)
+
+
+def test_the_last_prompt_token_is_always_evaluated_even_when_fully_cached() -> None:
+    prompt = SYSTEM + question(0)
+    step = plan(state([FakeSlot(0, [*prompt, 1, 2])], waiting=[FakeSeq(0, prompt)]))
+    assert step.admissions == (Admission(0, 0, len(prompt) - 1),)
+    assert step.chunks == (PromptChunk(0, 0, len(prompt) - 1, len(prompt), True),)
+
+
+def test_idle_cache_evicted_first_is_the_least_recently_used() -> None:
+    slots = [FakeSlot(0, [1], last_used=5.0), FakeSlot(1, [2], last_used=1.0), FakeSlot(2, [3], 9)]
+    step = plan(state(slots, waiting=[FakeSeq(0, question(0))]))
+    assert step.admissions == (Admission(0, 1, 0),)
+
+
+def test_prefix_in_a_busy_slot_is_copied_not_recomputed() -> None:
+    slots = [FakeSlot(0, SYSTEM + question(0) + [7, 7]), FakeSlot(1, [])]
+    busy = FakeSeq(0, SYSTEM + question(0), Phase.DECODING, 210, 0, next_token=8)
+    new = FakeSeq(1, SYSTEM + question(1))
+    step = plan(state(slots, running=[busy], waiting=[new]))
+    assert step.admissions == (Admission(1, 1, 0),)
+    assert step.copies == (PrefixCopy(1, src=0, dst=1, keep=len(SYSTEM)),)
+    assert step.decodes == (DecodeToken(0, 0, 8, len(slots[0].cached_tokens)),)
+    assert step.chunks == (PromptChunk(1, 1, len(SYSTEM), len(new.prompt), True),)
+
+
+def test_prefix_in_another_idle_slot_is_copied_when_own_slot_is_taken() -> None:
+    # slot 0 holds the prefix but is busy with an unrelated request; slot 2 holds it and is idle
+    # but a request that also wants slot 2 arrived first; the later one copies from slot 2.
+    slots = [FakeSlot(0, [5] * 50), FakeSlot(1, []), FakeSlot(2, SYSTEM, last_used=3.0)]
+    unrelated = FakeSeq(0, [5] * 50 + [6], Phase.DECODING, 51, 0, next_token=1)
+    first, second = FakeSeq(1, SYSTEM + question(1)), FakeSeq(2, SYSTEM + question(2))
+    step = plan(state(slots, running=[unrelated], waiting=[first, second]))
+    assert step.admissions == (Admission(1, 2, len(SYSTEM)), Admission(2, 1, 0))
+    assert step.copies == (PrefixCopy(2, src=2, dst=1, keep=len(SYSTEM)),)
+
+
+def test_short_shared_prefix_is_recomputed_rather_than_copied() -> None:
+    preamble = list(range(10))
+    slots = [FakeSlot(0, [*preamble, 1, 2]), FakeSlot(1, [])]
+    busy = FakeSeq(0, [*preamble, 1], Phase.DECODING, 11, 0, next_token=2)
+    step = plan(state(slots, running=[busy], waiting=[FakeSeq(1, [*preamble, 3, 4])]))
+    assert step.copies == ()
+    assert step.chunks[-1] == PromptChunk(1, 1, 0, 12, True)
+
+
+def test_burst_sharing_a_prefix_no_slot_holds_prefills_it_once() -> None:
+    slots = [FakeSlot(i) for i in range(4)]
+    seqs = [FakeSeq(i, SYSTEM + question(i)) for i in range(4)]
+    plans = play(slots, seqs)
+
+    first = plans[0]
+    assert [a.key for a in first.admissions] == [0, 1, 2, 3]
+    assert first.chunks == (PromptChunk(0, first.admissions[0].seq_id, 0, 210, True),)
+    assert {w.key: (w.leader, w.shared) for w in first.waits} == {
+        k: (0, len(SYSTEM)) for k in (1, 2, 3)
+    }
+    copies = [c for p in plans for c in p.copies]
+    assert sorted(c.key for c in copies) == [1, 2, 3]
+    assert all(c.keep == len(SYSTEM) for c in copies)
+    evaluated = sum(c.end - c.start for p in plans for c in p.chunks)
+    assert evaluated == len(SYSTEM) + 4 * 10  # the system prompt once, each question once
+
+
+def test_request_waits_for_a_prefix_still_being_prefilled_then_copies_it() -> None:
+    system = list(range(1000, 1700))  # longer than one batch: the leader needs two steps
+    slots = [FakeSlot(0), FakeSlot(1)]
+    seqs = [FakeSeq(0, system + question(0)), FakeSeq(1, system + question(1))]
+    plans = play(slots, seqs, capacity=512)
+    assert plans[0].waits == (Wait(1, 0, len(system)),)
+    assert plans[1].waits == (Wait(1, 0, len(system)),)  # leader is at 512 of 700
+    assert plans[2].copies == (PrefixCopy(1, src=plans[0].admissions[0].seq_id, dst=1, keep=700),)
+    assert sum(c.end - c.start for p in plans for c in p.chunks) == 700 + 20
+
+
+def test_cancelled_leader_leaves_its_partial_prefix_to_the_waiter() -> None:
+    system = list(range(1000, 1700))
+    slots = [FakeSlot(0, system[:512], last_used=1.0), FakeSlot(1)]
+    waiter = FakeSeq(1, system + question(1), Phase.PREFILLING, 0, 1)
+    # the leader (key 0) was cancelled: slot 0 is idle and holds 512 of the 700 shared tokens
+    step = plan(state(slots, running=[waiter]))
+    assert step.waits == ()
+    assert step.copies == (PrefixCopy(1, src=0, dst=1, keep=512),)
+    assert step.chunks == (PromptChunk(1, 1, 512, 710, True),)
+
+
+def test_n_greater_than_1_forks_the_first_choice_after_one_prefill() -> None:
+    prompt = SYSTEM + question(0)
+    slots = [FakeSlot(i) for i in range(3)]
+    choices = [FakeSeq(k, list(prompt)) for k in range(3)]  # the engine queues n choices
+    plans = play(slots, choices)
+    assert [w.key for w in plans[0].waits] == [1, 2]
+    copies = [c for p in plans for c in p.copies]
+    assert [(c.key, c.keep) for c in copies] == [(1, len(prompt) - 1), (2, len(prompt) - 1)]
+    assert {c.src for c in copies} == {plans[0].admissions[0].seq_id}
+    # the prompt once, plus the last token of each fork (its logits are the fork's own)
+    assert sum(c.end - c.start for p in plans for c in p.chunks) == len(prompt) + 2
+
+
+def test_a_request_never_waits_for_a_younger_one() -> None:
+    slots = [FakeSlot(0), FakeSlot(1)]
+    old = FakeSeq(0, SYSTEM + question(0), Phase.PREFILLING, 0, 0)
+    young = FakeSeq(1, SYSTEM + question(1), Phase.PREFILLING, 0, 1)
+    step = plan(state(slots, running=[young, old]))
+    assert [w.key for w in step.waits] == [1]
+    assert [c.key for c in step.chunks] == [0]
+
+
+def test_admission_is_fifo_so_sharing_requests_cannot_starve_an_unrelated_one() -> None:
+    slots = [FakeSlot(0, [*SYSTEM, 1]), FakeSlot(1)]
+    running = [FakeSeq(0, SYSTEM + question(0), Phase.DECODING, 210, 0, next_token=3)]
+    lonely = FakeSeq(1, question(9, 40))
+    sharers = [FakeSeq(k, SYSTEM + question(k)) for k in range(2, 6)]
+    step = plan(state(slots, running=running, waiting=[lonely, *sharers]))
+    assert step.admissions == (Admission(1, 1, 0),)
+
+
+def test_prompt_chunks_go_to_the_oldest_admission_first_within_the_batch() -> None:
+    slots = [FakeSlot(i) for i in range(3)]
+    decoding = FakeSeq(0, [1, 2], Phase.DECODING, 2, 0, next_token=5)
+    old = FakeSeq(1, question(1, 300), Phase.PREFILLING, 0, 1)
+    young = FakeSeq(2, question(2, 300), Phase.PREFILLING, 0, 2)
+    step = plan(state(slots, running=[young, decoding, old], capacity=400))
+    assert step.decodes == (DecodeToken(0, 0, 5, 0),)
+    assert step.chunks == (PromptChunk(1, 1, 0, 300, True), PromptChunk(2, 2, 0, 99, False))
+    assert step.n_tokens == 400
+
+
+def test_a_slot_serving_a_copy_does_not_receive_one_in_the_same_step() -> None:
+    x, y = SYSTEM[:150], SYSTEM[150:]
+    slots = [FakeSlot(0, list(x)), FakeSlot(1), FakeSlot(2, x + y + [1, 1])]
+    busy = FakeSeq(0, x + y + [1], Phase.DECODING, 201, 2, next_token=1)
+    one = FakeSeq(1, x + question(1), Phase.PREFILLING, 0, 1)
+    two = FakeSeq(2, x + y + question(2), Phase.PREFILLING, 150, 0)  # owns slot 0
+    step = plan(state(slots, running=[busy, one, two]))
+    # request 1 copies slot 0 (request 2's own); request 2's better copy from slot 2 waits a
+    # step, so the copies can never be applied in an order that changes what they read.
+    assert step.copies == (PrefixCopy(1, 0, 1, 150),)
+    assert [c.key for c in step.chunks] == [1]
+
+
+def test_nothing_to_do_is_an_empty_plan() -> None:
+    step = plan(state([FakeSlot(0, [1, 2, 3])]))
+    assert step == StepPlan()
+    assert step.n_tokens == 0
+
+
+@pytest.mark.parametrize("n_slots", [1, 2, 8])
+def test_every_planned_batch_fits_and_each_slot_is_used_once(n_slots: int) -> None:
+    slots = [FakeSlot(i) for i in range(n_slots)]
+    seqs = [FakeSeq(i, SYSTEM + question(i, 5 + i)) for i in range(n_slots)]
+    for step in play(slots, seqs, capacity=64, steps=200):
+        assert step.n_tokens <= 64
+        ids = [d.seq_id for d in step.decodes] + [c.seq_id for c in step.chunks]
+        assert len(ids) == len(set(ids))
+
+
+def test_a_prompt_scoring_sequence_evaluates_every_token_in_bounded_chunks() -> None:
+    shared = question(1, 200)
+    # Slot 0 caches the whole prompt (idle); slot 1 is busy prefilling the same prompt.
+    slots = [FakeSlot(0, list(shared)), FakeSlot(1, list(shared[:150]))]
+    busy = FakeSeq(1, shared, Phase.PREFILLING, prompt_pos=150, seq_id=1)
+    scorer = FakeSeq(2, list(shared), scores_prompt=True)
+    seqs = {1: busy, 2: scorer}
+    step = plan(PlanState(slots, [busy], [scorer], 512, 32, score_chunk=64))
+    assert [(a.key, a.keep) for a in step.admissions] == [(2, 0)]  # no cached prefix
+    assert not step.copies and not step.waits
+    (chunk,) = [c for c in step.chunks if c.key == 2]
+    assert (chunk.start, chunk.end, chunk.all_logits) == (0, 64, True)
+    spans = []
+    while scorer.prompt_pos < len(shared):
+        apply(step, slots, seqs)
+        spans += [(c.start, c.end) for c in step.chunks if c.key == 2]
+        busy.phase = Phase.FINISHED
+        step = plan(PlanState(slots, [scorer], [], 512, 32, score_chunk=64))
+    assert spans == [(0, 64), (64, 128), (128, 192), (192, 200)]
