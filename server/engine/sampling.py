@@ -207,11 +207,12 @@ class SamplerChain:
 
 
 def _piece(vocab: Any, token: int) -> bytes:
+    """The token's text as llama.cpp's grammar sees it (control tokens spelled out)."""
     buffer = ctypes.create_string_buffer(64)
-    n = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
+    n = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, True)
     if n < 0:
         buffer = ctypes.create_string_buffer(-n)
-        n = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, True)
     return buffer.raw[: max(n, 0)]
 
 
