@@ -14,10 +14,12 @@ from loguru import logger
 from server.api import admin, health
 from server.api.ask import api_router as ask_router
 from server.api.errors import install_error_handlers
+from server.api.feedback import api_router as feedback_router
 from server.api.middleware import RequestContextMiddleware
 from server.api.openai import api_router as openai_router
 from server.api.responses import api_router as responses_router
 from server.api.tokenize import api_router as tokenize_router
+from server.api.ui import api_router as ui_router
 from server.observability.logging import configure_logging
 from server.runtime.loading import load_model
 from server.runtime.services import Services, build_services
@@ -40,6 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if services.limiter is not None:
             await services.limiter.check()
+        if services.feedback is not None:
+            services.feedback.start()
         loader = asyncio.create_task(load_model(services), name="load-model")
         try:
             yield
@@ -74,13 +78,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     health.attach_router(app)
     openai_router.attach_router(app)
     ask_router.attach_router(app)
+    feedback_router.attach_router(app)
     admin.attach_router(app)
     tokenize_router.attach_router(app)
     responses_router.attach_router(app)
+    if settings.ui:
+        ui_router.attach_router(app)
     return app
 
 
 def _shutdown(services: Services) -> None:
+    if services.feedback is not None:
+        services.feedback.close()  # writes what is still queued
     if services.engine is not None:
         logger.info("shutting down the engine")
         services.engine.close()

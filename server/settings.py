@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.engine.config import KVCacheType, check_batch_holds_slots
+from server.feedback.records import CaptureLevel
 
 LogFormat = Literal["json", "text"]
 NoContextPolicy = Literal["refuse", "answer"]
@@ -139,8 +140,28 @@ class Settings(BaseSettings):
         description="System prompt used by /v1/ask.",
     )
 
-    # --- feedback ------------------------------------------------------------------------
-    feedback_db: Path = Field(Path("data/feedback.db"), description="SQLite file for feedback.")
+    # --- feedback flywheel (docs/flywheel.md) ------------------------------------------
+    capture: CaptureLevel = Field(
+        "metadata",
+        description="One record per response: 'off'; 'metadata' (ids, key id, route, model "
+        "version, usage, latency); 'full' (also messages, answer, sources, sampling; redacted).",
+    )
+    capture_retention_days: float = Field(
+        30.0,
+        ge=0,
+        description="Delete captured responses and their feedback after N days; 0 = keep.",
+    )
+    capture_queue: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Records waiting for the capture writer; more are dropped.",
+    )
+    feedback_db: Path = Field(
+        Path("data/feedback.db"),
+        description="SQLite file (WAL) for captured responses and feedback.",
+    )
+    ui: bool = Field(True, description="Serve the demo page at /ui.")
 
     # --- logging -------------------------------------------------------------------------
     log_level: str = Field("INFO", description="Log level.")

@@ -58,6 +58,13 @@ class NotFoundError(APIError):
     error_type = "not_found_error"
 
 
+class ConflictError(APIError):
+    """409: the request contradicts what is stored and cannot replace it."""
+
+    status_code = 409
+    error_type = "conflict_error"
+
+
 class RateLimitError(APIError):
     status_code = 429
     error_type = "rate_limit_error"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -32,6 +33,8 @@ from server.engine.types import (
     TokenLogprob,
     Usage,
 )
+from server.feedback.records import Interaction, ModelVersion
+from server.feedback.service import FeedbackService
 from server.observability.metrics import Metrics
 from server.runtime.services import Services
 from server.security.guardrails import REFUSAL, Guardrails
@@ -51,6 +54,18 @@ _NO_TIMINGS = Timings(0, 0, 0, 0, 0, 0)
 
 
 @dataclass
+class CaptureDraft:
+    """What the handler knows of a response for its capture record; the generation adds the
+    answer, usage and finish reason when it ends (``GenerationService.stream``)."""
+
+    response_id: str  # the id the client sees, and sends back to /v1/feedback
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None  # text completions: the raw prompt
+    sources: list[dict[str, Any]] | None = None
+    per_answer: bool = False  # the handler calls ``GenerationService.capture`` itself
+
+
+@dataclass
 class RequestContext:
     """Who is asking and where the per-request log fields go."""
 
@@ -58,6 +73,8 @@ class RequestContext:
     key_id: str
     route: str
     log_fields: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    capture: CaptureDraft | None = None  # set by handlers whose responses are captured
 
 
 @dataclass(frozen=True)
@@ -115,6 +132,8 @@ class GenerationService:
         *,
         max_tokens_default: int,
         max_tokens_limit: int,
+        feedback: FeedbackService | None = None,
+        model_version: ModelVersion | None = None,
     ) -> None:
         self._engine = engine
         self.metrics = metrics
@@ -122,6 +141,8 @@ class GenerationService:
         self.guardrails = guardrails
         self.max_tokens_default = max_tokens_default
         self.max_tokens_limit = max_tokens_limit
+        self.feedback = feedback
+        self.model_version = model_version or ModelVersion("unknown")
 
     @classmethod
     def for_services(cls, services: Services, engine: Engine) -> GenerationService:
@@ -134,6 +155,8 @@ class GenerationService:
             services.guardrails,
             max_tokens_default=settings.max_tokens_default,
             max_tokens_limit=settings.max_tokens_limit,
+            feedback=services.feedback,
+            model_version=services.model_version,
         )
 
     # --- prompts ---------------------------------------------------------------------------
@@ -236,6 +259,7 @@ class GenerationService:
                 "content_filter", Usage(len(prompt_tokens), 0, 0), _NO_TIMINGS, refused=True
             )
             await self._account(ctx, done)
+            self._capture(ctx, params, REFUSAL, done)
             yield TextDelta(REFUSAL)
             yield done
             return
@@ -272,6 +296,7 @@ class GenerationService:
                     reason = _OPENAI_FINISH.get(event.finish_reason, event.finish_reason)
                     done = Completed(reason, event.usage, event.timings)
                     await self._account(ctx, done)
+                    self._capture(ctx, params, "".join(text_so_far), done)
                     yield done
                     return
                 completion_tokens += 1
@@ -282,6 +307,7 @@ class GenerationService:
                         usage = Usage(len(prompt_tokens), completion_tokens, 0)
                         done = Completed("content_filter", usage, _NO_TIMINGS)
                         await self._account(ctx, done)
+                        self._capture(ctx, params, "".join(text_so_far[:-1]), done)
                         yield done
                         return
                 if event.text or event.logprob is not None:
@@ -313,6 +339,65 @@ class GenerationService:
         )
         if self.limiter is not None and usage.completion_tokens:
             await self.limiter.charge_tokens(ctx.key_id, usage.completion_tokens)
+
+    def _capture(
+        self, ctx: RequestContext, params: SamplingParams, answer: str, done: Completed
+    ) -> None:
+        if ctx.capture is not None and not ctx.capture.per_answer:
+            self.capture(ctx, answer, done.usage, done.finish_reason, params)
+
+    def capture(
+        self,
+        ctx: RequestContext,
+        answer: str,
+        usage: Usage,
+        finish_reason: str,
+        params: SamplingParams | None,
+    ) -> None:
+        """Queue the capture record of the response ``ctx`` answers; never blocks or fails.
+
+        Generations call this when they end; a handler whose response is built from several
+        generations (or none), as /v1/ask's agents may, sets ``per_answer`` on its draft and
+        calls it once with the final answer.
+        """
+        draft = ctx.capture
+        if self.feedback is None or draft is None or self.feedback.level == "off":
+            return
+        self.feedback.submit_capture(
+            Interaction(
+                response_id=draft.response_id,
+                key_id=ctx.key_id,
+                route=ctx.route,
+                model=self.model_version,
+                level=self.feedback.level,
+                latency_ms=round((time.perf_counter() - ctx.started) * 1000, 1),
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                finish_reason=finish_reason,
+                messages=draft.messages,
+                prompt=draft.prompt,
+                answer=answer,
+                sources=draft.sources,
+                params=None if params is None else _sampling_record(params),
+            )
+        )
+
+
+def _sampling_record(params: SamplingParams) -> dict[str, Any]:
+    """The sampling settings worth keeping with a captured response (no grammar text)."""
+    return {
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "min_p": params.min_p,
+        "repeat_penalty": params.repeat_penalty,
+        "presence_penalty": params.presence_penalty,
+        "frequency_penalty": params.frequency_penalty,
+        "seed": params.seed,
+        "stop": list(params.stop),
+        "constrained": params.grammar is not None,
+    }
 
 
 def _context_error(prompt_tokens: int, max_tokens: int, n_ctx: int) -> BadRequestError:

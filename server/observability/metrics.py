@@ -189,4 +189,21 @@ class Metrics:
             ["key_id", "limit"],
             registry=r,
         )
+        self.capture_records = Counter(
+            "ggserve_capture_records",
+            "Captured responses by outcome: written, duplicate (id reused), dropped (queue "
+            "full), failed (disk full or read-only), purged (past retention).",
+            ["outcome"],
+            registry=r,
+        )
+        self.feedback = Counter(
+            "ggserve_feedback",
+            "Feedback received, by rating: up/down (thumbs) or 1star..5star.",
+            ["rating"],
+            registry=r,
+        )
+        for outcome in ("written", "duplicate", "dropped", "failed", "purged"):
+            self.capture_records.labels(outcome=outcome)  # exported as 0 from the start
+        for rating in ("up", "down", "1star", "2star", "3star", "4star", "5star"):
+            self.feedback.labels(rating=rating)
         r.register(_LiveCollector(stats, load_state))

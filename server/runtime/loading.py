@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 from loguru import logger
 
-from convert.manifest import manifest_for_model, verify_model_sha256
+from convert.manifest import manifest_for_model, sha256_file, verify_model_sha256
 from server.agents.runtime import load_ask_runtime, watch_index
 from server.engine.types import Engine, FinishEvent, GenerationRequest, SamplingParams
 from server.runtime.services import ModelMeta, Services
@@ -56,8 +56,22 @@ def create_engine(settings: Settings) -> tuple[Engine, ModelMeta]:
         created=int(path.stat().st_mtime),
         manifest_name=found[0].name if found else None,
         quantization=found[1].quant if found else None,
+        sha256=found[1].sha256 if found else _hash_for_capture(settings),
     )
     return engine, meta
+
+
+def _hash_for_capture(settings: Settings) -> str | None:
+    """The GGUF's sha256 when captured responses must name their model version and no
+    manifest records it (about 1 s per GB, once at load)."""
+    if settings.capture == "off" or not settings.model_path.is_file():
+        return None
+    started = time.perf_counter()
+    digest = sha256_file(settings.model_path)
+    logger.bind(event="model_hashed", seconds=round(time.perf_counter() - started, 2)).info(
+        "model sha256 {}… (for capture records)", digest[:12]
+    )
+    return digest
 
 
 async def warm_up(engine: Engine) -> None:

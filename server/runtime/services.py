@@ -14,6 +14,8 @@ from loguru import logger
 
 from server.agents.runtime import AskRuntime
 from server.engine.types import Engine, EngineStats
+from server.feedback.records import ModelVersion
+from server.feedback.service import FeedbackService
 from server.observability.metrics import Metrics
 from server.runtime.embedder import EmbedderProvider
 from server.runtime.readiness import Readiness
@@ -37,6 +39,7 @@ class ModelMeta:
     created: int | None = None  # the file's mtime, as OpenAI's ``created``
     manifest_name: str | None = None
     quantization: str | None = None
+    sha256: str | None = None  # from the manifest, or hashed at load when capture is on
 
 
 @dataclass
@@ -54,6 +57,13 @@ class Services:
     engine: Engine | None = None
     model_meta: ModelMeta = field(default_factory=ModelMeta)
     ask: AskRuntime | None = None  # the /v1/ask agent and retriever, loaded with the model
+    feedback: FeedbackService | None = None  # capture + /v1/feedback store; None when off
+
+    @property
+    def model_version(self) -> ModelVersion:
+        """The version captured with each response: served name and GGUF sha256."""
+        return ModelVersion(self.model_id, self.model_meta.sha256)
+
     background: list[asyncio.Task[None]] = field(default_factory=list)  # cancelled at shutdown
 
 
@@ -95,6 +105,15 @@ def build_services(settings: Settings) -> Services:
         embedder=EmbedderProvider(settings.embedder_path),
         model_id=settings.model_alias or settings.model_path.stem,
     )
+    if settings.capture != "off":
+        metrics = services.metrics
+        services.feedback = FeedbackService(
+            settings.feedback_db,
+            level=settings.capture,
+            retention_days=settings.capture_retention_days,
+            max_queue=settings.capture_queue,
+            on_capture=lambda outcome, n: metrics.capture_records.labels(outcome=outcome).inc(n),
+        )
     if not settings.auth_disabled and len(services.keys) == 0:
         logger.warning(
             "no API keys configured: every protected endpoint will answer 401. "

@@ -71,6 +71,7 @@ def running_server(
 ) -> Iterator[ServerHandle]:
     """Run ``ggserve serve`` with the real model (override with GGSERVE_* in ``env``)."""
     port = free_port()
+    log_dir = log_dir or Path(os.environ.get("GGSERVE_TEST_LOGS", "/tmp"))
     full_env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -82,9 +83,10 @@ def running_server(
         "GGSERVE_N_SLOTS": "4",
         "GGSERVE_N_CTX": "2048",
         "GGSERVE_LOG_FORMAT": "json",
+        # Captured responses go beside the log, never into the checkout's data/.
+        "GGSERVE_FEEDBACK_DB": str(log_dir / f"ggserve-test-{port}-feedback.db"),
         **(env or {}),
     }
-    log_dir = log_dir or Path(os.environ.get("GGSERVE_TEST_LOGS", "/tmp"))
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"ggserve-test-{port}.log"
     with log_path.open("wb") as log:

@@ -38,6 +38,7 @@ from server.agents.types import Source as AgentSource
 from server.api.ask.protocol import AskRequest, AskResponse, AskTimings, AskUsage, Source
 from server.api.errors import BadRequestError, ServiceUnavailableError
 from server.api.generation import (
+    CaptureDraft,
     Completed,
     GenerationService,
     RequestContext,
@@ -126,11 +127,20 @@ class AskServing:
         http_request: Request,
     ) -> AskResponse | EventSourceResponse:
         started = time.perf_counter()
+        # An agent may call the model several times, or not at all: the record is the answer.
+        ctx.capture = CaptureDraft(ctx.request_id, per_answer=True)
         if violation := generation.input_violation(body.question):
             ctx.log_fields["guardrail"] = violation
             events: AsyncIterator[AnswerEvent] = _refusal()
         else:
             events = self._answer_events(body, ctx, generation)
+        sampling = SamplingParams(
+            max_tokens=body.max_tokens or self.services.settings.max_tokens_default,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+        )
+        events = _capturing(ctx, generation, body.question, sampling, events)
         if body.stream:
             fmt = AskEventFormat(ctx, started)
             return await open_stream(
@@ -222,6 +232,7 @@ class AskEventFormat:
             _log(self.ctx, answer)
             total_ms = (time.perf_counter() - self.started) * 1000
             final = {
+                "id": self.ctx.request_id,  # what /v1/feedback takes as response_id
                 "finish_reason": answer.finish_reason,
                 "sources": [s.model_dump() for s in ask_sources(answer.sources)],
                 "grounded": answer.grounded,
@@ -256,6 +267,27 @@ async def _api_errors(events: AsyncIterator[AnswerEvent]) -> AsyncIterator[Answe
             raise _as_api_error(exc) from exc
 
 
+async def _capturing(
+    ctx: RequestContext,
+    generation: GenerationService,
+    question: str,
+    params: SamplingParams,
+    events: AsyncIterator[AnswerEvent],
+) -> AsyncIterator[AnswerEvent]:
+    """The agent's events; the sources and the final answer go into the capture record."""
+    draft = ctx.capture
+    async with closing(events):
+        async for event in events:
+            if draft is not None and isinstance(event, Retrieved):
+                draft.sources = [s.model_dump() for s in ask_sources(event.sources)]
+            elif draft is not None and isinstance(event, Done):
+                if draft.messages is None:  # answered without the model (refusal, no context)
+                    draft.messages = [{"role": "user", "content": question}]
+                answer = event.answer
+                generation.capture(ctx, answer.text, answer.usage, answer.finish_reason, params)
+            yield event
+
+
 def _generation_chat(
     ctx: RequestContext, generation: GenerationService, requested_max_tokens: int | None
 ) -> ChatFn:
@@ -264,6 +296,8 @@ def _generation_chat(
     async def chat(
         messages: Messages, params: SamplingParams, request_id: str
     ) -> AsyncIterator[EngineEvent]:
+        if ctx.capture is not None:  # what the model saw: system prompt, passages, question
+            ctx.capture.messages = [dict(m) for m in messages]
         prompt = generation.chat_prompt(messages)
         max_tokens = generation.resolve_max_tokens(requested_max_tokens, len(prompt))
         items = generation.stream(ctx, prompt, replace(params, max_tokens=max_tokens))

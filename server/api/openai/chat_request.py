@@ -32,6 +32,7 @@ class PreparedChat:
     params: SamplingParams
     parse_calls: bool  # read tool calls out of the output
     input_text: str  # for the input guardrail
+    transcript: list[dict[str, str]]  # role and text of each message, for the capture record
 
 
 def _message_dict(message: ChatMessage) -> dict[str, Any]:
@@ -136,5 +137,6 @@ def prepare_chat(request: ChatCompletionRequest, generation: GenerationService) 
         grammar_trigger=plan.trigger,
         logprobs=(request.top_logprobs or 0) if request.logprobs else None,
     )
-    input_text = "\n".join(str(m["content"]) for m in messages)
-    return PreparedChat(prompt, params, plan.parse_calls, input_text)
+    transcript = [{"role": m["role"], "content": str(m["content"])} for m in messages]
+    input_text = "\n".join(m["content"] for m in transcript)
+    return PreparedChat(prompt, params, plan.parse_calls, input_text, transcript)

@@ -20,6 +20,7 @@ from starlette.requests import Request
 
 from server.api.errors import BadRequestError, ServiceUnavailableError
 from server.api.generation import (
+    CaptureDraft,
     Completed,
     GenerationItem,
     GenerationService,
@@ -113,6 +114,7 @@ class OpenAIServing:
     ) -> ChatCompletionResponse | EventSourceResponse:
         _reject_unsupported(request)
         chat = prepare_chat(request, generation)
+        ctx.capture = CaptureDraft(f"chatcmpl-{ctx.request_id}", messages=chat.transcript)
         items = generation.stream(ctx, chat.prompt, chat.params, input_text=chat.input_text)
         model = self.services.model_id
         if request.stream:
@@ -182,6 +184,7 @@ class OpenAIServing:
             logprobs=request.logprobs,
             prompt_logprobs=request.logprobs if scoring else None,
         )
+        ctx.capture = CaptureDraft(f"cmpl-{ctx.request_id}", prompt=prompt_text)
         items = generation.stream(ctx, prompt, params, input_text=prompt_text)
         echo = prompt_text if request.echo else ""
         piece_of = generation.token_piece if request.logprobs is not None else None

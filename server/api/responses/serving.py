@@ -20,6 +20,7 @@ from starlette.requests import Request
 
 from server.api.errors import BadRequestError
 from server.api.generation import (
+    CaptureDraft,
     Completed,
     GenerationItem,
     GenerationService,
@@ -117,8 +118,10 @@ class ResponsesServing:
         except BadRequestError as exc:
             exc.param = responses_param(exc.param, origin)
             raise
+        response_id = f"resp_{ctx.request_id}"
+        ctx.capture = CaptureDraft(response_id, messages=chat.transcript)
         items = generation.stream(ctx, chat.prompt, chat.params, input_text=chat.input_text)
-        response = _envelope(request, self.services.model_id, f"resp_{ctx.request_id}")
+        response = _envelope(request, self.services.model_id, response_id)
         if request.stream:
             fmt = ResponseEventFormat(response, parse_calls=chat.parse_calls)
             return await open_stream(http_request, ctx, items, fmt)
