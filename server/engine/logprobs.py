@@ -33,7 +33,10 @@ def token_logprob(row: np.ndarray, token: int, n_top: int) -> TokenLogprob:
     """The log-probability of ``token`` under ``row`` and the ``n_top`` most likely tokens."""
     normalizer = _log_normalizer(row)
     top: tuple[tuple[int, float], ...] = ()
-    if n_top > 0:
+    if n_top == 1:  # the common case (evaluation harnesses ask for 1): argmax, no partition
+        best = int(row.argmax())
+        top = ((best, float(row[best]) - normalizer),)
+    elif n_top > 1:
         candidates = np.argpartition(row, -n_top)[-n_top:]
         ordered = candidates[np.argsort(-row[candidates], kind="stable")]
         top = tuple((int(t), float(row[t]) - normalizer) for t in ordered)

@@ -27,6 +27,13 @@ def test_logprob_is_log_softmax_of_the_raw_logits() -> None:
     assert [lp for _, lp in result.top] == pytest.approx(sorted(expected)[::-1][:5], abs=1e-4)
 
 
+def test_top_one_is_the_argmax() -> None:
+    row = np.random.default_rng(3).normal(0, 4, 1000).astype(np.float32)
+    ((best, logprob),) = token_logprob(row, 0, 1).top
+    assert best == int(np.argmax(row))
+    assert logprob == pytest.approx(_reference(row)[best], abs=1e-4)
+
+
 def test_probabilities_sum_to_one_and_extreme_logits_stay_finite() -> None:
     row = np.array([1000.0, 999.0, -1000.0, 0.0], dtype=np.float32)
     logprobs = [token_logprob(row, t, 0).logprob for t in range(4)]
