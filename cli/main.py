@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer
 
-from cli import ask, convert, feedback, health, index, keys, models, serve
+from cli import ask, convert, drift, feedback, health, index, keys, models, serve
 
 app = typer.Typer(
     name="ggserve",
@@ -27,6 +27,7 @@ app.command("convert")(convert.convert)
 app.command("convert-adapter")(convert.convert_adapter)
 app.add_typer(index.app, name="index")
 app.add_typer(keys.app, name="keys")
+app.add_typer(drift.app, name="drift")
 app.add_typer(feedback.app, name="feedback")
 
 

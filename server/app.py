@@ -21,6 +21,7 @@ from server.api.responses import api_router as responses_router
 from server.api.tokenize import api_router as tokenize_router
 from server.api.ui import api_router as ui_router
 from server.observability.logging import configure_logging
+from server.runtime.drift import run_drift
 from server.runtime.loading import load_model
 from server.runtime.services import Services, build_services
 from server.settings import Settings
@@ -45,6 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if services.feedback is not None:
             services.feedback.start()
         loader = asyncio.create_task(load_model(services), name="load-model")
+        if services.drift is not None:
+            drift = run_drift(services.drift, services.embedder)
+            services.background.append(asyncio.create_task(drift, name="drift"))
         try:
             yield
         finally:
@@ -73,7 +77,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     # Added last = outermost: every response, even an error from CORS or routing, gets an id.
     app.add_middleware(
-        RequestContextMiddleware, metrics=services.metrics, max_body_bytes=settings.max_body_bytes
+        RequestContextMiddleware,
+        metrics=services.metrics,
+        max_body_bytes=settings.max_body_bytes,
+        tracing=services.tracing,
     )
     health.attach_router(app)
     openai_router.attach_router(app)
@@ -93,6 +100,7 @@ def _shutdown(services: Services) -> None:
     if services.engine is not None:
         logger.info("shutting down the engine")
         services.engine.close()
+    services.tracing.shutdown()  # flushes spans still queued for the collector
 
 
 def _version() -> str:

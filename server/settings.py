@@ -163,6 +163,36 @@ class Settings(BaseSettings):
     )
     ui: bool = Field(True, description="Serve the demo page at /ui.")
 
+    # --- drift ---------------------------------------------------------------------------
+    drift_enabled: bool = Field(
+        True, description="Compare recent requests with a reference window (see docs)."
+    )
+    drift_reference_size: int = Field(
+        500, ge=10, le=20_000, description="Requests in the frozen reference window."
+    )
+    drift_window_size: int = Field(
+        500, ge=10, le=20_000, description="Most recent requests compared with the reference."
+    )
+    drift_min_samples: int = Field(
+        200, ge=10, description="Requests each window needs before a drift verdict."
+    )
+    drift_min_feedback: int = Field(
+        50, ge=2, description="Ratings each window needs before a feedback verdict."
+    )
+    drift_interval_s: float = Field(300.0, gt=0, description="Seconds between drift evaluations.")
+    drift_permutations: int = Field(
+        500, ge=1, le=20_000, description="Permutations of the query-embedding (MMD) test."
+    )
+    drift_alpha: float = Field(
+        0.05, gt=0, lt=1, description="False-alarm rate shared by all drift signals."
+    )
+    drift_reference_file: Path | None = Field(
+        None, description="JSONL of reference questions; unset = the first requests served."
+    )
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP collector for request traces (http://host:4318); unset = off."
+    )
+
     # --- logging -------------------------------------------------------------------------
     log_level: str = Field("INFO", description="Log level.")
     log_format: LogFormat = Field("json", description="'json' lines or human 'text'.")

@@ -51,21 +51,30 @@ class RagAgent:
         settings = ctx.settings
         hits: list[Hit] = []
         embed_ms = search_ms = 0.0
+        top_score: float | None = None
+        query_vector = None
         if ctx.retriever is not None:
             k = ctx.top_k or settings.rag_top_k
             result = await asyncio.to_thread(
                 ctx.retriever.search, question, k, settings.rag_score_threshold
             )
             hits, embed_ms, search_ms = result.hits, result.embed_ms, result.search_ms
+            top_score, query_vector = result.top_score, result.query_vector
         messages, hits = self._fit(ctx, question, hits)
         no_context = ctx.retriever is not None and not hits
         sources = [Source(h.n, h.document, h.title, h.heading, h.score, h.snippet) for h in hits]
-        yield Retrieved(sources, bool(hits), no_context, embed_ms, search_ms)
+        yield Retrieved(
+            sources, bool(hits), no_context, embed_ms, search_ms, top_score, query_vector
+        )
 
         if no_context and settings.rag_no_context == "refuse":
             yield Delta(REFUSAL)
             timings = AnswerTimings(embed_ms, search_ms, total_ms=_ms_since(started))
-            yield Done(Answer(REFUSAL, [], ZERO_USAGE, "no_context", timings, False, True))
+            yield Done(
+                Answer(
+                    REFUSAL, [], ZERO_USAGE, "no_context", timings, False, True, top_score=top_score
+                )
+            )
             return
 
         generate_started = time.perf_counter()
@@ -98,6 +107,7 @@ class RagAgent:
             grounded=bool(hits),
             no_context=no_context,
             engine_timings=finish.timings,
+            top_score=top_score,
         )
         yield Done(answer)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from server.engine.types import EngineEvent, SamplingParams, Timings, Usage
+from server.rag.embedder import Vectors
 from server.rag.retriever import SearchResult
 from server.settings import Settings
 
@@ -89,6 +90,8 @@ class Answer:
     grounded: bool  # generated from retrieved passages
     no_context: bool = False  # nothing passed the threshold (answered or refused without)
     engine_timings: Timings | None = None
+    # Best retrieval score before the threshold (drift watches it); None: nothing retrieved.
+    top_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,9 @@ class Retrieved:
     no_context: bool
     embed_ms: float = 0.0
     search_ms: float = 0.0
+    top_score: float | None = None  # best retrieval score before the threshold
+    # The question's embedding, when the retriever made one (drift reuses it).
+    query_vector: Vectors | None = None
 
 
 @dataclass(frozen=True)

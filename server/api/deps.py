@@ -57,6 +57,13 @@ async def authenticate(
     _token: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
 ) -> str:
     """The caller's key id; 401 when the key is missing or unknown."""
+    with services.tracing.span("auth"):
+        key_id = _key_id(request, services)
+    _log_fields(request)["key_id"] = key_id
+    return key_id
+
+
+def _key_id(request: Request, services: Services) -> str:
     if services.settings.auth_disabled:
         key_id = "anonymous"
     else:
@@ -73,7 +80,6 @@ async def authenticate(
                 "Invalid API key.", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
             )
         key_id = match.key_id
-    _log_fields(request)["key_id"] = key_id
     return key_id
 
 
@@ -84,7 +90,8 @@ async def rate_limited_key(
     limiter = services.limiter
     if limiter is None:
         return key_id
-    decision = await limiter.admit(key_id)
+    with services.tracing.span("rate_limit", {"ggserve.key_id": key_id}):
+        decision = await limiter.admit(key_id)
     if decision is None:
         return key_id
     if not decision.allowed:

@@ -36,6 +36,7 @@ from server.engine.types import (
 from server.feedback.records import Interaction, ModelVersion
 from server.feedback.service import FeedbackService
 from server.observability.metrics import Metrics
+from server.observability.tracing import Tracing
 from server.runtime.services import Services
 from server.security.guardrails import REFUSAL, Guardrails
 from server.security.rate_limit import RateLimiter
@@ -132,11 +133,13 @@ class GenerationService:
         *,
         max_tokens_default: int,
         max_tokens_limit: int,
+        tracing: Tracing | None = None,
         feedback: FeedbackService | None = None,
         model_version: ModelVersion | None = None,
     ) -> None:
         self._engine = engine
         self.metrics = metrics
+        self.tracing = tracing or Tracing()
         self.limiter = limiter
         self.guardrails = guardrails
         self.max_tokens_default = max_tokens_default
@@ -155,6 +158,7 @@ class GenerationService:
             services.guardrails,
             max_tokens_default=settings.max_tokens_default,
             max_tokens_limit=settings.max_tokens_limit,
+            tracing=services.tracing,
             feedback=services.feedback,
             model_version=services.model_version,
         )
@@ -327,6 +331,20 @@ class GenerationService:
         if timings.ttft_ms > 0:
             self.metrics.ttft.labels(route=ctx.route).observe(timings.ttft_ms / 1000)
             self.metrics.queue_wait.observe(timings.queue_ms / 1000)
+        if self.tracing.enabled and timings.ttft_ms > 0:
+            self.tracing.stages(
+                [
+                    ("queue_wait", timings.queue_ms),
+                    ("prefill", timings.prompt_ms),
+                    ("decode", timings.decode_ms),
+                ],
+                {
+                    "ggserve.request_id": ctx.request_id,
+                    "ggserve.prompt_tokens": usage.prompt_tokens,
+                    "ggserve.cached_prompt_tokens": usage.cached_prompt_tokens,
+                    "ggserve.completion_tokens": usage.completion_tokens,
+                },
+            )
         if done.tokens_per_s is not None:
             self.metrics.tokens_per_s.observe(done.tokens_per_s)
         ctx.log_fields.update(

@@ -18,12 +18,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server.api.errors import error_body
 from server.observability.metrics import Metrics
 from server.observability.resources import rss_mb, vram_mb
+from server.observability.tracing import Tracing, request_span
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Per-request facts handlers add for the request log line (usage, key id, finish reason...).
 LOG_FIELDS_KEY = "log_fields"
 # Headers a dependency wants on the response, whatever response class the route returns.
 RESPONSE_HEADERS_KEY = "response_headers"
+
+
+# Probes are frequent and say nothing about a user's request: no trace for them.
+_PROBES = frozenset({"/health", "/ready", "/metrics"})
 
 
 class _BodyTooLarge(Exception):
@@ -46,10 +51,18 @@ def _route_of(scope: Scope) -> str:
 class RequestContextMiddleware:
     """Gives each request an id, enforces the body limit, logs it once and counts it."""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.tracing = tracing or Tracing()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,7 +103,12 @@ class RequestContextMiddleware:
 
         declared = _header(scope, b"content-length")
         self.metrics.in_flight.inc()
-        with logger.contextualize(request_id=request_id):
+        method, path = scope.get("method", ""), scope.get("path", "")
+        traced = self.tracing if path not in _PROBES else Tracing()
+        with (
+            logger.contextualize(request_id=request_id),
+            request_span(traced, f"{method} {path}", request_id) as span,
+        ):
             try:
                 if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
                     raise _BodyTooLarge
@@ -119,6 +137,9 @@ class RequestContextMiddleware:
             finally:
                 self.metrics.in_flight.dec()
                 self._record(scope, request_id, status["code"], started, fields)
+                if span is not None:
+                    span.set_attribute("http.route", _route_of(scope))
+                    span.set_attribute("http.status_code", status["code"])
 
     @staticmethod
     async def _send_error(

@@ -55,6 +55,8 @@ class SearchResult:
     embed_ms: float
     search_ms: float
     candidates: int  # hits before the threshold was applied
+    top_score: float | None = None  # best score before the threshold (None: empty index)
+    query_vector: Vectors | None = None  # the question's embedding, shape (dimension,)
 
 
 def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
@@ -152,7 +154,8 @@ class Retriever:
                     end=row.end,
                 )
             )
-        return SearchResult(hits, (t1 - t0) * 1000, (t2 - t1) * 1000, len(found))
+        top = max((score for _, score in found), default=None)
+        return SearchResult(hits, (t1 - t0) * 1000, (t2 - t1) * 1000, len(found), top, q[0])
 
     def close(self) -> None:
         """Release the chunk store."""

@@ -13,10 +13,14 @@ from dataclasses import dataclass, field
 from loguru import logger
 
 from server.agents.runtime import AskRuntime
+from server.drift.metrics import DriftCollector
+from server.drift.monitor import DriftMonitor
 from server.engine.types import Engine, EngineStats
 from server.feedback.records import ModelVersion
 from server.feedback.service import FeedbackService
 from server.observability.metrics import Metrics
+from server.observability.tracing import Tracing, build_tracing
+from server.runtime.drift import StoredRatings, build_drift
 from server.runtime.embedder import EmbedderProvider
 from server.runtime.readiness import Readiness
 from server.security.api_keys import ApiKey, KeyStore, hash_key, load_keys_file, parse_key_entry
@@ -65,6 +69,8 @@ class Services:
         return ModelVersion(self.model_id, self.model_meta.sha256)
 
     background: list[asyncio.Task[None]] = field(default_factory=list)  # cancelled at shutdown
+    drift: DriftMonitor | None = None  # None: GGSERVE_DRIFT_ENABLED=false
+    tracing: Tracing = field(default_factory=Tracing)  # a no-op unless GGSERVE_OTLP_ENDPOINT
 
 
 def build_key_store(settings: Settings) -> KeyStore:
@@ -95,15 +101,21 @@ def build_services(settings: Settings) -> Services:
     guardrails = (
         Guardrails.from_file(settings.guardrails_file) if settings.guardrails_file else None
     )
+    drift = build_drift(settings)
+    metrics = Metrics(stats=engine_stats, load_state=lambda: readiness.state)
+    if drift is not None:
+        metrics.registry.register(DriftCollector(drift))
     services = Services(
         settings=settings,
         readiness=readiness,
         keys=build_key_store(settings),
-        metrics=Metrics(stats=engine_stats, load_state=lambda: readiness.state),
+        metrics=metrics,
         limiter=limiter,
         guardrails=guardrails,
         embedder=EmbedderProvider(settings.embedder_path),
         model_id=settings.model_alias or settings.model_path.stem,
+        drift=drift,
+        tracing=build_tracing(settings.otlp_endpoint),
     )
     if settings.capture != "off":
         metrics = services.metrics
@@ -114,6 +126,8 @@ def build_services(settings: Settings) -> Services:
             max_queue=settings.capture_queue,
             on_capture=lambda outcome, n: metrics.capture_records.labels(outcome=outcome).inc(n),
         )
+        if drift is not None:
+            drift.attach_feedback(StoredRatings(services.feedback))
     if not settings.auth_disabled and len(services.keys) == 0:
         logger.warning(
             "no API keys configured: every protected endpoint will answer 401. "

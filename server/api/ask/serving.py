@@ -35,6 +35,7 @@ from server.agents.types import (
     answer_from_stream,
 )
 from server.agents.types import Source as AgentSource
+from server.api import observe
 from server.api.ask.protocol import AskRequest, AskResponse, AskTimings, AskUsage, Source
 from server.api.errors import BadRequestError, ServiceUnavailableError
 from server.api.generation import (
@@ -141,6 +142,7 @@ class AskServing:
             seed=body.seed,
         )
         events = _capturing(ctx, generation, body.question, sampling, events)
+        events = observe.answers(self.services, ctx, body.question, events)
         if body.stream:
             fmt = AskEventFormat(ctx, started)
             return await open_stream(

@@ -18,6 +18,7 @@ import numpy as np
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 
+from server.api import observe
 from server.api.errors import BadRequestError, ServiceUnavailableError
 from server.api.generation import (
     CaptureDraft,
@@ -115,7 +116,11 @@ class OpenAIServing:
         _reject_unsupported(request)
         chat = prepare_chat(request, generation)
         ctx.capture = CaptureDraft(f"chatcmpl-{ctx.request_id}", messages=chat.transcript)
-        items = generation.stream(ctx, chat.prompt, chat.params, input_text=chat.input_text)
+        items = observe.generations(
+            self.services,
+            observe.last_user_message(chat.transcript),
+            generation.stream(ctx, chat.prompt, chat.params, input_text=chat.input_text),
+        )
         model = self.services.model_id
         if request.stream:
             fmt = ChatChunkFormat(

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from server.agents import (
@@ -39,7 +40,9 @@ class FakeRetriever:
     def search(self, query: str, k: int, threshold: float | None = None) -> SearchResult:
         self.calls.append((query, k, threshold))
         kept = [h for h in self.hits[:k] if threshold is None or h.score >= threshold]
-        return SearchResult(kept, embed_ms=3.0, search_ms=1.0, candidates=len(self.hits[:k]))
+        top = max((h.score for h in self.hits[:k]), default=None)
+        vector = np.full(4, 0.5, dtype=np.float32)
+        return SearchResult(kept, 3.0, 1.0, len(self.hits[:k]), top_score=top, query_vector=vector)
 
 
 @dataclass
@@ -116,6 +119,15 @@ async def test_no_passage_above_threshold_refuses_without_calling_the_model() ->
     assert answer.text == REFUSAL and answer.finish_reason == "no_context"
     assert answer.no_context and not answer.grounded and answer.sources == []
     assert chat.calls == []
+    assert answer.top_score == 0.1  # drift still sees how close retrieval came
+
+
+async def test_the_best_score_before_the_threshold_travels_with_the_answer() -> None:
+    retriever = FakeRetriever([_hit(1, "a", score=0.9), _hit(2, "b", score=0.2)])
+    events = [e async for e in RagAgent().answer_stream("q", _ctx(retriever, ScriptedChat(["x"])))]
+    assert isinstance(events[0], Retrieved) and events[0].top_score == 0.9
+    assert events[0].query_vector is not None and events[0].query_vector.tolist() == [0.5] * 4
+    assert isinstance(events[-1], Done) and events[-1].answer.top_score == 0.9
 
 
 async def test_no_passage_with_answer_policy_answers_unaided_and_flags_it() -> None:

@@ -72,6 +72,11 @@ def test_threshold_drops_weak_passages(
     retriever = Retriever.load(tmp_path / "idx", embedder)
     assert retriever.search("zebra xylophone", 5, threshold=0.5).hits == []
     assert retriever.search("zebra xylophone", 5, threshold=0.5).candidates == 4
+    best = retriever.search("zebra xylophone", 5, threshold=None)
+    top = retriever.search("zebra xylophone", 5, threshold=0.5).top_score
+    assert top == pytest.approx(best.hits[0].score, abs=1e-4)
+    assert best.query_vector is not None
+    assert best.query_vector.tolist() == embedder.embed_query("zebra xylophone")[0].tolist()
 
 
 def test_add_skips_unchanged_and_replaces_changed_documents(

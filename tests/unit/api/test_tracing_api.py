@@ -1,0 +1,74 @@
+"""A traced request: one root span with the request id, child spans per stage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from fastapi.testclient import TestClient
+
+pytest.importorskip("opentelemetry.sdk")
+
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from server.observability.tracing import Tracing, build_tracing
+from tests.unit.api.conftest import _wait_ready, auth
+
+CHAT = {"messages": [{"role": "user", "content": "Capital of France?"}]}
+
+
+@pytest.fixture
+def traced(
+    make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> tuple[TestClient, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+
+    def in_memory(endpoint: str | None) -> Tracing:
+        return build_tracing(None, processor=SimpleSpanProcessor(exporter))
+
+    monkeypatch.setattr("server.runtime.services.build_tracing", in_memory)
+    client = make_client(rate_limit_rpm=100)
+    _wait_ready(client)
+    exporter.clear()
+    return client, exporter
+
+
+def test_a_chat_request_is_one_trace_with_its_stages(
+    traced: tuple[TestClient, InMemorySpanExporter],
+) -> None:
+    client, exporter = traced
+    response = client.post(
+        "/v1/chat/completions", json=CHAT, headers={**auth(), "X-Request-ID": "trace-me-1"}
+    )
+    assert response.status_code == 200
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    root = spans["POST /v1/chat/completions"]
+    assert root.attributes is not None
+    assert root.attributes["ggserve.request_id"] == "trace-me-1"
+    assert root.attributes["http.route"] == "/v1/chat/completions"
+    assert root.attributes["http.status_code"] == 200
+    for stage in ("auth", "rate_limit", "queue_wait", "prefill", "decode"):
+        span = spans[stage]
+        assert span.parent is not None and span.parent.span_id == root.context.span_id, stage
+    decode = spans["decode"]
+    assert (decode.end_time - decode.start_time) / 1e6 == pytest.approx(4.0)  # FakeEngine's
+    assert decode.attributes is not None and decode.attributes["ggserve.completion_tokens"] == 6
+
+
+def test_a_refused_key_is_traced_and_probes_are_not(
+    traced: tuple[TestClient, InMemorySpanExporter],
+) -> None:
+    client, exporter = traced
+    assert client.post("/v1/chat/completions", json=CHAT).status_code == 401
+    assert client.get("/health").status_code == 200
+    names = [s.name for s in exporter.get_finished_spans()]
+    assert names.count("POST /v1/chat/completions") == 1 and "auth" in names
+    assert not [n for n in names if "health" in n]
+    root = next(s for s in exporter.get_finished_spans() if s.name.startswith("POST"))
+    assert root.attributes is not None and root.attributes["http.status_code"] == 401
+
+
+def test_tracing_is_off_by_default(make_client: Callable[..., TestClient]) -> None:
+    client = make_client()
+    assert client.app.state.services.tracing.enabled is False  # type: ignore[attr-defined]
