@@ -263,13 +263,8 @@ class LlamaEngine:
         return self._model.tokenize(text, add_special=add_special, parse_special=parse_special)
 
     def detokenize(self, tokens: list[int]) -> str:
-        """Token ids → text (thread-safe); control tokens render as ''. Ids are range-checked."""
-        n_vocab = self._model.n_vocab
-        bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
-        if bad is not None:
-            raise InvalidRequestError(
-                f"token id {bad} is out of range: this model's ids are 0..{n_vocab - 1}."
-            )
+        """Token ids → text (thread-safe); control tokens render as ''. Ids are range-checked
+        at the boundary (``boundary.check_token_ids``) before any native call."""
         return self._model.detokenize(tokens)
 
     @property
