@@ -610,3 +610,27 @@ async def test_n_beyond_the_slots_is_refused_before_queueing(engine: LlamaEngine
         engine.generate(GenerationRequest("n", [1, 2], GREEDY, n=5))
     with pytest.raises(InvalidRequestError, match="n must be between 1 and 4"):
         engine.generate(GenerationRequest("n", [1, 2], GREEDY, n=0))
+
+
+async def test_greedy_output_with_flash_attention_is_identical_alone_and_among_7_others() -> None:
+    """The condition for turning flash attention on by default (llama-server's CPU default)."""
+    eng = LlamaEngine(
+        EngineConfig(model_path=MODEL, n_slots=8, n_ctx=512, max_queue=8, flash_attn=True)
+    )
+    try:
+        target = chat(eng, "Tell me a short story about a robot who learns to paint.")
+        params = SamplingParams(max_tokens=48, temperature=0.0)
+        alone = await run(eng, target, params)
+        eng.reset_prefix_cache()
+        others = [
+            asyncio.ensure_future(
+                run(eng, chat(eng, p), SamplingParams(max_tokens=40, temperature=0.0))
+            )
+            for p in PROMPTS[:7]
+        ]
+        await asyncio.sleep(0.3)  # the target joins while the others are mid-generation
+        crowded = await run(eng, target, params)
+        await asyncio.gather(*others)
+    finally:
+        eng.close()
+    assert crowded.tokens == alone.tokens
