@@ -150,8 +150,10 @@ async def test_16_concurrent_streams_over_4_slots_all_complete_in_fifo_order(
     assert [r.finish.finish_reason for r in done] == ["length"] * 16
     assert all(r.finish.usage.completion_tokens == 12 for r in done)
     admitted_at = [r.submitted_at + r.finish.timings.queue_ms / 1000 for r in done]
-    # 1 ms slack: the test's and the engine's submission clocks differ by microseconds
-    in_order = all(later >= earlier - 0.001 for earlier, later in itertools.pairwise(admitted_at))
+    # Requests admitted in one step share one engine timestamp; what differs between them is only
+    # the gap between the test's clock read and the engine's at submission (over 1 ms on a loaded
+    # machine). Steps here are far more than 50 ms apart, so 50 ms slack still checks the order.
+    in_order = all(later >= earlier - 0.05 for earlier, later in itertools.pairwise(admitted_at))
     assert in_order, f"admission must follow submission order: {admitted_at}"
     waits = [r.finish.timings.queue_ms for r in done]
     assert max(waits[:4]) < min(waits[4:]), "the first 4 start at once, the rest wait their turn"
