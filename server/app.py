@@ -19,6 +19,8 @@ from server.api.feedback import api_router as feedback_router
 from server.api.middleware import RequestContextMiddleware
 from server.api.openai import api_router as openai_router
 from server.api.openapi import install_openapi
+from server.api.responses import api_router as responses_router
+from server.api.tokenize import api_router as tokenize_router
 from server.api.ui import api_router as ui_router
 from server.observability.logging import configure_logging
 from server.runtime.drift import run_drift
@@ -90,6 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ask_router.attach_router(app)
     feedback_router.attach_router(app)
     admin.attach_router(app)
+    tokenize_router.attach_router(app)
+    responses_router.attach_router(app)
     if settings.ui:
         ui_router.attach_router(app)
     return app

@@ -81,7 +81,11 @@ class Settings(BaseSettings):
     )
     n_threads_batch: int = Field(0, ge=0, description="Prompt threads; 0 = same as n_threads.")
     n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1 = all.")
-    flash_attn: bool = Field(False, description="Use flash attention where the backend has it.")
+    flash_attn: bool = Field(
+        True,
+        description="Use flash attention where the backend has it (greedy output stays "
+        "batch-invariant with it: tests/integration/test_engine.py).",
+    )
     kv_cache_type: KVCacheType = Field(
         "f16", description="KV cache element type; q8_0/q4_0 turn flash attention on."
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from server.engine.types import (
     ContextLengthExceededError,
@@ -37,18 +38,31 @@ class FakeEngine:
     def n_ctx_per_slot(self) -> int:
         return self.n_ctx
 
-    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+    @property
+    def n_vocab(self) -> int:
+        return 1000
+
+    @property
+    def template_source(self) -> str:
+        return "{{ messages }}"
+
+    def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
         return [len(word) for word in text.split()] or [0]
+
+    def token_piece(self, token: int) -> bytes:
+        return b"x" * token
 
     def detokenize(self, tokens: list[int]) -> str:
         return " ".join("x" * t for t in tokens)
 
     def apply_chat_template(
-        self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True
+        self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True
     ) -> str:
         return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
 
-    def chat_prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
+    def chat_prompt_tokens(self, messages: list[dict[str, Any]], **template_vars: Any) -> list[int]:
         return self.tokenize(self.apply_chat_template(messages))
 
     def model_info(self) -> dict[str, object]:

@@ -86,7 +86,7 @@ class RagAgent:
                     if event.text:
                         parts.append(event.text)
                         yield Delta(event.text)
-                else:
+                elif isinstance(event, FinishEvent):
                     finish = event
         if finish is None:
             raise AgentError("generation ended without a finish event")

@@ -25,10 +25,12 @@ from server.engine.types import (
     FinishEvent,
     GenerationRequest,
     InvalidRequestError,
+    PromptLogprobsEvent,
     QueueFullError,
     SamplingParams,
     Timings,
     TokenEvent,
+    TokenLogprob,
     Usage,
 )
 from server.feedback.records import Interaction, ModelVersion
@@ -80,6 +82,15 @@ class RequestContext:
 @dataclass(frozen=True)
 class TextDelta:
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens behind ``text``, when asked for
+
+
+@dataclass(frozen=True)
+class PromptScores:
+    """Logprobs of prompt tokens ``start ..`` (prompt scoring, before any delta)."""
+
+    start: int
+    entries: tuple[TokenLogprob, ...]
 
 
 @dataclass(frozen=True)
@@ -98,7 +109,17 @@ class Completed:
         return (self.usage.completion_tokens - 1) / (self.timings.decode_ms / 1000)
 
 
-GenerationItem = TextDelta | Completed
+GenerationItem = TextDelta | PromptScores | Completed
+
+
+@dataclass(frozen=True)
+class Collected:
+    """A whole generation: its text, the logprobs of its tokens and of the prompt."""
+
+    text: str
+    logprobs: list[TokenLogprob]
+    prompt_logprobs: list[TokenLogprob]  # for prompt tokens 1.. (token 0 has none)
+    done: Completed
 
 
 class GenerationService:
@@ -154,20 +175,55 @@ class GenerationService:
         """Tokens one request may use: prompt plus completion."""
         return self._engine.n_ctx_per_slot
 
-    def chat_prompt(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
-        """Prompt tokens of a chat: the model's own template, then its tokenizer."""
-        return self._engine.chat_prompt_tokens([dict(m) for m in messages])
+    def chat_prompt(self, messages: Sequence[Mapping[str, Any]], **template_vars: Any) -> list[int]:
+        """Prompt tokens of a chat: the model's own template, then its tokenizer.
+
+        ``template_vars`` are extra template variables, e.g. ``tools``.
+        """
+        return self._engine.chat_prompt_tokens([dict(m) for m in messages], **template_vars)
+
+    @property
+    def template_source(self) -> str:
+        """The chat template in use (whether it renders tools itself decides how tools go in)."""
+        return self._engine.template_source
+
+    @property
+    def n_vocab(self) -> int:
+        """Token ids run 0 .. n_vocab - 1."""
+        return self._engine.n_vocab
+
+    def token_piece(self, token: int) -> bytes:
+        """The bytes of one token id (range-checked by the engine)."""
+        return self._engine.token_piece(token)
 
     def count_chat_tokens(self, messages: Sequence[Mapping[str, str]]) -> int:
         """How many prompt tokens ``messages`` take."""
         return len(self.chat_prompt(messages))
 
-    def tokenize(self, text: str) -> list[int]:
-        """Text → token ids, with the model's BOS when it uses one."""
-        return self._engine.tokenize(text, add_special=True)
+    def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
+        """Text → token ids, with the model's BOS when it uses one (and ``add_special``)."""
+        return self._engine.tokenize(text, add_special=add_special, parse_special=parse_special)
 
-    def detokenize(self, tokens: list[int]) -> str:
-        """Token ids → text."""
+    def check_token_ids(self, tokens: Sequence[int], param: str) -> None:
+        """400 naming ``param[i]`` unless every id is in the vocabulary.
+
+        Runs before any native call: llama.cpp throws a C++ exception on an unknown id, and
+        one through ctypes ends the process.
+        """
+        n_vocab = self._engine.n_vocab
+        for index, token in enumerate(tokens):
+            if not 0 <= token < n_vocab:
+                raise BadRequestError(
+                    f"token id {token} is out of range: this model's ids are 0..{n_vocab - 1}.",
+                    code="invalid_value",
+                    param=f"{param}[{index}]",
+                )
+
+    def detokenize(self, tokens: list[int], *, param: str = "tokens") -> str:
+        """Token ids → text; ids are range-checked first (400 naming ``param``)."""
+        self.check_token_ids(tokens, param)
         return self._engine.detokenize(tokens)
 
     def resolve_max_tokens(self, requested: int | None, prompt_tokens: int) -> int:
@@ -237,8 +293,12 @@ class GenerationService:
         text_so_far: list[str] = []
         completion_tokens = 0
         try:
-            event: TokenEvent | FinishEvent | None = first
+            event: TokenEvent | PromptLogprobsEvent | FinishEvent | None = first
             while event is not None:
+                if isinstance(event, PromptLogprobsEvent):
+                    yield PromptScores(event.start, event.entries)
+                    event = await anext(events, None)
+                    continue
                 if isinstance(event, FinishEvent):
                     if event.finish_reason == "error":
                         if self._drain is not None and self._drain.deadline_passed:
@@ -266,7 +326,9 @@ class GenerationService:
                         self._capture(ctx, params, "".join(text_so_far[:-1]), done)
                         yield done
                         return
-                    yield TextDelta(event.text)
+                if event.text or event.logprob is not None:
+                    logprobs = () if event.logprob is None else (event.logprob,)
+                    yield TextDelta(event.text, logprobs)
                 event = await anext(events, None)
         finally:
             await events.aclose()
@@ -398,13 +460,24 @@ async def until_disconnected(request: Request, work: Awaitable[T], poll_s: float
 
 async def collect(items: AsyncIterator[GenerationItem]) -> tuple[str, Completed]:
     """Drain a generation into its full text and final ``Completed``."""
+    whole = await collect_all(items)
+    return whole.text, whole.done
+
+
+async def collect_all(items: AsyncIterator[GenerationItem]) -> Collected:
+    """Drain a generation into its text, logprobs and final ``Completed``."""
     parts: list[str] = []
+    logprobs: list[TokenLogprob] = []
+    prompt: list[TokenLogprob] = []
     final: Completed | None = None
     async for item in items:
         if isinstance(item, TextDelta):
             parts.append(item.text)
+            logprobs.extend(item.logprobs)
+        elif isinstance(item, PromptScores):
+            prompt.extend(item.entries)
         else:
             final = item
     if final is None:  # the engine always ends with a FinishEvent; this is a bug guard
         raise RuntimeError("generation ended without a finish event")
-    return "".join(parts), final
+    return Collected("".join(parts), logprobs, prompt, final)

@@ -213,10 +213,14 @@ def check_sampling(params: SamplingParams, n_vocab: int) -> None:
         raise InvalidRequestError("top_p must be in (0, 1], got 0.", param="top_p")
     if params.repeat_penalty == 0.0:
         raise InvalidRequestError("repeat_penalty must be > 0, got 0.", param="repeat_penalty")
-    if not 1 <= params.max_tokens <= INT32_MAX:
+    least = 0 if params.prompt_logprobs is not None else 1  # scoring may generate nothing
+    if not least <= params.max_tokens <= INT32_MAX:
         raise InvalidRequestError(
-            f"max_tokens must be >= 1, got {params.max_tokens}.", param="max_tokens"
+            f"max_tokens must be >= {least}, got {params.max_tokens}.", param="max_tokens"
         )
+    for name, count in (("logprobs", params.logprobs), ("prompt_logprobs", params.prompt_logprobs)):
+        if count is not None:
+            check_n_probs(count, n_vocab, name)
     if not 0 <= params.top_k <= INT32_MAX:
         raise InvalidRequestError(
             f"top_k must be >= 0 (0 = off), got {params.top_k}.", param="top_k"

@@ -35,10 +35,14 @@ class Slot:
 
 @dataclass(frozen=True)
 class DecodeResult:
-    """``status`` of ``llama_decode`` and, per sequence key, the batch row to sample from."""
+    """``status`` of ``llama_decode`` and, per sequence key, the batch row to sample from.
+
+    ``score_rows``: per scoring sequence, the batch row of its chunk's first token.
+    """
 
     status: int
     sample_rows: dict[int, int]
+    score_rows: dict[int, int] = field(default_factory=dict)
 
 
 class StepExecutor:
@@ -85,6 +89,7 @@ class StepExecutor:
         """
         batch = self._batch
         rows: dict[int, int] = {}
+        score_rows: dict[int, int] = {}
         n = 0
         if plan.n_tokens > self._capacity:
             raise ValueError(f"plan has {plan.n_tokens} tokens, the batch holds {self._capacity}")
@@ -94,8 +99,10 @@ class StepExecutor:
             n += 1
         for chunk in plan.chunks:
             tokens = prompt_of(chunk.key)
+            if chunk.all_logits:
+                score_rows[chunk.key] = n
             for pos in range(chunk.start, chunk.end):
-                _put(batch, n, tokens[pos], pos, chunk.seq_id, False)
+                _put(batch, n, tokens[pos], pos, chunk.seq_id, chunk.all_logits)
                 n += 1
             if chunk.completes:
                 batch.logits[n - 1] = True
@@ -112,7 +119,7 @@ class StepExecutor:
             self._slots[chunk.seq_id].cached_tokens.extend(
                 prompt_of(chunk.key)[chunk.start : chunk.end]
             )
-        return DecodeResult(status, rows)
+        return DecodeResult(status, rows, score_rows)
 
     def close(self) -> None:
         """Free the batch (idempotent)."""

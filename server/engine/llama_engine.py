@@ -34,6 +34,12 @@ from server.engine.config import EngineConfig, check_batch_holds_slots
 from server.engine.detokenizer import IncrementalDetokenizer
 from server.engine.executor import Slot, StepExecutor
 from server.engine.histogram import INTER_TOKEN_BOUNDS, TTFT_BOUNDS, LatencyHistogram
+from server.engine.logprobs import (
+    PROMPT_LOGPROB_CHUNK,
+    logits_row,
+    prompt_logprobs,
+    token_logprob,
+)
 from server.engine.model import LoadedModel, ModelInfo
 from server.engine.outbox import Outbox
 from server.engine.planner import Phase, PlanState, StepPlan, plan
@@ -50,6 +56,7 @@ from server.engine.types import (
     FinishReason,
     GenerationRequest,
     InvalidRequestError,
+    PromptLogprobsEvent,
     QueueFullError,
     SamplingParams,
     Timings,
@@ -104,6 +111,10 @@ class _Generation:
     @property
     def seq_id(self) -> int | None:
         return self.slot.seq_id if self.slot is not None else None
+
+    @property
+    def scores_prompt(self) -> bool:
+        return self.request.params.prompt_logprobs is not None
 
     @property
     def cached(self) -> int:
@@ -252,24 +263,60 @@ class LlamaEngine:
         return self._model.tokenize(text, add_special=add_special, parse_special=parse_special)
 
     def detokenize(self, tokens: list[int]) -> str:
-        """Token ids → text (thread-safe); control tokens render as ''."""
+        """Token ids → text (thread-safe); control tokens render as ''. Ids are range-checked
+        at the boundary (``boundary.check_token_ids``) before any native call."""
         return self._model.detokenize(tokens)
 
+    @property
+    def n_vocab(self) -> int:
+        """Number of token ids: valid ids are 0 .. n_vocab - 1."""
+        return self._model.n_vocab
+
+    def token_piece(self, token: int) -> bytes:
+        """The raw bytes of one token (maybe part of a UTF-8 character; control tokens as their
+        text, e.g. ``<|im_end|>``); ids are range-checked."""
+        if not 0 <= token < self._model.n_vocab:
+            raise InvalidRequestError(
+                f"token id {token} is out of range: this model's ids are "
+                f"0..{self._model.n_vocab - 1}."
+            )
+        return self._model.token_to_piece(token, special=True)
+
+    @property
+    def template_source(self) -> str:
+        """The Jinja source of the chat template in use (ChatML when the GGUF has none)."""
+        return self._template.source
+
     def apply_chat_template(
-        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        **template_vars: Any,
     ) -> str:
-        """Render ``messages`` with the model's own chat template (ChatML if it has none)."""
-        return self._template.render(messages, add_generation_prompt=add_generation_prompt)
+        """Render ``messages`` with the model's own chat template (ChatML if it has none).
+
+        ``template_vars`` are extra template variables, e.g. ``tools``.
+        """
+        return self._template.render(
+            messages, add_generation_prompt=add_generation_prompt, **template_vars
+        )
 
     def chat_prompt_tokens(
-        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        **template_vars: Any,
     ) -> list[int]:
         """Template and tokenize ``messages``: the prompt tokens for a chat request.
 
         The BOS token is added only when the template did not already write it, so models whose
         template starts with ``{{ bos_token }}`` do not get two.
         """
-        text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        text = self.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, **template_vars
+        )
         bos = self._template.bos_token
         return self.tokenize(text, add_special=not (bos and text.startswith(bos)))
 
@@ -444,6 +491,7 @@ class LlamaEngine:
                         waiting=self._queue.snapshot() if self._queue.waiting else (),
                         batch_capacity=self._model.n_batch,
                         min_copy_tokens=self.config.prefix_copy_min_tokens,
+                        score_chunk=PROMPT_LOGPROB_CHUNK,
                     )
                 )
                 if step.is_empty:
@@ -515,6 +563,8 @@ class LlamaEngine:
         if result.status != 0:
             self._fail_active(f"llama_decode failed with status {result.status}")
             return
+        for key, row in result.score_rows.items():
+            self._send_prompt_logprobs(running[key], row, step)
         for chunk in step.chunks:
             generation = running[chunk.key]
             generation.prompt_pos = chunk.end
@@ -536,8 +586,24 @@ class LlamaEngine:
         else:
             c.prefix_misses += 1
 
+    def _send_prompt_logprobs(self, generation: _Generation, row: int, step: StepPlan) -> None:
+        """Logprobs of the prompt tokens this step's chunk of ``generation`` predicts."""
+        chunk = next(c for c in step.chunks if c.key == generation.key)
+        targets = generation.prompt[chunk.start + 1 : chunk.end + 1]  # row i predicts start+i+1
+        n_top = generation.params.prompt_logprobs or 0
+        entries = prompt_logprobs(self._model.ctx, self._model.n_vocab, row, targets, n_top)
+        generation.sink(PromptLogprobsEvent(chunk.start + 1, tuple(entries)))
+
     def _sample(self, generation: _Generation, row: int) -> None:
+        params = generation.params
+        if params.max_tokens == 0:  # prompt scoring only
+            self._finish(generation, "length")
+            return
         token = generation.sampler.sample(self._model.ctx, row)
+        logprob = None
+        if params.logprobs is not None:
+            logits = logits_row(self._model.ctx, row, self._model.n_vocab)
+            logprob = token_logprob(logits, token, params.logprobs)
         now = time.perf_counter()
         if generation.first_token_at is None:
             generation.first_token_at = now
@@ -546,7 +612,6 @@ class LlamaEngine:
         else:
             self._counters.inter_token.observe(now - generation.last_token_at)
         generation.last_token_at = now
-        params = generation.params
         if self._model.is_eog(token) and not params.ignore_eos:
             self._emit(generation, self._flush_text(generation), token)
             self._finish(generation, "stop")
@@ -557,14 +622,15 @@ class LlamaEngine:
         check = generation.stops.feed(text)
         index = generation.index
         if check.stopped:
-            generation.sink(TokenEvent(check.text, token, index))
+            generation.sink(TokenEvent(check.text, token, index, logprob))
             self._finish(generation, "stop")
             return
         if len(generation.generated) >= params.max_tokens:
-            generation.sink(TokenEvent(check.text + self._flush_text(generation), token, index))
+            text = check.text + self._flush_text(generation)
+            generation.sink(TokenEvent(text, token, index, logprob))
             self._finish(generation, "length")
             return
-        generation.sink(TokenEvent(check.text, token, index))
+        generation.sink(TokenEvent(check.text, token, index, logprob))
         generation.next_token = token
 
     def _flush_text(self, generation: _Generation) -> str:

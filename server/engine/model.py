@@ -241,14 +241,15 @@ class LoadedModel:
             )
         return list(tokens[:n])
 
-    def token_to_piece(self, token: int) -> bytes:
-        """The raw bytes of one token (possibly part of a UTF-8 character); control tokens → b''."""
+    def token_to_piece(self, token: int, *, special: bool = False) -> bytes:
+        """The raw bytes of one token (possibly part of a UTF-8 character); control tokens → b''
+        unless ``special`` (then their text, e.g. ``<|im_end|>``)."""
         check_token_id(token, self.n_vocab)
         buffer = ctypes.create_string_buffer(64)  # per call: tokenizing threads never share it
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, False)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, special)
         if n < 0:
             buffer = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, False)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, special)
         return buffer.raw[:n]
 
     def detokenize(self, tokens: list[int]) -> str:

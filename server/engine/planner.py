@@ -70,6 +70,9 @@ class SequenceView(Protocol):
     @property
     def next_token(self) -> int | None: ...  # DECODING: sampled, not yet in the KV cache
 
+    @property
+    def scores_prompt(self) -> bool: ...  # needs every prompt token's logits (prompt logprobs)
+
 
 @dataclass(frozen=True)
 class PlanState:
@@ -80,6 +83,7 @@ class PlanState:
     waiting: Sequence[SequenceView]  # WAITING, oldest first
     batch_capacity: int  # most tokens one llama_decode may take
     min_copy_tokens: int = 32  # a shorter gain is cheaper to recompute than to copy
+    score_chunk: int = 64  # most prompt tokens per step for a prompt-scoring sequence
 
 
 @dataclass(frozen=True)
@@ -122,13 +126,17 @@ class DecodeToken:
 
 @dataclass(frozen=True)
 class PromptChunk:
-    """Prompt tokens ``[start, end)`` of ``key``; ``completes``: the last one gets logits."""
+    """Prompt tokens ``[start, end)`` of ``key``; ``completes``: the last one gets logits.
+
+    ``all_logits``: every token gets logits (prompt scoring).
+    """
 
     key: int
     seq_id: int
     start: int
     end: int
     completes: bool
+    all_logits: bool = False
 
 
 @dataclass(frozen=True)
@@ -212,7 +220,8 @@ def _admit(state: PlanState, caches: dict[int, _Cache]) -> tuple[list[Admission]
             free,
             key=lambda c: (usable_prefix(seq.prompt, c.view()), -c.slot.last_used),
         )
-        keep = usable_prefix(seq.prompt, best.view())
+        # A scoring sequence evaluates its whole prompt: cached tokens have no logits.
+        keep = 0 if seq.scores_prompt else usable_prefix(seq.prompt, best.view())
         best.occupied = True
         best.length = keep
         admissions.append(Admission(seq.key, best.slot.seq_id, keep))
@@ -276,6 +285,9 @@ def plan(state: PlanState) -> StepPlan:
     ready: list[_Progress] = []
     for progress in prefilling:
         seq, own = progress.seq, progress.seq_id
+        if seq.scores_prompt:  # no copies, no waiting: every prompt token must be evaluated
+            ready.append(progress)
+            continue
         src, available = _best_source(seq, own, caches)
         leader, shared = _leader(progress, prefilling)
         gain_now = available - progress.prompt_pos
@@ -298,12 +310,21 @@ def plan(state: PlanState) -> StepPlan:
         if room <= 0:
             break
         prompt = progress.seq.prompt
-        end = min(len(prompt), progress.prompt_pos + room)
+        scores = progress.seq.scores_prompt
+        # Scoring materializes logits for every token: a bounded chunk bounds that memory.
+        end = min(
+            len(prompt), progress.prompt_pos + (min(room, state.score_chunk) if scores else room)
+        )
         if end <= progress.prompt_pos:
             continue
         chunks.append(
             PromptChunk(
-                progress.seq.key, progress.seq_id, progress.prompt_pos, end, end == len(prompt)
+                progress.seq.key,
+                progress.seq_id,
+                progress.prompt_pos,
+                end,
+                end == len(prompt),
+                all_logits=scores,
             )
         )
         room -= end - progress.prompt_pos

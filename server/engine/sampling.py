@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import math
 import random
+import re
 from typing import Any
 
 import llama_cpp
@@ -24,7 +25,7 @@ import numpy as np
 
 from server.engine import llama_log
 from server.engine.boundary import check_sampling
-from server.engine.types import InvalidRequestError, SamplingParams
+from server.engine.types import GrammarTrigger, InvalidRequestError, SamplingParams
 
 # Mirrors llama_token_data {int32 id; float logit; float p;} for a numpy view of the candidates.
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
@@ -45,6 +46,8 @@ class SamplerChain:
         chain_params.no_perf = True
         self._chain: Any = llama_cpp.llama_sampler_chain_init(chain_params)
         self._grammar: Any = None
+        self._lazy: LazyTriggerGuard | None = None
+        self._vocab = vocab
         self._n_vocab = n_vocab
         self._eog = -1
         self.grammar_dead_end = False  # the grammar admitted no token; generation was ended
@@ -80,9 +83,7 @@ class SamplerChain:
             )
         if params.grammar:
             llama_log.clear_problems()
-            grammar = llama_cpp.llama_sampler_init_grammar(
-                vocab, params.grammar.encode("utf-8"), b"root"
-            )
+            grammar = self._init_grammar(vocab, params.grammar, params.grammar_trigger)
             if not grammar:
                 problems = llama_log.recent_problems()
                 detail = f": {problems[-1]}" if problems else ""
@@ -105,6 +106,16 @@ class SamplerChain:
         self._add(llama_cpp.llama_sampler_init_temp(params.temperature))
         self._add(llama_cpp.llama_sampler_init_dist(self._seed & 0xFFFFFFFF))
 
+    def _init_grammar(self, vocab: Any, grammar: str, trigger: GrammarTrigger | None) -> Any:
+        if trigger is None:
+            return llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
+        self._lazy = LazyTriggerGuard(trigger)
+        pattern = r"[\s\S]*?(" + re.escape(trigger.marker) + r")[\s\S]*"
+        patterns = (ctypes.c_char_p * 1)(pattern.encode("utf-8"))
+        return llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+            vocab, grammar.encode("utf-8"), b"root", patterns, 1, None, 0
+        )
+
     def sample(self, ctx: int, batch_index: int) -> int:
         """Sample (and accept) the next token from the logits at ``batch_index``."""
         if self._grammar is None:
@@ -124,6 +135,13 @@ class SamplerChain:
                 # this generation with end-of-generation instead.
                 self.grammar_dead_end = True
                 return self._eog
+        if self._lazy is not None and not self._lazy.accepts(_piece(self._vocab, token)):
+            # The marker came with text the grammar would reject: llama.cpp would abort on
+            # it, so the rest of this output goes unconstrained (and parses as text).
+            llama_cpp.llama_sampler_free(self._grammar)
+            self._grammar, self._lazy = None, None
+            llama_cpp.llama_sampler_accept(self._chain, token)
+            return token
         llama_cpp.llama_sampler_accept(self._grammar, token)
         llama_cpp.llama_sampler_accept(self._chain, token)
         return token
@@ -158,3 +176,42 @@ class SamplerChain:
         if self._grammar:
             llama_cpp.llama_sampler_free(self._grammar)
             self._grammar = None
+
+
+def _piece(vocab: Any, token: int) -> bytes:
+    """The token's text as llama.cpp's grammar sees it (control tokens spelled out)."""
+    buffer = ctypes.create_string_buffer(64)
+    n = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, True)
+    if n < 0:
+        buffer = ctypes.create_string_buffer(-n)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, True)
+    return buffer.raw[: max(n, 0)]
+
+
+class LazyTriggerGuard:
+    """Follows the output until a lazy grammar's marker appears, and vets the text after it.
+
+    llama.cpp feeds the grammar the text from the marker on when it triggers, and aborts the
+    process if the grammar rejects it; this checks that text against the grammar's fixed
+    openings first. After the trigger it accepts everything (the grammar itself constrains).
+    """
+
+    def __init__(self, trigger: GrammarTrigger) -> None:
+        self._marker = trigger.marker.encode("utf-8")
+        self._heads = [head.encode("utf-8") for head in trigger.heads]
+        self._seen = b""
+        self.triggered = False
+
+    def accepts(self, piece: bytes) -> bool:
+        """Whether the grammar may be given the token whose bytes are ``piece``."""
+        if self.triggered:
+            return True
+        # Only the tail can hold a marker that was not there before this piece.
+        since = max(0, len(self._seen) - len(self._marker) + 1)
+        self._seen += piece
+        start = self._seen.find(self._marker, since)
+        if start < 0:
+            return True
+        self.triggered = True
+        constrained = self._seen[start:]
+        return any(head.startswith(constrained) for head in self._heads)

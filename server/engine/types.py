@@ -6,10 +6,23 @@ Nothing here knows about HTTP or llama.cpp; the HTTP layer and the tests speak o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length", "cancelled", "timeout", "error"]
 LoadState = Literal["loading", "ready", "failed"]
+
+
+@dataclass(frozen=True)
+class GrammarTrigger:
+    """A lazy grammar: output is free until it contains ``marker``, then the grammar applies.
+
+    The grammar must match the text from ``marker`` on; ``heads`` are its fixed openings (each
+    starting with ``marker``), used to check the token that completes the marker before the
+    grammar sees it (llama.cpp aborts on a trigger text its grammar rejects).
+    """
+
+    marker: str
+    heads: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -29,6 +42,10 @@ class SamplingParams:
     grammar: str | None = None  # GBNF text, e.g. from a JSON schema
     logit_bias: tuple[tuple[int, float], ...] = ()
     ignore_eos: bool = False
+    grammar_trigger: GrammarTrigger | None = None  # makes ``grammar`` lazy
+    logprobs: int | None = None  # None: off; k: each sampled token's logprob and the top k
+    # None: off; k: logprobs of the prompt tokens (and their top k). Allows max_tokens == 0.
+    prompt_logprobs: int | None = None
 
 
 @dataclass
@@ -45,12 +62,30 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log-probability under the model's raw logits, and the top alternatives."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, logprob), most likely first
+
+
+@dataclass(frozen=True)
 class TokenEvent:
     """New text for the client. ``text`` may be empty while a UTF-8 sequence is incomplete."""
 
     text: str
     token_id: int
     index: int = 0  # the choice it belongs to (0 unless the request asked for n > 1)
+    logprob: TokenLogprob | None = None  # when the request asked for logprobs
+
+
+@dataclass(frozen=True)
+class PromptLogprobsEvent:
+    """Logprobs of prompt tokens ``start .. start + len(entries) - 1`` (token 0 has none)."""
+
+    start: int
+    entries: tuple[TokenLogprob, ...]
 
 
 @dataclass(frozen=True)
@@ -88,7 +123,7 @@ class FinishEvent:
     index: int = 0  # the choice it finishes
 
 
-EngineEvent = TokenEvent | FinishEvent
+EngineEvent = TokenEvent | PromptLogprobsEvent | FinishEvent
 
 
 class EngineError(Exception):
@@ -184,16 +219,33 @@ class Engine(Protocol):
     @property
     def n_ctx_per_slot(self) -> int: ...
 
-    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]: ...
+    @property
+    def n_vocab(self) -> int:
+        """Token ids run 0 .. n_vocab - 1."""
+        ...
+
+    @property
+    def template_source(self) -> str:
+        """The Jinja chat template in use (to see whether it renders tools itself)."""
+        ...
+
+    def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]: ...
 
     def detokenize(self, tokens: list[int]) -> str: ...
 
+    def token_piece(self, token: int) -> bytes:
+        """The raw bytes of one (range-checked) token."""
+        ...
+
     def apply_chat_template(
-        self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True
+        self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True
     ) -> str: ...
 
-    def chat_prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
-        """Template and tokenize a chat (BOS added only if the template did not write it)."""
+    def chat_prompt_tokens(self, messages: list[dict[str, Any]], **template_vars: Any) -> list[int]:
+        """Template and tokenize a chat (BOS added only if the template did not write it);
+        ``template_vars`` are extra template variables such as ``tools``."""
         ...
 
     def generate(self, request: GenerationRequest) -> EventStream:

@@ -150,8 +150,10 @@ async def test_16_concurrent_streams_over_4_slots_all_complete_in_fifo_order(
     assert [r.finish.finish_reason for r in done] == ["length"] * 16
     assert all(r.finish.usage.completion_tokens == 12 for r in done)
     admitted_at = [r.submitted_at + r.finish.timings.queue_ms / 1000 for r in done]
-    # 1 ms slack: the test's and the engine's submission clocks differ by microseconds
-    in_order = all(later >= earlier - 0.001 for earlier, later in itertools.pairwise(admitted_at))
+    # Requests admitted in one step share one engine timestamp; what differs between them is only
+    # the gap between the test's clock read and the engine's at submission (over 1 ms on a loaded
+    # machine). Steps here are far more than 50 ms apart, so 50 ms slack still checks the order.
+    in_order = all(later >= earlier - 0.05 for earlier, later in itertools.pairwise(admitted_at))
     assert in_order, f"admission must follow submission order: {admitted_at}"
     waits = [r.finish.timings.queue_ms for r in done]
     assert max(waits[:4]) < min(waits[4:]), "the first 4 start at once, the rest wait their turn"
@@ -610,3 +612,27 @@ async def test_n_beyond_the_slots_is_refused_before_queueing(engine: LlamaEngine
         engine.generate(GenerationRequest("n", [1, 2], GREEDY, n=5))
     with pytest.raises(InvalidRequestError, match="n must be between 1 and 4"):
         engine.generate(GenerationRequest("n", [1, 2], GREEDY, n=0))
+
+
+async def test_greedy_output_with_flash_attention_is_identical_alone_and_among_7_others() -> None:
+    """The condition for turning flash attention on by default (llama-server's CPU default)."""
+    eng = LlamaEngine(
+        EngineConfig(model_path=MODEL, n_slots=8, n_ctx=512, max_queue=8, flash_attn=True)
+    )
+    try:
+        target = chat(eng, "Tell me a short story about a robot who learns to paint.")
+        params = SamplingParams(max_tokens=48, temperature=0.0)
+        alone = await run(eng, target, params)
+        eng.reset_prefix_cache()
+        others = [
+            asyncio.ensure_future(
+                run(eng, chat(eng, p), SamplingParams(max_tokens=40, temperature=0.0))
+            )
+            for p in PROMPTS[:7]
+        ]
+        await asyncio.sleep(0.3)  # the target joins while the others are mid-generation
+        crowded = await run(eng, target, params)
+        await asyncio.gather(*others)
+    finally:
+        eng.close()
+    assert crowded.tokens == alone.tokens

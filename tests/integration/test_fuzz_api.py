@@ -147,7 +147,9 @@ def test_token_id_prompts_are_200_exactly_when_every_id_is_in_the_vocabulary(
         valid = bool(prompt) and all(0 <= t < N_VOCAB for t in prompt)
         assert response.status_code == (200 if valid else 400), response.text
         if not valid:
-            assert response.json()["error"]["param"] == "prompt"
+            bad = next((i for i, t in enumerate(prompt) if not 0 <= t < N_VOCAB), None)
+            expected = "prompt" if bad is None else f"prompt[{bad}]"
+            assert response.json()["error"]["param"] == expected
 
     run()
 

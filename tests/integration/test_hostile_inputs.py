@@ -48,7 +48,8 @@ def test_token_ids_outside_the_vocabulary_are_400_and_the_server_lives(
         headers=server.headers,
         timeout=60,
     )
-    _assert_400_naming(response, "prompt")
+    bad = next(i for i, token in enumerate(prompt) if not 0 <= token < N_VOCAB)
+    _assert_400_naming(response, f"prompt[{bad}]")
     _assert_still_serving(server)
 
 

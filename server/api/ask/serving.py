@@ -40,6 +40,7 @@ from server.api.ask.protocol import AskRequest, AskResponse, AskTimings, AskUsag
 from server.api.errors import BadRequestError, ServiceUnavailableError
 from server.api.generation import (
     CaptureDraft,
+    Completed,
     GenerationService,
     RequestContext,
     TextDelta,
@@ -306,7 +307,7 @@ def _generation_chat(
             async for item in items:
                 if isinstance(item, TextDelta):
                     yield TokenEvent(item.text, -1)
-                else:
+                elif isinstance(item, Completed):
                     # "content_filter" is not an engine reason; the answer passes it through.
                     reason = cast(FinishReason, item.finish_reason)
                     yield FinishEvent(reason, item.usage, item.timings)

@@ -10,7 +10,8 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -24,11 +25,14 @@ from server.api.generation import (
     Completed,
     GenerationItem,
     GenerationService,
+    PromptScores,
     RequestContext,
     TextDelta,
-    collect,
+    collect_all,
     until_disconnected,
 )
+from server.api.openai.chat_request import prepare_chat, sampling_params
+from server.api.openai.logprobs import PieceOf, chat_logprobs, completion_logprobs
 from server.api.openai.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -37,21 +41,35 @@ from server.api.openai.protocol import (
     ChatCompletionResponse,
     ChatDelta,
     ChatResponseMessage,
+    ChoiceLogprobs,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
+    DeltaFunctionCall,
+    DeltaToolCall,
     EmbeddingData,
     EmbeddingRequest,
     EmbeddingResponse,
     EmbeddingUsage,
+    FunctionCall,
     ModelCard,
     ModelList,
     PromptTokensDetails,
     SamplingFields,
+    ToolCallOut,
     UsageInfo,
 )
 from server.api.streaming import Frame, open_stream
-from server.engine.types import SamplingParams
+from server.engine.tools import ToolCall
+from server.engine.tools.parser import (
+    CallStart,
+    ContentDelta,
+    StreamItem,
+    ToolCallStream,
+    parse_output,
+)
+from server.engine.types import TokenLogprob
 from server.rag.embedder import Embedder
 from server.rag.errors import EmbedderLoadError
 from server.runtime.services import Services
@@ -69,39 +87,6 @@ def usage_info(done: Completed) -> UsageInfo:
     )
 
 
-def _grammar_for(request: ChatCompletionRequest) -> str | None:
-    fmt = request.response_format
-    if fmt is None or fmt.type == "text":
-        return None
-    from server.engine.grammar import json_object_grammar, json_schema_grammar
-
-    if fmt.type == "json_object":
-        return json_object_grammar()
-    if fmt.json_schema is None or fmt.json_schema.schema_ is None:
-        raise BadRequestError(
-            "response_format type 'json_schema' needs json_schema.schema",
-            param="response_format.json_schema",
-        )
-    try:
-        return json_schema_grammar(fmt.json_schema.schema_)
-    except Exception as exc:
-        raise BadRequestError(
-            f"response_format.json_schema.schema cannot be used: {exc}",
-            param="response_format.json_schema.schema",
-        ) from exc
-
-
-def _logit_bias(raw: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
-    if not raw:
-        return ()
-    try:
-        return tuple((int(token), float(bias)) for token, bias in raw.items())
-    except ValueError as exc:
-        raise BadRequestError(
-            "logit_bias keys must be token ids (integers as strings)", param="logit_bias"
-        ) from exc
-
-
 def _reject_unsupported(request: SamplingFields) -> None:
     if request.n != 1:
         raise BadRequestError(
@@ -109,32 +94,6 @@ def _reject_unsupported(request: SamplingFields) -> None:
             code="unsupported_value",
             param="n",
         )
-    if request.logprobs:
-        raise BadRequestError(
-            "logprobs are not supported by this server.",
-            code="unsupported_value",
-            param="logprobs",
-        )
-
-
-def sampling_params(
-    request: SamplingFields, max_tokens: int, grammar: str | None = None
-) -> SamplingParams:
-    """Protocol fields → engine sampling parameters (one mapping for chat and completions)."""
-    return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=request.temperature,
-        top_p=request.top_p,
-        top_k=request.top_k,
-        min_p=request.min_p,
-        repeat_penalty=request.repeat_penalty,
-        presence_penalty=request.presence_penalty,
-        frequency_penalty=request.frequency_penalty,
-        seed=request.seed,
-        stop=request.stop_list(),
-        grammar=grammar,
-        logit_bias=_logit_bias(request.logit_bias),
-    )
 
 
 def _include_usage(request: SamplingFields) -> bool:
@@ -155,40 +114,47 @@ class OpenAIServing:
         http_request: Request,
     ) -> ChatCompletionResponse | EventSourceResponse:
         _reject_unsupported(request)
-        if request.tools:
-            raise BadRequestError(
-                "tools / function calling are not supported by this server.",
-                code="unsupported_value",
-                param="tools",
-            )
-        messages = [
-            {"role": m.role if m.role != "developer" else "system", "content": m.text()}
-            for m in request.messages
-        ]
-        prompt = generation.chat_prompt(messages)
-        max_tokens = generation.resolve_max_tokens(request.requested_max_tokens(), len(prompt))
-        params = sampling_params(request, max_tokens, _grammar_for(request))
-        input_text = "\n".join(m["content"] for m in messages)
-        ctx.capture = CaptureDraft(f"chatcmpl-{ctx.request_id}", messages=messages)
+        chat = prepare_chat(request, generation)
+        ctx.capture = CaptureDraft(f"chatcmpl-{ctx.request_id}", messages=chat.transcript)
         items = observe.generations(
             self.services,
-            observe.last_user_message(messages),
-            generation.stream(ctx, prompt, params, input_text=input_text),
+            observe.last_user_message(chat.transcript),
+            generation.stream(ctx, chat.prompt, chat.params, input_text=chat.input_text),
         )
         model = self.services.model_id
         if request.stream:
-            fmt = ChatChunkFormat(f"chatcmpl-{ctx.request_id}", model, _include_usage(request))
+            fmt = ChatChunkFormat(
+                f"chatcmpl-{ctx.request_id}",
+                model,
+                _include_usage(request),
+                parse_calls=chat.parse_calls,
+                piece_of=generation.token_piece if request.logprobs else None,
+            )
             return await open_stream(http_request, ctx, items, fmt)
-        text, done = await until_disconnected(http_request, collect(items))
+        whole = await until_disconnected(http_request, collect_all(items))
+        done = whole.done
+        content: str | None = whole.text
+        calls: list[ToolCallOut] | None = None
+        if chat.parse_calls and not done.refused:
+            parsed = parse_output(whole.text)
+            if parsed.calls:
+                content = parsed.content or None
+                calls = [tool_call_out(call) for call in parsed.calls]
+        logprobs = None
+        if request.logprobs:
+            logprobs = ChoiceLogprobs(content=chat_logprobs(whole.logprobs, generation.token_piece))
         return ChatCompletionResponse(
             id=f"chatcmpl-{ctx.request_id}",
             model=model,
             choices=[
                 ChatChoice(
                     message=ChatResponseMessage(
-                        content=text, refusal=text if done.refused else None
+                        content=content,
+                        refusal=whole.text if done.refused else None,
+                        tool_calls=calls,
                     ),
-                    finish_reason=done.finish_reason,
+                    finish_reason=tool_finish(done.finish_reason, bool(calls)),
+                    logprobs=logprobs,
                 )
             ],
             usage=usage_info(done),
@@ -206,22 +172,56 @@ class OpenAIServing:
             raise BadRequestError("suffix is not supported.", param="suffix")
         if request.best_of not in (None, 1):
             raise BadRequestError("best_of > 1 is not supported.", param="best_of")
+        if request.max_tokens == 0 and not request.echo:
+            raise BadRequestError(
+                "max_tokens 0 generates nothing: it is only allowed with echo: true (to score "
+                "the prompt with logprobs).",
+                param="max_tokens",
+            )
         prompt_text, prompt = _completion_prompt(generation, request.prompt)
+        model = self.services.model_id
+        scoring = request.echo and request.logprobs is not None
+        if request.max_tokens == 0 and not scoring:  # echo only: nothing to compute
+            return _echo_only(f"cmpl-{ctx.request_id}", model, prompt_text, len(prompt))
         max_tokens = generation.resolve_max_tokens(request.max_tokens, len(prompt))
-        params = sampling_params(request, max_tokens)
+        params = replace(
+            sampling_params(request, max_tokens),
+            logprobs=request.logprobs,
+            prompt_logprobs=request.logprobs if scoring else None,
+        )
         ctx.capture = CaptureDraft(f"cmpl-{ctx.request_id}", prompt=prompt_text)
         items = generation.stream(ctx, prompt, params, input_text=prompt_text)
-        model = self.services.model_id
         echo = prompt_text if request.echo else ""
+        piece_of = generation.token_piece if request.logprobs is not None else None
         if request.stream:
-            fmt = CompletionChunkFormat(f"cmpl-{ctx.request_id}", model, _include_usage(request))
-            return await open_stream(http_request, ctx, _echoed(echo, items), fmt)
-        text, done = await until_disconnected(http_request, collect(items))
+            fmt = CompletionChunkFormat(
+                f"cmpl-{ctx.request_id}",
+                model,
+                _include_usage(request),
+                echo=echo,
+                prompt=prompt,
+                piece_of=piece_of,
+            )
+            return await open_stream(http_request, ctx, items, fmt)
+        whole = await until_disconnected(http_request, collect_all(items))
+        logprobs = None
+        if piece_of is not None:
+            entries: list[TokenLogprob | tuple[int, None]] = []
+            if scoring:
+                entries += [(prompt[0], None), *whole.prompt_logprobs]
+            entries += whole.logprobs
+            logprobs = completion_logprobs(entries, piece_of)
         return CompletionResponse(
             id=f"cmpl-{ctx.request_id}",
             model=model,
-            choices=[CompletionChoice(text=echo + text, finish_reason=done.finish_reason)],
-            usage=usage_info(done),
+            choices=[
+                CompletionChoice(
+                    text=echo + whole.text,
+                    finish_reason=whole.done.finish_reason,
+                    logprobs=logprobs,
+                )
+            ],
+            usage=usage_info(whole.done),
         )
 
     async def embeddings(self, request: EmbeddingRequest, ctx: RequestContext) -> EmbeddingResponse:
@@ -286,7 +286,7 @@ def _completion_prompt(
         raise BadRequestError("prompt must not be empty", param="prompt")
     if all(isinstance(p, int) for p in prompt):
         tokens = [int(p) for p in prompt]
-        return generation.detokenize(tokens), tokens
+        return generation.detokenize(tokens, param="prompt"), tokens
     if len(prompt) != 1:
         raise BadRequestError(
             "a list of several prompts is not supported: send one request per prompt.",
@@ -295,19 +295,14 @@ def _completion_prompt(
     return str(prompt[0]), generation.tokenize(str(prompt[0]))
 
 
-async def _echoed(echo: str, items: AsyncIterator[GenerationItem]) -> AsyncIterator[GenerationItem]:
-    """The echoed prompt as a first delta, then the generation (streaming ``echo: true``)."""
-    first = True
-    try:
-        async for item in items:
-            if first and echo:
-                yield TextDelta(echo)
-            first = False
-            yield item
-    finally:
-        aclose = getattr(items, "aclose", None)
-        if aclose is not None:
-            await aclose()
+def _echo_only(chunk_id: str, model: str, prompt_text: str, n_prompt: int) -> CompletionResponse:
+    """``echo`` with ``max_tokens: 0`` and no logprobs: the prompt back, nothing run."""
+    return CompletionResponse(
+        id=chunk_id,
+        model=model,
+        choices=[CompletionChoice(text=prompt_text, finish_reason="length")],
+        usage=UsageInfo(prompt_tokens=n_prompt, completion_tokens=0, total_tokens=n_prompt),
+    )
 
 
 def _encode_vector(row: np.ndarray, fmt: str) -> list[float] | str:
@@ -344,18 +339,39 @@ class _OpenAIFormat:
 
 
 class ChatChunkFormat(_OpenAIFormat):
-    """``chat.completion.chunk`` frames: role first, content deltas, finish, usage."""
+    """``chat.completion.chunk`` frames: role first, content or tool-call deltas, finish, usage.
 
-    def __init__(self, chunk_id: str, model: str, include_usage: bool) -> None:
+    With ``parse_calls`` the text goes through a ``ToolCallStream``: content deltas until a
+    call marker, then ``delta.tool_calls`` (index, id and name first, then argument fragments).
+    With ``piece_of`` (logprobs asked for) each chunk carries its tokens' logprobs.
+    """
+
+    def __init__(
+        self,
+        chunk_id: str,
+        model: str,
+        include_usage: bool,
+        *,
+        parse_calls: bool = False,
+        piece_of: PieceOf | None = None,
+    ) -> None:
         self.chunk_id, self.model, self.include_usage = chunk_id, model, include_usage
         self.created = int(time.time())
         self._started = False
+        self._calls = ToolCallStream() if parse_calls else None
+        self._piece_of = piece_of
         self._content = _ContentTemplate(self._chunk(ChatDelta(content=_MARKER))["data"])
 
     def _chunk(
-        self, delta: ChatDelta, finish: str | None = None, usage: UsageInfo | None = None
+        self,
+        delta: ChatDelta,
+        finish: str | None = None,
+        usage: UsageInfo | None = None,
+        logprobs: ChoiceLogprobs | None = None,
     ) -> Frame:
-        choices = [] if usage else [ChatChunkChoice(delta=delta, finish_reason=finish)]
+        choices = (
+            [] if usage else [ChatChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)]
+        )
         body = ChatCompletionChunk(
             id=self.chunk_id, created=self.created, model=self.model, choices=choices, usage=usage
         )
@@ -365,32 +381,129 @@ class ChatChunkFormat(_OpenAIFormat):
         if not self._started:
             self._started = True
             yield self._chunk(ChatDelta(role="assistant", content=""))
-        if isinstance(event, TextDelta):
-            yield {"data": self._content.render(event.text)}
+        if isinstance(event, PromptScores):
             return
-        yield self._chunk(ChatDelta(), event.finish_reason)
+        if isinstance(event, TextDelta):
+            if self._calls is None and self._piece_of is None:
+                yield {"data": self._content.render(event.text)}  # the hot path: plain text
+                return
+            logprobs = None
+            if self._piece_of is not None:
+                logprobs = ChoiceLogprobs(content=chat_logprobs(event.logprobs, self._piece_of))
+            deltas = (
+                [ChatDelta(content=event.text)]
+                if self._calls is None
+                else _tool_deltas(self._calls.feed(event.text))
+            )
+            if not deltas and logprobs is not None:  # text held back: logprobs go now anyway
+                deltas = [ChatDelta(content="")]
+            for delta in deltas:
+                yield self._chunk(delta, logprobs=logprobs)
+                logprobs = None  # a delta's logprobs go out once, with its first chunk
+            return
+        has_calls = False
+        if self._calls is not None:
+            for delta in _tool_deltas(self._calls.finish()):
+                yield self._chunk(delta)
+            has_calls = bool(self._calls.calls)
+        yield self._chunk(ChatDelta(), tool_finish(event.finish_reason, has_calls))
         if self.include_usage:
             yield self._chunk(ChatDelta(), usage=usage_info(event))
 
 
-class CompletionChunkFormat(_OpenAIFormat):
-    """``text_completion`` frames: text deltas, finish, usage."""
+def _tool_deltas(items: list[StreamItem]) -> list[ChatDelta]:
+    """Tool-call stream items → chat deltas, OpenAI style."""
+    deltas: list[ChatDelta] = []
+    for item in items:
+        if isinstance(item, ContentDelta):
+            deltas.append(ChatDelta(content=item.text))
+        elif isinstance(item, CallStart):
+            call = DeltaToolCall(
+                index=item.index,
+                id=item.id,
+                type="function",
+                function=DeltaFunctionCall(name=item.name, arguments=""),
+            )
+            deltas.append(ChatDelta(tool_calls=[call]))
+        else:
+            fragment = DeltaFunctionCall(arguments=item.text)
+            deltas.append(
+                ChatDelta(tool_calls=[DeltaToolCall(index=item.index, function=fragment)])
+            )
+    return deltas
 
-    def __init__(self, chunk_id: str, model: str, include_usage: bool) -> None:
+
+def tool_call_out(call: ToolCall) -> ToolCallOut:
+    """A parsed call in the response shape."""
+    return ToolCallOut(id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments))
+
+
+def tool_finish(finish_reason: str, has_calls: bool) -> str:
+    """OpenAI reports ``tool_calls`` when the model stopped after calling."""
+    return "tool_calls" if has_calls and finish_reason == "stop" else finish_reason
+
+
+class CompletionChunkFormat(_OpenAIFormat):
+    """``text_completion`` frames: the echo (with prompt logprobs), text deltas, finish, usage."""
+
+    def __init__(
+        self,
+        chunk_id: str,
+        model: str,
+        include_usage: bool,
+        *,
+        echo: str = "",
+        prompt: list[int] | None = None,
+        piece_of: PieceOf | None = None,
+    ) -> None:
         self.chunk_id, self.model, self.include_usage = chunk_id, model, include_usage
         self.created = int(time.time())
+        self._echo = echo
+        self._prompt = prompt or []
+        self._prompt_scores: list[TokenLogprob] = []
+        self._piece_of = piece_of
+        self._offset = 0  # characters sent so far (text_offset of the next token)
         self._text = _ContentTemplate(self._chunk(_MARKER, None)["data"])
 
-    def _chunk(self, text: str, finish: str | None, usage: UsageInfo | None = None) -> Frame:
-        choices = [] if usage else [CompletionChoice(text=text, finish_reason=finish)]
+    def _chunk(
+        self,
+        text: str,
+        finish: str | None,
+        usage: UsageInfo | None = None,
+        logprobs: CompletionLogprobs | None = None,
+    ) -> Frame:
+        choices = (
+            [] if usage else [CompletionChoice(text=text, finish_reason=finish, logprobs=logprobs)]
+        )
         body = CompletionResponse(
             id=self.chunk_id, created=self.created, model=self.model, choices=choices, usage=usage
         )
         return {"data": body.model_dump_json()}
 
+    def _logprobs(
+        self, entries: list[TokenLogprob | tuple[int, None]]
+    ) -> CompletionLogprobs | None:
+        if self._piece_of is None:
+            return None
+        return completion_logprobs(entries, self._piece_of, text_offset=self._offset)
+
     def frames(self, event: GenerationItem) -> Iterable[Frame]:
+        if isinstance(event, PromptScores):
+            self._prompt_scores.extend(event.entries)
+            return
+        if self._echo:
+            scored: list[TokenLogprob | tuple[int, None]] = []
+            if self._prompt_scores:
+                scored = [(self._prompt[0], None), *self._prompt_scores]
+            yield self._chunk(self._echo, None, logprobs=self._logprobs(scored))
+            self._offset += len(self._echo)
+            self._echo = ""
         if isinstance(event, TextDelta):
-            yield {"data": self._text.render(event.text)}
+            if self._piece_of is None:
+                yield {"data": self._text.render(event.text)}
+                return
+            yield self._chunk(event.text, None, logprobs=self._logprobs(list(event.logprobs)))
+            self._offset += len(event.text)
             return
         yield self._chunk("", event.finish_reason)
         if self.include_usage:

@@ -25,6 +25,7 @@ def test_chat_completion_has_openai_shape_and_usage(client: TestClient) -> None:
         "role": "assistant",
         "content": "Paris is the capital of France.",
         "refusal": None,
+        "tool_calls": None,
     }
     assert body["choices"][0]["finish_reason"] == "stop"
     assert body["usage"]["completion_tokens"] == 6

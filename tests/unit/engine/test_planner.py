@@ -38,6 +38,7 @@ class FakeSeq:
     prompt_pos: int = 0
     seq_id: int | None = None
     next_token: int | None = None
+    scores_prompt: bool = False
 
 
 def state(
@@ -262,3 +263,24 @@ def test_every_planned_batch_fits_and_each_slot_is_used_once(n_slots: int) -> No
         assert step.n_tokens <= 64
         ids = [d.seq_id for d in step.decodes] + [c.seq_id for c in step.chunks]
         assert len(ids) == len(set(ids))
+
+
+def test_a_prompt_scoring_sequence_evaluates_every_token_in_bounded_chunks() -> None:
+    shared = question(1, 200)
+    # Slot 0 caches the whole prompt (idle); slot 1 is busy prefilling the same prompt.
+    slots = [FakeSlot(0, list(shared)), FakeSlot(1, list(shared[:150]))]
+    busy = FakeSeq(1, shared, Phase.PREFILLING, prompt_pos=150, seq_id=1)
+    scorer = FakeSeq(2, list(shared), scores_prompt=True)
+    seqs = {1: busy, 2: scorer}
+    step = plan(PlanState(slots, [busy], [scorer], 512, 32, score_chunk=64))
+    assert [(a.key, a.keep) for a in step.admissions] == [(2, 0)]  # no cached prefix
+    assert not step.copies and not step.waits
+    (chunk,) = [c for c in step.chunks if c.key == 2]
+    assert (chunk.start, chunk.end, chunk.all_logits) == (0, 64, True)
+    spans = []
+    while scorer.prompt_pos < len(shared):
+        apply(step, slots, seqs)
+        spans += [(c.start, c.end) for c in step.chunks if c.key == 2]
+        busy.phase = Phase.FINISHED
+        step = plan(PlanState(slots, [scorer], [], 512, 32, score_chunk=64))
+    assert spans == [(0, 64), (64, 128), (128, 192), (192, 200)]

@@ -1,0 +1,142 @@
+"""A chat request made ready for the engine: messages, tools, grammar, logprobs, prompt.
+
+Chat completions and the Responses API both come through here, so tools, formats and logprobs
+mean the same on both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from server.api.errors import BadRequestError
+from server.api.generation import GenerationService
+from server.api.openai.protocol import (
+    ChatCompletionRequest,
+    ChatMessage,
+    SamplingFields,
+    tool_choice_value,
+    tool_specs,
+)
+from server.engine.grammar import json_object_grammar, json_schema_grammar
+from server.engine.tools import ToolSpecError
+from server.engine.tools.plan import plan_tools
+from server.engine.types import InvalidRequestError, SamplingParams
+
+
+@dataclass(frozen=True)
+class PreparedChat:
+    """What a chat request becomes before it is run."""
+
+    prompt: list[int]
+    params: SamplingParams
+    parse_calls: bool  # read tool calls out of the output
+    input_text: str  # for the input guardrail
+    transcript: list[dict[str, str]]  # role and text of each message, for the capture record
+
+
+def _message_dict(message: ChatMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "role": "system" if message.role == "developer" else message.role,
+        "content": message.text(),
+    }
+    if message.name:
+        out["name"] = message.name
+    if message.tool_calls is not None:
+        out["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+    if message.role == "tool":
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def format_grammar(request: ChatCompletionRequest) -> str | None:
+    """GBNF for ``response_format`` (json_object / json_schema), or None for text."""
+    fmt = request.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return json_object_grammar()
+    if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+        raise BadRequestError(
+            "response_format type 'json_schema' needs json_schema.schema",
+            param="response_format.json_schema",
+        )
+    try:
+        return json_schema_grammar(fmt.json_schema.schema_)
+    except InvalidRequestError as exc:
+        raise BadRequestError(
+            f"response_format.json_schema.schema cannot be used: {exc}",
+            param="response_format.json_schema.schema",
+        ) from exc
+
+
+def logit_bias(raw: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+    """``{"token id": bias}`` → pairs (ids are range-checked by the engine)."""
+    if not raw:
+        return ()
+    try:
+        return tuple((int(token), float(bias)) for token, bias in raw.items())
+    except ValueError as exc:
+        raise BadRequestError(
+            "logit_bias keys must be token ids (integers as strings)", param="logit_bias"
+        ) from exc
+
+
+def sampling_params(
+    request: SamplingFields, max_tokens: int, grammar: str | None = None
+) -> SamplingParams:
+    """Protocol fields → engine sampling parameters (one mapping for chat and completions)."""
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        top_k=request.top_k,
+        min_p=request.min_p,
+        repeat_penalty=request.repeat_penalty,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+        seed=request.seed,
+        stop=request.stop_list(),
+        grammar=grammar,
+        logit_bias=logit_bias(request.logit_bias),
+    )
+
+
+def prepare_chat(request: ChatCompletionRequest, generation: GenerationService) -> PreparedChat:
+    """Validate tools, history and logprobs; render the prompt; pick grammar and sampling."""
+    messages = [_message_dict(m) for m in request.messages]
+    tools = tool_specs(request.tools or [])
+    if not tools and request.tool_choice not in (None, "none"):
+        raise BadRequestError(
+            "tool_choice needs tools: send the functions in 'tools'.", param="tool_choice"
+        )
+    if request.top_logprobs is not None and not request.logprobs:
+        raise BadRequestError("top_logprobs needs logprobs: true.", param="top_logprobs")
+    choice = tool_choice_value(request.tool_choice, bool(tools))
+    try:
+        plan = plan_tools(
+            messages,
+            tools,
+            choice,
+            parallel=request.parallel_tool_calls,
+            template_source=generation.template_source,
+        )
+    except ToolSpecError as exc:
+        raise BadRequestError(str(exc), code="invalid_value", param=exc.param) from exc
+    response_grammar = format_grammar(request)
+    if plan.grammar and response_grammar:
+        raise BadRequestError(
+            "response_format cannot be combined with tool calls: use tool_choice 'none', or "
+            "let the tool's parameters schema shape the output.",
+            param="response_format",
+        )
+    prompt = generation.chat_prompt(plan.messages, **plan.template_vars)
+    max_tokens = generation.resolve_max_tokens(request.requested_max_tokens(), len(prompt))
+    params = replace(
+        sampling_params(request, max_tokens, plan.grammar or response_grammar),
+        grammar_trigger=plan.trigger,
+        logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+    )
+    transcript = [{"role": m["role"], "content": str(m["content"])} for m in messages]
+    input_text = "\n".join(m["content"] for m in transcript)
+    return PreparedChat(prompt, params, plan.parse_calls, input_text, transcript)

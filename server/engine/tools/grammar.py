@@ -1,0 +1,64 @@
+"""The GBNF grammar of a tool call, built from the tools' JSON schemas.
+
+Each call is fixed to the canonical text ``{"name": "<name>", "arguments": <object>}`` between
+the call markers, with ``<object>`` constrained by that tool's parameter schema (through
+llama-cpp-python's JSON-schema converter). ``required`` / a named tool use the grammar from the
+first token; ``auto`` uses it lazily, from the moment the model writes the opening marker
+(``TRIGGER_PATTERN``), so a plain text answer is never constrained.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from llama_cpp.llama_grammar import SchemaConverter
+
+from server.engine.tools.spec import CALL_CLOSE, CALL_OPEN, ToolSpec, ToolSpecError
+
+# llama.cpp's lazy grammar matches the whole text generated so far against this pattern; the
+# grammar is then fed the text from the first capture group on, so the marker is part of it.
+TRIGGER_PATTERN = r"[\s\S]*?(" + re.escape(CALL_OPEN) + r")[\s\S]*"
+
+_SCHEMA_ERRORS = (AssertionError, KeyError, ValueError, TypeError, IndexError, RecursionError)
+
+
+def _literal(text: str) -> str:
+    """A GBNF string literal for ``text``."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def tool_call_grammar(tools: list[ToolSpec], *, parallel: bool) -> str:
+    """GBNF for one call (or, with ``parallel``, one or more calls) to any of ``tools``.
+
+    Raises ``ToolSpecError`` naming the tool whose schema cannot become a grammar.
+    """
+    if not tools:
+        raise ValueError("tool_call_grammar needs at least one tool")
+    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    alternatives: list[str] = []
+    for index, tool in enumerate(tools):
+        try:
+            # Round-trip through JSON: the converter rewrites $refs in place, and the schema
+            # must be plain JSON (no NaN, no non-string keys) to be shown to the model anyway.
+            schema: dict[str, Any] = json.loads(json.dumps(tool.parameters, allow_nan=False))
+            resolved = converter.resolve_refs(schema, f"tool{index}")
+            arguments = converter.visit(resolved, f"{tool.name}-arguments")
+        except _SCHEMA_ERRORS as exc:
+            detail = str(exc) or type(exc).__name__
+            raise ToolSpecError(
+                f"Tool {tool.name!r}: its parameters schema cannot be turned into a grammar "
+                f"({detail}). Use standard JSON Schema keywords (type, properties, required, "
+                "items, enum, const, anyOf, $ref to #/$defs).",
+                f"tools[{index}].function.parameters",
+            ) from exc
+        head = _literal('{"name": ' + json.dumps(tool.name) + ', "arguments": ')
+        alternatives.append(converter._add_rule(f"{tool.name}-call", f'{head} {arguments} "}}"'))
+    rules = converter.format_grammar()
+    call = (
+        f"tool-call ::= {_literal(CALL_OPEN + chr(10))} ( {' | '.join(alternatives)} ) "
+        f"{_literal(chr(10) + CALL_CLOSE)}"
+    )
+    root = 'root ::= tool-call ( "\\n" tool-call )*' if parallel else "root ::= tool-call"
+    return "\n".join((root, call, rules))

@@ -1,0 +1,60 @@
+"""One decision per chat request: how tools reach the prompt and how the output is constrained."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from server.engine.tools.grammar import tool_call_grammar
+from server.engine.tools.history import check_tool_history
+from server.engine.tools.render import prepare_chat, template_supports_tools
+from server.engine.tools.spec import CALL_OPEN, ToolChoice, ToolSpec, check_tools, resolve_choice
+from server.engine.types import GrammarTrigger
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """What a chat request with tools becomes: template input plus generation constraints."""
+
+    messages: list[dict[str, Any]]
+    template_vars: dict[str, Any]
+    grammar: str | None  # GBNF; lazy when ``trigger`` is set
+    trigger: GrammarTrigger | None
+    parse_calls: bool  # read tool calls out of the output
+
+
+def plan_tools(
+    messages: Sequence[Mapping[str, Any]],
+    tools: list[ToolSpec],
+    choice: ToolChoice,
+    *,
+    parallel: bool,
+    template_source: str,
+) -> ToolPlan:
+    """Validate tools and history, render them, and pick the grammar for ``choice``.
+
+    ``required`` and a named function constrain the output from its first token, so it is
+    always a well-formed call whose arguments match the schema (one call for a named
+    function; one or more with ``parallel`` for ``required``). ``auto`` constrains lazily, once
+    the model writes the call marker. ``none`` leaves tools out of the prompt.
+    """
+    check_tools(tools)
+    check_tool_history(messages)
+    usable = resolve_choice(tools, choice) if tools else []
+    native = template_supports_tools(template_source)
+    shown = tools if choice != "none" else []
+    rendered, template_vars = prepare_chat(messages, shown, native=native)
+    if not usable:
+        return ToolPlan(rendered, template_vars, None, None, parse_calls=False)
+    if choice == "auto":
+        grammar = tool_call_grammar(usable, parallel=parallel)
+        heads = tuple(
+            f'{CALL_OPEN}\n{{"name": {json.dumps(tool.name)}, "arguments": ' for tool in usable
+        )
+        return ToolPlan(
+            rendered, template_vars, grammar, GrammarTrigger(CALL_OPEN, heads), parse_calls=True
+        )
+    grammar = tool_call_grammar(usable, parallel=parallel and choice == "required")
+    return ToolPlan(rendered, template_vars, grammar, None, parse_calls=True)

@@ -1,0 +1,147 @@
+"""Tool-call and Responses wire shapes over the scripted engine (no model)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.fakes import FakeEngine
+from tests.unit.api.conftest import auth
+
+CALL_REPLY = (
+    'Checking. <tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}'
+    "\n</tool_call>"
+)
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            },
+        },
+    }
+]
+CHAT: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "Weather?"}]}
+
+
+def _sse(body: str) -> list[dict[str, Any]]:
+    lines = [line[5:].strip() for line in body.splitlines() if line.startswith("data:")]
+    return [json.loads(line) for line in lines if line != "[DONE]"]
+
+
+def test_tool_choice_decides_grammar_and_laziness(
+    client: TestClient, fake_engine: FakeEngine
+) -> None:
+    for choice, lazy in (("auto", True), ("required", False)):
+        client.post(
+            "/v1/chat/completions",
+            json={**CHAT, "tools": TOOLS, "tool_choice": choice},
+            headers=auth(),
+        )
+        params = fake_engine.requests[-1].params
+        assert params.grammar and "get-weather-call" in params.grammar
+        assert (params.grammar_trigger is not None) == lazy
+    client.post("/v1/chat/completions", json=CHAT, headers=auth())
+    assert fake_engine.requests[-1].params.grammar is None
+
+
+def test_reply_with_a_call_has_tool_calls_and_finish_reason(
+    client: TestClient, fake_engine: FakeEngine
+) -> None:
+    fake_engine.reply = CALL_REPLY
+    body = client.post("/v1/chat/completions", json={**CHAT, "tools": TOOLS}, headers=auth()).json()
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] == "Checking."
+    (call,) = choice["message"]["tool_calls"]
+    assert call["type"] == "function" and call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Paris", "days": 2}
+
+
+def test_streamed_call_sends_header_then_argument_fragments(
+    client: TestClient, fake_engine: FakeEngine
+) -> None:
+    fake_engine.reply = CALL_REPLY
+    payload = {**CHAT, "tools": TOOLS, "stream": True}
+    with client.stream("POST", "/v1/chat/completions", json=payload, headers=auth()) as resp:
+        chunks = _sse(resp.read().decode())
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    calls = [d["tool_calls"][0] for d in deltas if d.get("tool_calls")]
+    assert calls[0]["id"].startswith("call_") and calls[0]["function"]["name"] == "get_weather"
+    assert all(c["index"] == 0 and c.get("id") is None for c in calls[1:])
+    arguments = "".join(c["function"]["arguments"] or "" for c in calls)
+    assert json.loads(arguments) == {"city": "Paris", "days": 2}
+    content = "".join(d.get("content") or "" for d in deltas)
+    assert content.strip() == "Checking."
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_responses_stream_events_for_text_then_a_call(
+    client: TestClient, fake_engine: FakeEngine
+) -> None:
+    fake_engine.reply = CALL_REPLY
+    payload = {
+        "model": "m",
+        "input": "Weather?",
+        "stream": True,
+        "tools": [{"type": "function", **TOOLS[0]["function"]}],
+    }
+    with client.stream("POST", "/v1/responses", json=payload, headers=auth()) as resp:
+        events = _sse(resp.read().decode())
+    kinds = [e["type"] for e in events]
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.output_text.delta"] * kinds.count("response.output_text.delta"),
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.output_item.added",
+        *["response.function_call_arguments.delta"]
+        * kinds.count("response.function_call_arguments.delta"),
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    final = events[-1]["response"]
+    assert [item["type"] for item in final["output"]] == ["message", "function_call"]
+    assert json.loads(final["output"][1]["arguments"]) == {"city": "Paris", "days": 2}
+    assert final["output"][1]["call_id"].startswith("call_")
+
+
+def test_responses_without_stream_returns_a_response_object(
+    client: TestClient, fake_engine: FakeEngine
+) -> None:
+    body = client.post(
+        "/v1/responses",
+        json={"model": "m", "input": "Capital?", "instructions": "Be brief."},
+        headers=auth(),
+    ).json()
+    assert body["object"] == "response" and body["status"] == "completed"
+    assert body["output"][0]["content"][0]["text"] == fake_engine.reply
+    assert body["store"] is False and body["instructions"] == "Be brief."
+    assert body["usage"]["output_tokens"] == 6
+
+
+@pytest.mark.parametrize("depth", [450, 3000])
+def test_deeply_nested_tool_schema_is_a_4xx_not_a_crash(client: TestClient, depth: int) -> None:
+    deep = '{"type": "object", "properties": {"x": ' * depth + '{"type": "string"}' + "}}" * depth
+    body = (
+        '{"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": '
+        '"function", "function": {"name": "f", "parameters": ' + deep + "}}]}"
+    )
+    response = client.post(
+        "/v1/chat/completions",
+        content=body,
+        headers={**auth(), "content-type": "application/json"},
+    )
+    assert 400 <= response.status_code < 500, response.text
