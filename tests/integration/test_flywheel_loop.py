@@ -81,11 +81,12 @@ def _ask(url: str, headers: dict[str, str], question: str) -> dict[str, object]:
     return body
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="measured 3 runs: the LoRA learns the fact (4/4 and the held-out row) but each time "
-    "breaks one control answer and the eval gate rightly refuses it (docs/flywheel.md 6.5); "
-    "the training recipe needs tuning before the promotion half runs here",
+@pytest.mark.skipif(
+    os.environ.get("GGSERVE_FLYWHEEL_LOOP") != "1",
+    reason="opt-in (GGSERVE_FLYWHEEL_LOOP=1, ~4 min): in 3 measured runs the LoRA learned the fact "
+    "(4/4 and the held-out row) but broke one control answer each time, and the eval gate rightly "
+    "refused it (docs/flywheel.md 6.5); until the training recipe is tuned the run would spend CI "
+    "minutes on a known refusal. The promotion half runs in test_model_swap_http.py",
 )
 def test_the_flywheel_turns_once(tmp_path: Path) -> None:
     registry = tmp_path / "registry.json"
