@@ -123,6 +123,8 @@ async def activate_model(
     services.metrics.model_activations.labels(result="ok").inc()
     services.metrics.serving(served.model_id, served.version)
     services.model_file = ModelFile.observe(Path(served.path))  # /health watches the new file
+    if services.drift is not None:
+        services.drift.model_promoted()
     logger.bind(
         event="model_activated",
         by=admin,

@@ -129,6 +129,16 @@ class DriftMonitor:
             self._reference_source = "traffic"
             self.latest = None
 
+    def model_promoted(self) -> bool:
+        """A new model version serves: a reference taken from traffic starts over (the new
+        version is judged against what it sees first); a reference file stays, since it
+        describes the questions expected whatever the model. Returns True when reset."""
+        with self._lock:
+            from_traffic = self._reference_source == "traffic"
+        if from_traffic:
+            self.reset_reference()
+        return from_traffic
+
     # --- evaluation -----------------------------------------------------------------------
     def _pull_ratings(self) -> None:
         if self._feedback is None:

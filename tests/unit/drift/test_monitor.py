@@ -78,6 +78,21 @@ def test_a_reference_file_is_frozen_at_once() -> None:
     assert report.signal("query_embedding").drifted is True
 
 
+def test_a_promotion_restarts_a_traffic_reference_but_keeps_a_reference_file() -> None:
+    rng = np.random.default_rng(5)
+    from_traffic = DriftMonitor(CONFIG, HashingEmbedder())
+    for o in observations(questions(COOKING, 200, rng), rng):
+        from_traffic.observe(o)
+    from_traffic.evaluate()
+    assert from_traffic.model_promoted() is True and from_traffic.latest is None
+    from_file = DriftMonitor(CONFIG, HashingEmbedder())
+    from_file.set_reference(observations(questions(COOKING, 300, rng), rng), "ref.jsonl")
+    assert from_file.model_promoted() is False
+    for o in observations(questions(NETWORK, 60, rng), rng):
+        from_file.observe(o)
+    assert from_file.evaluate().reference_source == "ref.jsonl"
+
+
 def test_feedback_is_pulled_into_its_own_windows() -> None:
     rng = np.random.default_rng(4)
     feedback = ListFeedback()
