@@ -41,8 +41,10 @@ from peers import (
     RunningServer,
     ServerSpec,
     build_llama_server,
+    exit_on_signal,
     ggserve_spec,
     llama_server_spec,
+    physical_cores,
     running,
 )
 
@@ -170,20 +172,10 @@ def ratios(servers: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     return out
 
 
-def physical_cores() -> int:
-    import psutil
-
-    return max(1, min(psutil.cpu_count(logical=False) or 1, len(os.sched_getaffinity(0))))
-
-
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the scenarios on every server, print the table and ratios, write burst.json."""
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGTERM, exit_on_signal)
     threads = args.threads or physical_cores()
     rounds = args.rounds or (1 if args.quick else 2)
     out_dir = args.out or (ROOT / ".cache/bench/quick" if args.quick else ROOT / "bench/results")

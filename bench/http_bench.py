@@ -43,9 +43,11 @@ from peers import (
     RunningServer,
     ServerSpec,
     build_llama_server,
+    exit_on_signal,
     ggserve_spec,
     llama_cpp_server_spec,
     llama_server_spec,
+    physical_cores,
     running,
 )
 
@@ -294,17 +296,6 @@ def interrupt_demo(model: Path, threads: int, plan: Plan, logs: Path) -> dict[st
     return demo
 
 
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
-def physical_cores() -> int:
-    """Physical cores usable here: the thread count every server gets (SMT does not help)."""
-    import psutil
-
-    return max(1, min(psutil.cpu_count(logical=False) or 1, len(os.sched_getaffinity(0))))
-
-
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -314,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     # SIGTERM (and SIGINT, which background shells ignore) unwind normally, so every server
     # this run started is stopped by its context manager instead of being left running.
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGTERM, exit_on_signal)
     plan = Plan(args.quick, args.max_tokens)
     out_dir = args.out or (ROOT / ".cache/bench/quick" if args.quick else ROOT / "bench/results")
     logs = ROOT / ".cache/bench/logs"

@@ -324,3 +324,15 @@ def running(spec: ServerSpec, log_dir: Path, *, timeout: float = 180.0) -> Itera
         yield server
     finally:
         _stop(proc)
+
+
+def physical_cores() -> int:
+    """Physical cores usable here: the thread count every server gets (SMT does not help)."""
+    import psutil
+
+    return max(1, min(psutil.cpu_count(logical=False) or 1, len(os.sched_getaffinity(0))))
+
+
+def exit_on_signal(signum: int, _frame: object) -> None:
+    """SIGTERM handler: exit through SystemExit so ``running`` stops the servers it started."""
+    raise SystemExit(128 + signum)
