@@ -33,10 +33,13 @@ def train_lora(
         ..., help="Adapter folder to write (then: ggserve convert --adapter)."
     ),
     replay: Path | None = typer.Option(
-        None, help="More conversations (same format) mixed in so the model keeps old answers."
+        None,
+        help="Answers to keep (same format, e.g. an export with --include-positive): the model "
+        "is held to the base's own distribution along them (KL), not trained on them as targets.",
     ),
     steps: int = typer.Option(32, help="Optimizer steps."),
-    batch_size: int = typer.Option(4, help="Conversations per step."),
+    batch_size: int = typer.Option(4, help="Conversations learned per step."),
+    replay_batch_size: int = typer.Option(4, help="Replay conversations anchored per step."),
     rank: int = typer.Option(8, help="LoRA rank r."),
     alpha: float = typer.Option(16.0, help="LoRA alpha (scale = alpha / r)."),
     learning_rate: float = typer.Option(1.5e-3, help="AdamW learning rate."),
@@ -68,6 +71,7 @@ def train_lora(
             hyperparameters=Hyperparameters(
                 steps=steps,
                 batch_size=batch_size,
+                replay_batch_size=replay_batch_size,
                 rank=rank,
                 alpha=alpha,
                 learning_rate=learning_rate,
@@ -87,10 +91,11 @@ def train_lora(
             result = run_training(options, RichReporter(bar), on_step)
     except ConvertError as exc:
         raise _fail(exc) from exc
-    losses = result.losses
+    losses, drift = result.losses, result.record["drift"]
+    kept = f", replay KL drift {drift[-1]:.4f}" if drift else ""
     console.print(
         f"[green]done[/green] in {time.perf_counter() - started:.0f} s on {result.record['device']}"
-        f": loss {losses[0]:.3f} → {losses[-1]:.3f} over {len(losses)} steps "
+        f": loss {losses[0]:.3f} → {losses[-1]:.3f} over {len(losses)} steps{kept} "
         f"({result.record['data']['rows']} rows, data sha256 "
         f"{result.record['data']['sha256'][:12]}) → {result.folder}\n"
         f"loss curve: {result.folder / LOSS_PLOT}\n"

@@ -42,6 +42,7 @@ def data(tmp_path: Path) -> Path:
         ({"--steps": "0"}, "steps is 0"),
         ({"--learning-rate": "nan"}, "learning_rate is nan"),
         ({"--rank": "100000"}, "rank is 100000"),
+        ({"--replay-batch-size": "0"}, "replay_batch_size is 0"),
         ({"--base": "/nonexistent/base.gguf"}, "does not exist"),
         ({"--data": "/nonexistent/sft"}, "does not exist"),
         ({"--device": "tpu"}, "unknown device"),
