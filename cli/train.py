@@ -40,6 +40,9 @@ def train_lora(
     steps: int = typer.Option(32, help="Optimizer steps."),
     batch_size: int = typer.Option(4, help="Conversations learned per step."),
     replay_batch_size: int = typer.Option(4, help="Replay conversations anchored per step."),
+    replay_weight: float = typer.Option(
+        1.0, help="Weight of the replay's KL drift against the loss on the data."
+    ),
     rank: int = typer.Option(8, help="LoRA rank r."),
     alpha: float = typer.Option(16.0, help="LoRA alpha (scale = alpha / r)."),
     learning_rate: float = typer.Option(1.5e-3, help="AdamW learning rate."),
@@ -72,6 +75,7 @@ def train_lora(
                 steps=steps,
                 batch_size=batch_size,
                 replay_batch_size=replay_batch_size,
+                replay_weight=replay_weight,
                 rank=rank,
                 alpha=alpha,
                 learning_rate=learning_rate,

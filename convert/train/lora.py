@@ -50,6 +50,7 @@ class Hyperparameters:
     steps: int = 32
     batch_size: int = 4
     replay_batch_size: int = 4
+    replay_weight: float = 1.0  # of the KL drift against the cross-entropy
     rank: int = 8
     alpha: float = 16.0
     learning_rate: float = 1.5e-3
@@ -62,6 +63,7 @@ class Hyperparameters:
             ("steps", self.steps, 1, 100_000),
             ("batch_size", self.batch_size, 1, 512),
             ("replay_batch_size", self.replay_batch_size, 1, 512),
+            ("replay_weight", self.replay_weight, 0.0, 1e3),
             ("rank", self.rank, 1, 256),
             ("alpha", self.alpha, 1e-3, 1e4),
             ("learning_rate", self.learning_rate, 1e-7, 1.0),
@@ -218,7 +220,7 @@ def train(
                 peft_model,
                 [t.to(device) for t in left_padded([anchored[i] for i in replay_order[step]], pad)],
             )
-            total = loss + drift
+            total = loss + hp.replay_weight * drift
             run.drift.append(float(drift.item()))
         total.backward()
         optimizer.step()

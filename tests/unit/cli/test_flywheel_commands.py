@@ -43,6 +43,7 @@ def data(tmp_path: Path) -> Path:
         ({"--learning-rate": "nan"}, "learning_rate is nan"),
         ({"--rank": "100000"}, "rank is 100000"),
         ({"--replay-batch-size": "0"}, "replay_batch_size is 0"),
+        ({"--replay-weight": "-1"}, "replay_weight is -1"),
         ({"--base": "/nonexistent/base.gguf"}, "does not exist"),
         ({"--data": "/nonexistent/sft"}, "does not exist"),
         ({"--device": "tpu"}, "unknown device"),

@@ -175,6 +175,8 @@ def test_every_row_is_seen_once_per_epoch() -> None:
         {"steps": 0},
         {"batch_size": 0},
         {"replay_batch_size": 0},
+        {"replay_weight": float("nan")},
+        {"replay_weight": -0.5},
         {"rank": 10_000},
         {"learning_rate": float("nan")},
         {"learning_rate": 5.0},
