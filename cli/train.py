@@ -22,6 +22,9 @@ from rich.text import Text
 
 from cli.convert import RichReporter, _fail, console
 from convert.errors import ConvertError
+from convert.train.lora import Hyperparameters  # no torch at import: the CLI stays fast
+
+DEFAULTS = Hyperparameters()
 
 
 def train_lora(
@@ -37,18 +40,20 @@ def train_lora(
         help="Answers to keep (same format, e.g. an export with --include-positive): the model "
         "is held to the base's own distribution along them (KL), not trained on them as targets.",
     ),
-    steps: int = typer.Option(32, help="Optimizer steps."),
-    batch_size: int = typer.Option(4, help="Conversations learned per step."),
-    replay_batch_size: int = typer.Option(4, help="Replay conversations anchored per step."),
-    replay_weight: float = typer.Option(
-        1.0, help="Weight of the replay's KL drift against the loss on the data."
+    steps: int = typer.Option(DEFAULTS.steps, help="Optimizer steps."),
+    batch_size: int = typer.Option(DEFAULTS.batch_size, help="Conversations learned per step."),
+    replay_batch_size: int = typer.Option(
+        DEFAULTS.replay_batch_size, help="Replay conversations anchored per step."
     ),
-    rank: int = typer.Option(8, help="LoRA rank r."),
-    alpha: float = typer.Option(16.0, help="LoRA alpha (scale = alpha / r)."),
-    learning_rate: float = typer.Option(1.5e-3, help="AdamW learning rate."),
-    seed: int = typer.Option(0, help="Seed for the LoRA init and the batch order."),
+    replay_weight: float = typer.Option(
+        DEFAULTS.replay_weight, help="Weight of the replay's KL drift against the loss on the data."
+    ),
+    rank: int = typer.Option(DEFAULTS.rank, help="LoRA rank r."),
+    alpha: float = typer.Option(DEFAULTS.alpha, help="LoRA alpha (scale = alpha / r)."),
+    learning_rate: float = typer.Option(DEFAULTS.learning_rate, help="AdamW learning rate."),
+    seed: int = typer.Option(DEFAULTS.seed, help="Seed for the LoRA init and the batch order."),
     target_modules: str = typer.Option(
-        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        ",".join(DEFAULTS.target_modules),
         help="Comma list of the linear modules the LoRA patches.",
     ),
     device: str = typer.Option("auto", help="auto (a CUDA GPU when present), cpu or cuda."),
@@ -57,7 +62,6 @@ def train_lora(
     """Train a LoRA adapter on a chat dataset (peft; CPU for small models, GPU when present)."""
     os.environ.setdefault("TQDM_DISABLE", "1")
     from convert.pipeline import _quiet_transformers
-    from convert.train.lora import Hyperparameters
     from convert.train.run import LOSS_PLOT, TrainOptions
     from convert.train.run import train_lora as run_training
 
