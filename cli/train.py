@@ -48,6 +48,10 @@ def train_lora(
     replay_weight: float = typer.Option(
         DEFAULTS.replay_weight, help="Weight of the replay's KL drift against the loss on the data."
     ),
+    stop_loss: float = typer.Option(
+        DEFAULTS.stop_loss,
+        help="Stop before --steps once a step's loss on the data is at or below this (0: never).",
+    ),
     rank: int = typer.Option(DEFAULTS.rank, help="LoRA rank r."),
     alpha: float = typer.Option(DEFAULTS.alpha, help="LoRA alpha (scale = alpha / r)."),
     learning_rate: float = typer.Option(DEFAULTS.learning_rate, help="AdamW learning rate."),
@@ -80,6 +84,7 @@ def train_lora(
                 batch_size=batch_size,
                 replay_batch_size=replay_batch_size,
                 replay_weight=replay_weight,
+                stop_loss=stop_loss,
                 rank=rank,
                 alpha=alpha,
                 learning_rate=learning_rate,

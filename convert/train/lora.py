@@ -54,6 +54,7 @@ class Hyperparameters:
     batch_size: int = 4
     replay_batch_size: int = 4
     replay_weight: float = 8.0  # of the KL drift against the cross-entropy
+    stop_loss: float = 0.0  # stop once a step's loss on the data is at or below this; 0 = never
     rank: int = 16
     alpha: float = 32.0
     learning_rate: float = 4e-4
@@ -67,6 +68,7 @@ class Hyperparameters:
             ("batch_size", self.batch_size, 1, 512),
             ("replay_batch_size", self.replay_batch_size, 1, 512),
             ("replay_weight", self.replay_weight, 0.0, 1e3),
+            ("stop_loss", self.stop_loss, 0.0, 100.0),
             ("rank", self.rank, 1, 256),
             ("alpha", self.alpha, 1e-3, 1e4),
             ("learning_rate", self.learning_rate, 1e-7, 1.0),
@@ -236,6 +238,10 @@ def train(
         run.losses.append(float(loss.item()))
         if on_step is not None:
             on_step(step + 1, hp.steps, run.losses[-1])
+        if run.losses[-1] <= hp.stop_loss:
+            # Learned enough: every further step on a few corrections mostly spreads them
+            # into unrelated answers (docs/flywheel.md 6.5).
+            break
     peft_model.eval()
     return run
 

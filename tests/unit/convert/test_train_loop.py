@@ -137,6 +137,19 @@ def test_a_replay_holds_its_answers_to_the_base_while_the_data_is_learned() -> N
     assert _drift_on(anchored.model, base, KEEP) < 0.5 * _drift_on(alone.model, base, KEEP)
 
 
+def test_training_stops_once_the_loss_reaches_stop_loss() -> None:
+    full = train(_tiny_model(), CharTokenizer(), DATA, FAST).losses
+    target = sorted(full)[len(full) // 2]  # reached about half-way
+    stopped = train(
+        _tiny_model(),
+        CharTokenizer(),
+        DATA,
+        Hyperparameters(**{**FAST.__dict__, "stop_loss": target}),
+    ).losses
+    first = next(i for i, loss in enumerate(full) if loss <= target)
+    assert stopped == full[: first + 1] and len(stopped) < FAST.steps
+
+
 def test_only_the_answer_tokens_are_labelled_and_padding_is_on_the_left() -> None:
     rows = [Encoded(ids=[5, 6, 7, 8, 9], answer_tokens=2), Encoded(ids=[3, 4, 5], answer_tokens=1)]
     ids, attention, positions, labels = left_padded(rows, pad_id=0)
@@ -177,6 +190,7 @@ def test_every_row_is_seen_once_per_epoch() -> None:
         {"replay_batch_size": 0},
         {"replay_weight": float("nan")},
         {"replay_weight": -0.5},
+        {"stop_loss": -1.0},
         {"rank": 10_000},
         {"learning_rate": float("nan")},
         {"learning_rate": 5.0},
