@@ -60,6 +60,7 @@ class Hyperparameters:
     learning_rate: float = 4e-4
     seed: int = 0
     target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
+    layers: tuple[int, ...] = ()  # decoder layers the LoRA patches; () = all of them
 
     def check(self) -> None:
         """Raise ConvertError naming the first value out of range."""
@@ -81,6 +82,11 @@ class Hyperparameters:
                 )
         if not self.target_modules:
             raise ConvertError("no target modules given", "e.g. q_proj,v_proj")
+        if any(not 0 <= layer < 10_000 for layer in self.layers):
+            raise ConvertError(
+                f"layers {list(self.layers)} include one outside [0, 9999]",
+                "give decoder layer numbers, e.g. 0-9",
+            )
 
 
 @dataclass
@@ -189,6 +195,12 @@ def train(
     encoded = [encode(tokenizer, c, f"row {i + 1}") for i, c in enumerate(conversations)]
     anchored = [encode(tokenizer, c, f"replay row {i + 1}") for i, c in enumerate(replay)]
     _seed_everything(hp.seed)
+    depth = _decoder_depth(model)
+    if depth is not None and any(layer >= depth for layer in hp.layers):
+        raise ConvertError(
+            f"layers {list(hp.layers)}: the base has {depth} decoder layers (0-{depth - 1})",
+            f"choose layers below {depth}",
+        )
     missing = _missing_modules(model, hp.target_modules)
     if missing:
         raise ConvertError(
@@ -201,6 +213,7 @@ def train(
             r=hp.rank,
             lora_alpha=hp.alpha,  # type: ignore[arg-type]  # peft accepts floats
             target_modules=list(hp.target_modules),
+            layers_to_transform=list(hp.layers) or None,
             lora_dropout=0.0,
             task_type="CAUSAL_LM",
         ),
@@ -295,6 +308,11 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def _decoder_depth(model: Any) -> int | None:
+    depth = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    return depth if isinstance(depth, int) else None
 
 
 def _linear_names(model: Any) -> list[str]:

@@ -203,6 +203,25 @@ def test_out_of_range_hyperparameters_are_refused(change: dict[str, Any]) -> Non
         Hyperparameters(**{**FAST.__dict__, **change}).check()
 
 
+def test_layers_limit_the_lora_to_those_decoder_layers() -> None:
+    run = train(
+        _tiny_model(), CharTokenizer(), DATA, Hyperparameters(**{**FAST.__dict__, "layers": (0,)})
+    )
+    patched = {
+        n.split(".layers.")[1].split(".")[0]
+        for n, _ in run.model.named_parameters()
+        if "lora_" in n
+    }
+    assert patched == {"0"}
+    with pytest.raises(ConvertError, match="2 decoder layers"):
+        train(
+            _tiny_model(),
+            CharTokenizer(),
+            DATA,
+            Hyperparameters(**{**FAST.__dict__, "layers": (5,)}),
+        )
+
+
 def test_unknown_target_module_names_the_ones_that_exist() -> None:
     hp = Hyperparameters(**{**FAST.__dict__, "target_modules": ("qkv",)})
     with pytest.raises(ConvertError, match=r"no module named qkv.*q_proj"):
