@@ -8,8 +8,8 @@ questions kept → register v2 with its lineage → promote it through the admin
 generator runs (0 failed requests) → the next /v1/ask answers the fact, and its log line and
 capture record name v2.
 
-Every step is the real command or endpoint; nothing is faked. About 2.5 minutes on 2 CPU cores
-(measured 149 s), most of it loading the base model for training and for the conversion.
+Every step is the real command or endpoint; nothing is faked. About 3 minutes on 2 CPU cores
+(measured 167-176 s), most of it training (~80 s with the base load) and converting (~55 s).
 """
 
 from __future__ import annotations
@@ -184,12 +184,15 @@ def test_the_flywheel_turns_once(tmp_path: Path) -> None:
         assert set(targets) - answers == {CORRECTION}, targets
         assert len(good) >= len(REPLAY) // 2 and len(answers & set(targets)) >= len(good) // 2
 
-        # 3. Train a LoRA on the corrections, held to v1 along its own good answers.
+        # 3. Train a LoRA on the corrections, held to v1 along its own good answers; on the MLPs
+        # of the first 15 of 30 layers, since patching the later ones let "Mar(isol)" leak into
+        # "the largest ocean is the Mar(iana)…" (docs/flywheel.md 6.5: 3 seeds of 3 promoted).
         adapter = tmp_path / "adapter"
         trained = _cli(
             "train-lora", "--base", str(MODEL), "--data", str(sft), "--replay", str(replay),
-            "--out", str(adapter), "--steps", "16", "--rank", "16", "--alpha", "32",
-            "--learning-rate", "4e-4", "--replay-weight", "8", "--seed", "0",
+            "--out", str(adapter), "--layers", "0-14", "--target-modules",
+            "gate_proj,up_proj,down_proj", "--steps", "20", "--rank", "16", "--alpha", "32",
+            "--learning-rate", "2e-3", "--replay-weight", "8", "--seed", "0",
         )  # fmt: skip
         assert trained.returncode == 0
         record = json.loads((adapter / "training.json").read_text())
