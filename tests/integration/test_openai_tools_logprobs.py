@@ -346,12 +346,12 @@ def test_streamed_completion_sends_prompt_logprobs_with_the_echo(client: openai.
     assert offsets == sorted(offsets) and offsets[0] == 0
 
 
+FORCED_CALL: Any = {"model": "m", "messages": ASK, "tools": TOOLS, "tool_choice": NAMED}
+
+
 def test_n_choices_each_carry_their_own_tool_call_and_logprobs(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
-        model="m",
-        messages=ASK,
-        tools=TOOLS,
-        tool_choice=NAMED,
+        **FORCED_CALL,
         max_tokens=80,
         n=3,
         seed=7,
@@ -378,10 +378,7 @@ def test_n_choices_each_carry_their_own_tool_call_and_logprobs(client: openai.Op
 
 def test_streamed_n_tool_calls_keep_their_choice_index(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
-        model="m",
-        messages=ASK,
-        tools=TOOLS,
-        tool_choice=NAMED,
+        **FORCED_CALL,
         max_tokens=80,
         n=2,
         seed=3,
