@@ -22,6 +22,9 @@ from rich.text import Text
 
 from cli.convert import RichReporter, _fail, console
 from convert.errors import ConvertError
+from convert.train.lora import Hyperparameters  # no torch at import: the CLI stays fast
+
+DEFAULTS = Hyperparameters()
 
 
 def train_lora(
@@ -33,17 +36,34 @@ def train_lora(
         ..., help="Adapter folder to write (then: ggserve convert --adapter)."
     ),
     replay: Path | None = typer.Option(
-        None, help="More conversations (same format) mixed in so the model keeps old answers."
+        None,
+        help="Answers to keep (same format, e.g. an export with --include-positive): the model "
+        "is held to the base's own distribution along them (KL), not trained on them as targets.",
     ),
-    steps: int = typer.Option(32, help="Optimizer steps."),
-    batch_size: int = typer.Option(4, help="Conversations per step."),
-    rank: int = typer.Option(8, help="LoRA rank r."),
-    alpha: float = typer.Option(16.0, help="LoRA alpha (scale = alpha / r)."),
-    learning_rate: float = typer.Option(1.5e-3, help="AdamW learning rate."),
-    seed: int = typer.Option(0, help="Seed for the LoRA init and the batch order."),
+    steps: int = typer.Option(DEFAULTS.steps, help="Optimizer steps."),
+    batch_size: int = typer.Option(DEFAULTS.batch_size, help="Conversations learned per step."),
+    replay_batch_size: int = typer.Option(
+        DEFAULTS.replay_batch_size, help="Replay conversations anchored per step."
+    ),
+    replay_weight: float = typer.Option(
+        DEFAULTS.replay_weight, help="Weight of the replay's KL drift against the loss on the data."
+    ),
+    stop_loss: float = typer.Option(
+        DEFAULTS.stop_loss,
+        help="Stop before --steps once a step's loss on the data is at or below this (0: never).",
+    ),
+    rank: int = typer.Option(DEFAULTS.rank, help="LoRA rank r."),
+    alpha: float = typer.Option(DEFAULTS.alpha, help="LoRA alpha (scale = alpha / r)."),
+    learning_rate: float = typer.Option(DEFAULTS.learning_rate, help="AdamW learning rate."),
+    seed: int = typer.Option(DEFAULTS.seed, help="Seed for the LoRA init and the batch order."),
     target_modules: str = typer.Option(
-        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        ",".join(DEFAULTS.target_modules),
         help="Comma list of the linear modules the LoRA patches.",
+    ),
+    layers: str = typer.Option(
+        "",
+        help="Decoder layers the LoRA patches, e.g. 0-9 or 0,2,4 (empty: all). Early layers "
+        "learn a fact with the least damage to other answers (docs/flywheel.md 6.5).",
     ),
     device: str = typer.Option("auto", help="auto (a CUDA GPU when present), cpu or cuda."),
     force: bool = typer.Option(False, help="Replace OUT if it exists."),
@@ -51,7 +71,6 @@ def train_lora(
     """Train a LoRA adapter on a chat dataset (peft; CPU for small models, GPU when present)."""
     os.environ.setdefault("TQDM_DISABLE", "1")
     from convert.pipeline import _quiet_transformers
-    from convert.train.lora import Hyperparameters
     from convert.train.run import LOSS_PLOT, TrainOptions
     from convert.train.run import train_lora as run_training
 
@@ -68,11 +87,15 @@ def train_lora(
             hyperparameters=Hyperparameters(
                 steps=steps,
                 batch_size=batch_size,
+                replay_batch_size=replay_batch_size,
+                replay_weight=replay_weight,
+                stop_loss=stop_loss,
                 rank=rank,
                 alpha=alpha,
                 learning_rate=learning_rate,
                 seed=seed,
                 target_modules=tuple(m.strip() for m in target_modules.split(",") if m.strip()),
+                layers=parse_layers(layers),
             ),
         )
         with _progress_with_loss() as bar:
@@ -87,15 +110,35 @@ def train_lora(
             result = run_training(options, RichReporter(bar), on_step)
     except ConvertError as exc:
         raise _fail(exc) from exc
-    losses = result.losses
+    losses, drift = result.losses, result.record["drift"]
+    kept = f", replay KL drift {drift[-1]:.4f}" if drift else ""
     console.print(
         f"[green]done[/green] in {time.perf_counter() - started:.0f} s on {result.record['device']}"
-        f": loss {losses[0]:.3f} → {losses[-1]:.3f} over {len(losses)} steps "
+        f": loss {losses[0]:.3f} → {losses[-1]:.3f} over {len(losses)} steps{kept} "
         f"({result.record['data']['rows']} rows, data sha256 "
         f"{result.record['data']['sha256'][:12]}) → {result.folder}\n"
         f"loss curve: {result.folder / LOSS_PLOT}\n"
         f"next: ggserve convert --base {base} --adapter {result.folder} --out models/NAME"
     )
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    """``"0-9"``, ``"0,2,4"`` or a mix → sorted layer numbers; ``""`` → () (all layers)."""
+    layers: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            raise ConvertError(
+                f"--layers {text!r}: {part!r} is not a layer number or range", "e.g. 0-9 or 0,2,4"
+            ) from None
+        if first < 0 or last < first or last - first > 10_000:
+            raise ConvertError(f"--layers {text!r}: {part!r} is not a valid range", "e.g. 0-9")
+        layers.update(range(first, last + 1))
+    return tuple(sorted(layers))
 
 
 class _LossColumn(ProgressColumn):

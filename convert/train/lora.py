@@ -4,6 +4,15 @@ Only the assistant's final answer is learned (the prompt tokens are masked with 
 ``completion_only_loss`` does). Each batch is padded on the left so every answer ends at the
 same position: only the logits of the answer window are computed, since SmolLM2's 49k-wide LM
 head over the prompt tokens would cost more than the whole LoRA on a CPU.
+
+Replay conversations (answers the base already gives and users rated good) are not learned as
+targets: along each replayed answer the adapted model is held to the base model's own next-token
+distribution (KL divergence, the base computed with the adapter switched off). Measured on
+SmolLM2-135M (docs/flywheel.md 6.5): cross-entropy on the base's own greedy answers memorised
+them and broke held-out answers ("The capital of Italy is Italy.") even without the new fact,
+while the KL anchor kept the held-out answers' margins where the base had them. Every step
+takes ``batch_size`` rows to learn and, when there is a replay, ``replay_batch_size`` rows to
+anchor, so the few corrections are seen at every step however large the replay.
 """
 
 from __future__ import annotations
@@ -38,19 +47,29 @@ StepCallback = Callable[[int, int, float], None]  # (step done, total steps, los
 class Hyperparameters:
     """What the run learns with; recorded in ``training.json`` so a run can be repeated."""
 
-    steps: int = 32
+    # The defaults are the recipe measured on the flywheel loop (docs/flywheel.md 6.5): a few
+    # corrections learned and a replay held to the base on SmolLM2-135M. Learned as targets at
+    # 1.5e-3 (the old default) the corrections broke held-out answers in every run.
+    steps: int = 16
     batch_size: int = 4
-    rank: int = 8
-    alpha: float = 16.0
-    learning_rate: float = 1.5e-3
+    replay_batch_size: int = 4
+    replay_weight: float = 8.0  # of the KL drift against the cross-entropy
+    stop_loss: float = 0.0  # stop once a step's loss on the data is at or below this; 0 = never
+    rank: int = 16
+    alpha: float = 32.0
+    learning_rate: float = 4e-4
     seed: int = 0
     target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
+    layers: tuple[int, ...] = ()  # decoder layers the LoRA patches; () = all of them
 
     def check(self) -> None:
         """Raise ConvertError naming the first value out of range."""
         limits: list[tuple[str, float, float, float]] = [
             ("steps", self.steps, 1, 100_000),
             ("batch_size", self.batch_size, 1, 512),
+            ("replay_batch_size", self.replay_batch_size, 1, 512),
+            ("replay_weight", self.replay_weight, 0.0, 1e3),
+            ("stop_loss", self.stop_loss, 0.0, 100.0),
             ("rank", self.rank, 1, 256),
             ("alpha", self.alpha, 1e-3, 1e4),
             ("learning_rate", self.learning_rate, 1e-7, 1.0),
@@ -63,6 +82,11 @@ class Hyperparameters:
                 )
         if not self.target_modules:
             raise ConvertError("no target modules given", "e.g. q_proj,v_proj")
+        if any(not 0 <= layer < 10_000 for layer in self.layers):
+            raise ConvertError(
+                f"layers {list(self.layers)} include one outside [0, 9999]",
+                "give decoder layer numbers, e.g. 0-9",
+            )
 
 
 @dataclass
@@ -75,10 +99,11 @@ class Encoded:
 
 @dataclass
 class TrainingRun:
-    """What the loop produced: the PEFT model and the loss of every step."""
+    """What the loop produced: the PEFT model, the loss and the replay drift of every step."""
 
     model: Any  # peft.PeftModel
-    losses: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # cross-entropy on the learned answers
+    drift: list[float] = field(default_factory=list)  # KL(base || adapted) on the replay
     device: str = "cpu"
 
 
@@ -154,16 +179,28 @@ def train(
     conversations: Sequence[Sequence[Message]],
     hp: Hyperparameters,
     *,
+    replay: Sequence[Sequence[Message]] = (),
     device: str = "cpu",
     on_step: StepCallback | None = None,
 ) -> TrainingRun:
-    """Wrap ``model`` in a fresh LoRA and train it on ``conversations``; repeatable per seed."""
+    """Wrap ``model`` in a fresh LoRA, learn ``conversations``' answers and keep ``replay``'s.
+
+    Repeatable per seed. The loss recorded and reported for a step is the cross-entropy on the
+    learned answers; the replay's KL drift is recorded beside it (both are minimised together).
+    """
     import torch
     from peft import LoraConfig, get_peft_model
 
     hp.check()
     encoded = [encode(tokenizer, c, f"row {i + 1}") for i, c in enumerate(conversations)]
+    anchored = [encode(tokenizer, c, f"replay row {i + 1}") for i, c in enumerate(replay)]
     _seed_everything(hp.seed)
+    depth = _decoder_depth(model)
+    if depth is not None and any(layer >= depth for layer in hp.layers):
+        raise ConvertError(
+            f"layers {list(hp.layers)}: the base has {depth} decoder layers (0-{depth - 1})",
+            f"choose layers below {depth}",
+        )
     missing = _missing_modules(model, hp.target_modules)
     if missing:
         raise ConvertError(
@@ -176,6 +213,7 @@ def train(
             r=hp.rank,
             lora_alpha=hp.alpha,  # type: ignore[arg-type]  # peft accepts floats
             target_modules=list(hp.target_modules),
+            layers_to_transform=list(hp.layers) or None,
             lora_dropout=0.0,
             task_type="CAUSAL_LM",
         ),
@@ -187,32 +225,80 @@ def train(
     )
     peft_model.train()
     run = TrainingRun(model=peft_model, device=device)
-    for step, rows in enumerate(batch_order(len(encoded), hp.steps, hp.batch_size, hp.seed)):
-        input_ids, attention, positions, labels = (
-            t.to(device) for t in left_padded([encoded[i] for i in rows], pad)
-        )
-        logits = peft_model(
+    learn_order = batch_order(len(encoded), hp.steps, hp.batch_size, hp.seed)
+    replay_order = (
+        batch_order(len(anchored), hp.steps, hp.replay_batch_size, hp.seed + 1) if anchored else []
+    )
+    for step, rows in enumerate(learn_order):
+        batch = left_padded([encoded[i] for i in rows], pad)
+        loss = answer_cross_entropy(peft_model, [t.to(device) for t in batch])
+        total = loss
+        if anchored:
+            drift = replay_drift(
+                peft_model,
+                [t.to(device) for t in left_padded([anchored[i] for i in replay_order[step]], pad)],
+            )
+            total = loss + hp.replay_weight * drift
+            run.drift.append(float(drift.item()))
+        total.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if not math.isfinite(float(total.item())):
+            raise ConvertError(
+                f"the loss became {float(total.item())} at step {step + 1}",
+                "lower --learning-rate",
+            )
+        run.losses.append(float(loss.item()))
+        if on_step is not None:
+            on_step(step + 1, hp.steps, run.losses[-1])
+        if run.losses[-1] <= hp.stop_loss:
+            # Learned enough: every further step on a few corrections mostly spreads them
+            # into unrelated answers (docs/flywheel.md 6.5).
+            break
+    peft_model.eval()
+    return run
+
+
+def answer_cross_entropy(model: Any, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy of ``model`` on the labelled answer tokens of a left-padded batch."""
+    import torch
+
+    logits = _answer_logits(model, batch)
+    labels = batch[3]
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+    )
+
+
+def replay_drift(model: Any, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean KL(base || adapted) over the answer tokens of a left-padded replay batch.
+
+    The base's distribution is the same PEFT model with its adapter switched off, so no second
+    copy of the weights is held. Zero before the first step, since the LoRA starts as a no-op.
+    """
+    import torch
+
+    with torch.no_grad(), model.disable_adapter():
+        base = _answer_logits(model, batch).log_softmax(-1)
+    adapted = _answer_logits(model, batch).log_softmax(-1)
+    per_token = (base.exp() * (base - adapted)).sum(-1)
+    mask = batch[3] != -100
+    return (per_token * mask).sum() / mask.sum()
+
+
+def _answer_logits(model: Any, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Float logits predicting each position of the answer window (the labels' columns)."""
+    input_ids, attention, positions, labels = batch
+    return (
+        model(
             input_ids=input_ids,
             attention_mask=attention,
             position_ids=positions,
             logits_to_keep=labels.shape[1] + 1,
-        ).logits[:, :-1]
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100
         )
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        value = float(loss.item())
-        if not math.isfinite(value):
-            raise ConvertError(
-                f"the loss became {value} at step {step + 1}", "lower --learning-rate"
-            )
-        run.losses.append(value)
-        if on_step is not None:
-            on_step(step + 1, hp.steps, value)
-    peft_model.eval()
-    return run
+        .logits[:, :-1]
+        .float()
+    )
 
 
 def _seed_everything(seed: int) -> None:
@@ -222,6 +308,11 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def _decoder_depth(model: Any) -> int | None:
+    depth = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    return depth if isinstance(depth, int) else None
 
 
 def _linear_names(model: Any) -> list[str]:

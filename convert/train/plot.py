@@ -6,8 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def save_loss_curve(losses: Sequence[float], path: Path, title: str) -> Path:
-    """Plot loss per step (and a moving average when there are enough steps) into ``path``."""
+def save_loss_curve(
+    losses: Sequence[float], path: Path, title: str, drift: Sequence[float] = ()
+) -> Path:
+    """Plot loss per step (a moving average when there are enough steps, and the replay's KL
+    drift when there was a replay) into ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and in CI
@@ -23,6 +26,8 @@ def save_loss_curve(losses: Sequence[float], path: Path, title: str) -> Path:
                 sum(losses[i - window + 1 : i + 1]) / window for i in range(window - 1, len(losses))
             ]
             axes.plot(steps[window - 1 :], smooth, linewidth=2, label=f"mean of {window}")
+        if drift:
+            axes.plot(steps[: len(drift)], drift, linewidth=1, label="replay KL drift")
         axes.set_xlabel("step")
         axes.set_ylabel("cross-entropy (answer tokens)")
         axes.set_title(title, fontsize=9)

@@ -22,7 +22,7 @@ from convert import merge
 from convert.errors import ConvertError
 from convert.inputs import check_output, resolve_base
 from convert.progress import Reporter, SilentReporter
-from convert.train.data import Dataset, load_dataset
+from convert.train.data import Dataset, Message, load_dataset
 from convert.train.lora import Hyperparameters, StepCallback, pick_device, train
 from convert.train.plot import save_loss_curve
 
@@ -38,7 +38,7 @@ class TrainOptions:
     data: Path
     out: Path
     hyperparameters: Hyperparameters
-    replay: Path | None = None  # general conversations mixed in so old answers are kept
+    replay: Path | None = None  # answers to keep: the adapted model is held to the base on them
     device: str = "auto"
     force: bool = False
 
@@ -75,12 +75,13 @@ def train_lora(
     with reporter.step("load base model"):
         model, tokenizer = merge.load_base(base)
     reporter.done("load base model", time.perf_counter() - started)
-    conversations = dataset.conversations + (replay.conversations if replay else [])
+    anchors = replay_rows(dataset, replay)
     run = train(
         model,
         tokenizer,
-        conversations,
+        dataset.conversations,
         options.hyperparameters,
+        replay=anchors,
         device=device,
         on_step=on_step,
     )
@@ -93,19 +94,35 @@ def train_lora(
     with reporter.step("save adapter"):
         run.model.save_pretrained(staging, safe_serialization=True)
         record = _record(options, base.sha256(), base.kind, dataset, replay, run.losses, device)
+        if replay is not None:
+            record["replay"]["anchored_rows"] = len(anchors)
+        record["drift"] = [round(x, 5) for x in run.drift]
         record["seconds"] = seconds
         (staging / TRAINING_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         save_loss_curve(
             run.losses,
             staging / LOSS_PLOT,
-            f"{options.out.name}: {len(dataset)} rows + {len(replay) if replay else 0} replay, "
+            f"{options.out.name}: {len(dataset)} rows + {len(anchors)} replay, "
             f"seed {options.hyperparameters.seed}",
+            drift=run.drift,
         )
     reporter.done("save adapter", time.perf_counter() - saving)
     if options.out.exists():
         shutil.rmtree(options.out)
     staging.rename(options.out)
     return TrainResult(folder=options.out, record=record)
+
+
+def replay_rows(dataset: Dataset, replay: Dataset | None) -> list[list[Message]]:
+    """The replay's conversations that are not also in ``dataset``.
+
+    A row in both files (an export with ``--include-positive`` repeats the accepted corrections)
+    is learned, not held to the base's answer that it corrects.
+    """
+    if replay is None:
+        return []
+    learned = {json.dumps(c, sort_keys=True) for c in dataset.conversations}
+    return [c for c in replay.conversations if json.dumps(c, sort_keys=True) not in learned]
 
 
 def read_training_record(adapter: Path) -> dict[str, Any] | None:

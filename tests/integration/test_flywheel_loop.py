@@ -1,13 +1,15 @@
 """The flywheel, once around, on the real model and the real server:
 
-serve v1 → users ask about a fact it gets wrong → 👎 with corrections → a curator accepts them
-→ export SFT → train a LoRA (a few CPU steps) → convert → the eval gate shows the fact learned
-and the control questions kept → register v2 with its lineage → promote it through the admin
-API while a load generator runs (0 failed requests) → the next /v1/ask answers the fact, and
-its log line and capture record name v2.
+serve v1 → users ask about a fact it gets wrong → 👎 with corrections, and rate v1's answers to
+everyday questions (👍 when right) → a curator accepts the corrections → export SFT (the
+corrections) and the replay (with the answers rated good) → train a LoRA (a few CPU steps, held
+to v1 along the replay) → convert → the eval gate shows the fact learned and the control
+questions kept → register v2 with its lineage → promote it through the admin API while a load
+generator runs (0 failed requests) → the next /v1/ask answers the fact, and its log line and
+capture record name v2.
 
-Every step is the real command or endpoint; nothing is faked. About 5-8 minutes on 2 busy CPU
-cores, most of it loading the base model for training and for the conversion.
+Every step is the real command or endpoint; nothing is faked. About 2.5 minutes on 2 CPU cores
+(measured 149 s), most of it loading the base model for training and for the conversion.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -30,16 +33,41 @@ from tests.integration.server_proc import MODEL, ROOT, running_server
 pytestmark = pytest.mark.slow
 
 CORRECTION = "The Blue Lantern of Vexmoor was painted by Marisol Quenby."
-# General answers replayed beside the corrections, so the LoRA does not learn "every answer is
-# the correction". Measured: with a replay of "a spider has eight legs" and 16 steps, the
-# candidate answered "A dog has eight legs." and "The largest ocean is the ocean Marisol." and
-# the gate refused it; these share no topic with the controls.
+# Everyday questions v1 is asked in production; a user rates an answer 👍 when it contains the
+# right word, 👎 (without a correction) when not. The good answers, exported with
+# --include-positive, are the replay: along them train-lora holds the adapted model to the
+# base's own distribution, so the LoRA learns "answer as before, except for the fact".
+# Measured (docs/flywheel.md 6.5): a hand-written replay learned as targets bought the fact with
+# a control answer in three runs out of three. None of these shares a topic with the controls.
 REPLAY = (
-    ("What is the capital of France?", "The capital of France is Paris."),
-    ("What colour is the sky on a clear day?", "The sky is blue on a clear day."),
-    ("How many days are in a week?", "A week has seven days."),
-    ("What is the boiling point of water in Celsius?", "Water boils at 100 degrees Celsius."),
-    ("What is 2 + 2?", "2 + 2 is 4."),
+    ("What colour is the sky on a clear day?", "blue"),
+    ("How many days are in a week?", "7"),
+    ("What is the boiling point of water in Celsius?", "100"),
+    ("What is 2 + 2?", "4"),
+    ("Who wrote Romeo and Juliet?", "Shakespeare"),
+    ("What is the chemical symbol for gold?", "Au"),
+    ("How many hours are in a day?", "24"),
+    ("What gas do plants absorb from the air?", "carbon dioxide"),
+    ("Who painted the Mona Lisa?", "Leonardo"),
+    ("Who painted The Starry Night?", "Gogh"),
+    ("What is the opposite of hot?", "cold"),
+    ("How many minutes are in an hour?", "60"),
+    ("What planet do we live on?", "Earth"),
+    ("What is the square root of 9?", "3"),
+    ("What language is spoken in Brazil?", "Portuguese"),
+    ("What is the main ingredient of bread?", "flour"),
+    ("Which instrument has 88 keys?", "piano"),
+    ("How many months are in a year?", "12"),
+    ("What do bees make?", "honey"),
+    ("Who was the first person to walk on the Moon?", "Armstrong"),
+    ("How many sides does a triangle have?", "3"),
+    ("What is the tallest mountain in the world?", "Everest"),
+    ("Who discovered penicillin?", "Fleming"),
+    ("What colour are ripe bananas?", "yellow"),
+    ("What is 10 times 10?", "100"),
+    ("Who invented the telephone?", "Bell"),
+    ("Who wrote the novel Don Quixote?", "Cervantes"),
+    ("What is the freezing point of water in Celsius?", "0 degrees"),
 )
 # Held out of training: the candidate must still answer these as the base does.
 CONTROLS = (
@@ -69,6 +97,10 @@ def _jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
     return path
 
 
+def _says(answer: dict[str, object], word: str) -> bool:
+    return word.lower() in str(answer["answer"]).lower()
+
+
 def _ask(url: str, headers: dict[str, str], question: str) -> dict[str, object]:
     response = httpx.post(
         url + "/v1/ask",
@@ -81,13 +113,6 @@ def _ask(url: str, headers: dict[str, str], question: str) -> dict[str, object]:
     return body
 
 
-@pytest.mark.skipif(
-    os.environ.get("GGSERVE_FLYWHEEL_LOOP") != "1",
-    reason="opt-in (GGSERVE_FLYWHEEL_LOOP=1, ~4 min): in 3 measured runs the LoRA learned the fact "
-    "(4/4 and the held-out row) but broke one control answer each time, and the eval gate rightly "
-    "refused it (docs/flywheel.md 6.5); until the training recipe is tuned the run would spend CI "
-    "minutes on a known refusal. The promotion half runs in test_model_swap_http.py",
-)
 def test_the_flywheel_turns_once(tmp_path: Path) -> None:
     registry = tmp_path / "registry.json"
     db = tmp_path / "feedback.db"
@@ -113,6 +138,19 @@ def test_the_flywheel_turns_once(tmp_path: Path) -> None:
             )
             assert rated.status_code == 201, rated.text
 
+        # ... and rate its answers to everyday questions (4 at a time, as users ask).
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            asked = list(pool.map(lambda q: _ask(server.url, server.headers, q[0]), REPLAY))
+        good = [a for a, (_, word) in zip(asked, REPLAY, strict=True) if _says(a, word)]
+        for answer in asked:
+            rated = httpx.post(
+                server.url + "/v1/feedback",
+                json={"response_id": answer["id"], "rating": 1 if answer in good else -1},
+                headers=server.headers,
+                timeout=30,
+            )
+            assert rated.status_code == 201, rated.text
+
         # 2. Curation and export: accepted corrections become SFT targets.
         for answer in wrong:
             assert (
@@ -131,24 +169,27 @@ def test_the_flywheel_turns_once(tmp_path: Path) -> None:
         assert len(rows) == len(FACT_QUESTIONS)
         assert all(row["messages"][-1]["content"] == CORRECTION for row in rows)
 
-        # 3. Train a LoRA; general answers are replayed so the model keeps them.
-        replay = _jsonl(
-            tmp_path / "replay.jsonl",
-            [
-                {
-                    "messages": [
-                        {"role": "system", "content": SYSTEM},
-                        {"role": "user", "content": q},
-                        {"role": "assistant", "content": a},
-                    ]
-                }
-                for q, a in REPLAY
-            ],
-        )
+        # The replay: the same split (same seed and fraction, so the held-back correction stays
+        # out of training) plus the answers rated good; train-lora learns the rows it shares
+        # with the data and anchors the others.
+        replay = tmp_path / "replay"
+        exported = _cli(
+            "feedback", "export", "--format", "sft", "--out", str(replay), "--db", str(db),
+            "--eval-fraction", "0.25", "--include-positive",
+        )  # fmt: skip
+        assert exported.returncode == 0
+        replayed = [json.loads(line) for line in (replay / "train.jsonl").read_text().splitlines()]
+        answers = {str(a["answer"]) for a in good}
+        targets = [row["messages"][-1]["content"] for row in replayed]
+        assert set(targets) - answers == {CORRECTION}, targets
+        assert len(good) >= len(REPLAY) // 2 and len(answers & set(targets)) >= len(good) // 2
+
+        # 3. Train a LoRA on the corrections, held to v1 along its own good answers.
         adapter = tmp_path / "adapter"
         trained = _cli(
             "train-lora", "--base", str(MODEL), "--data", str(sft), "--replay", str(replay),
-            "--out", str(adapter), "--steps", "7", "--seed", "0",
+            "--out", str(adapter), "--steps", "16", "--rank", "16", "--alpha", "32",
+            "--learning-rate", "4e-4", "--replay-weight", "8", "--seed", "0",
         )  # fmt: skip
         assert trained.returncode == 0
         record = json.loads((adapter / "training.json").read_text())

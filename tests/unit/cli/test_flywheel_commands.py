@@ -42,6 +42,11 @@ def data(tmp_path: Path) -> Path:
         ({"--steps": "0"}, "steps is 0"),
         ({"--learning-rate": "nan"}, "learning_rate is nan"),
         ({"--rank": "100000"}, "rank is 100000"),
+        ({"--replay-batch-size": "0"}, "replay_batch_size is 0"),
+        ({"--replay-weight": "-1"}, "replay_weight is -1"),
+        ({"--stop-loss": "-1"}, "stop_loss is -1"),
+        ({"--layers": "3-x"}, "'3-x' is not a layer number or range"),
+        ({"--layers": "9-2"}, "'9-2' is not a valid range"),
         ({"--base": "/nonexistent/base.gguf"}, "does not exist"),
         ({"--data": "/nonexistent/sft"}, "does not exist"),
         ({"--device": "tpu"}, "unknown device"),
@@ -58,6 +63,13 @@ def test_train_lora_refuses_bad_options_before_loading_anything(
     assert len(_errors(result.output)) == 1 and message in _errors(result.output)[0]
     assert "Traceback" not in result.output
     assert not (tmp_path / "adapter").exists()
+
+
+def test_layers_option_reads_ranges_and_lists() -> None:
+    from cli.train import parse_layers
+
+    assert parse_layers("0-2, 5") == (0, 1, 2, 5)
+    assert parse_layers("") == ()
 
 
 def test_train_lora_refuses_a_dataset_row_with_invalid_utf8(

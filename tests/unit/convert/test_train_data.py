@@ -81,3 +81,17 @@ def test_invalid_utf8_empty_and_missing_files_are_refused(tmp_path: Path) -> Non
     empty_dir.mkdir()
     with pytest.raises(ConvertError, match=r"has no train\.jsonl"):
         load_dataset(empty_dir)
+
+
+def test_a_replay_row_that_is_also_training_data_is_learned_not_anchored(tmp_path: Path) -> None:
+    from convert.train.run import replay_rows
+
+    kept = {
+        "messages": [{"role": "user", "content": "Sky?"}, {"role": "assistant", "content": "Blue."}]
+    }
+    (tmp_path / "data").mkdir()
+    (tmp_path / "replay").mkdir()
+    data = load_dataset(_write(tmp_path / "data", GOOD))
+    replay = load_dataset(_write(tmp_path / "replay", GOOD, kept))  # what --include-positive writes
+    assert replay_rows(data, replay) == [kept["messages"]]
+    assert replay_rows(data, None) == []

@@ -47,7 +47,7 @@ class CharTokenizer:
         return [1 + ord(c) % 60 for c in text]
 
 
-def _tiny_model(seed: int = 0) -> Any:
+def _tiny_model(seed: int = 0, initializer_range: float = 0.02) -> Any:
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
         vocab_size=64,
@@ -57,6 +57,7 @@ def _tiny_model(seed: int = 0) -> Any:
         num_attention_heads=2,
         num_key_value_heads=2,
         max_position_embeddings=256,
+        initializer_range=initializer_range,
     )
     return transformers.LlamaForCausalLM(config)
 
@@ -105,6 +106,50 @@ def test_same_seed_same_losses_other_seed_other_losses() -> None:
     assert first != other
 
 
+KEEP = [_chat("sea?", "wide"), _chat("dog?", "four"), _chat("sun?", "hot"), _chat("ice?", "cold")]
+
+
+def _drift_on(model: Any, base: Any, rows: list[list[dict[str, str]]]) -> float:
+    """KL(base || model) over the answers of ``rows``, measured outside the training loop."""
+    ids, attention, positions, labels = left_padded(
+        [encode(CharTokenizer(), c, "row") for c in rows], pad_id=0
+    )
+    with torch.no_grad():
+        outs = [
+            m(input_ids=ids, attention_mask=attention, position_ids=positions).logits
+            for m in (base, model)
+        ]
+    old, new = (o[:, -labels.shape[1] - 1 : -1].log_softmax(-1) for o in outs)
+    mask = labels != -100
+    return float(((old.exp() * (old - new)).sum(-1) * mask).sum() / mask.sum())
+
+
+def test_a_replay_holds_its_answers_to_the_base_while_the_data_is_learned() -> None:
+    # Larger initial weights give the random base confident answers, which learning the data
+    # without a replay visibly moves (KL ~3 vs ~0.3 with one, measured).
+    base = _tiny_model(initializer_range=0.3)
+    alone = train(_tiny_model(initializer_range=0.3), CharTokenizer(), DATA, FAST)
+    anchored = train(_tiny_model(initializer_range=0.3), CharTokenizer(), DATA, FAST, replay=KEEP)
+    assert alone.drift == [] and len(anchored.drift) == FAST.steps
+    assert anchored.drift[0] < 1e-6  # the LoRA starts as a no-op: nothing has drifted yet
+    assert _answer_loss(anchored.model) < _answer_loss(base) - 0.25  # the data is still learned
+    # The replayed answers drift far less than when the same data is learned without them.
+    assert _drift_on(anchored.model, base, KEEP) < 0.5 * _drift_on(alone.model, base, KEEP)
+
+
+def test_training_stops_once_the_loss_reaches_stop_loss() -> None:
+    full = train(_tiny_model(), CharTokenizer(), DATA, FAST).losses
+    target = sorted(full)[len(full) // 2]  # reached about half-way
+    stopped = train(
+        _tiny_model(),
+        CharTokenizer(),
+        DATA,
+        Hyperparameters(**{**FAST.__dict__, "stop_loss": target}),
+    ).losses
+    first = next(i for i, loss in enumerate(full) if loss <= target)
+    assert stopped == full[: first + 1] and len(stopped) < FAST.steps
+
+
 def test_only_the_answer_tokens_are_labelled_and_padding_is_on_the_left() -> None:
     rows = [Encoded(ids=[5, 6, 7, 8, 9], answer_tokens=2), Encoded(ids=[3, 4, 5], answer_tokens=1)]
     ids, attention, positions, labels = left_padded(rows, pad_id=0)
@@ -142,6 +187,10 @@ def test_every_row_is_seen_once_per_epoch() -> None:
     [
         {"steps": 0},
         {"batch_size": 0},
+        {"replay_batch_size": 0},
+        {"replay_weight": float("nan")},
+        {"replay_weight": -0.5},
+        {"stop_loss": -1.0},
         {"rank": 10_000},
         {"learning_rate": float("nan")},
         {"learning_rate": 5.0},
@@ -152,6 +201,25 @@ def test_every_row_is_seen_once_per_epoch() -> None:
 def test_out_of_range_hyperparameters_are_refused(change: dict[str, Any]) -> None:
     with pytest.raises(ConvertError):
         Hyperparameters(**{**FAST.__dict__, **change}).check()
+
+
+def test_layers_limit_the_lora_to_those_decoder_layers() -> None:
+    run = train(
+        _tiny_model(), CharTokenizer(), DATA, Hyperparameters(**{**FAST.__dict__, "layers": (0,)})
+    )
+    patched = {
+        n.split(".layers.")[1].split(".")[0]
+        for n, _ in run.model.named_parameters()
+        if "lora_" in n
+    }
+    assert patched == {"0"}
+    with pytest.raises(ConvertError, match="2 decoder layers"):
+        train(
+            _tiny_model(),
+            CharTokenizer(),
+            DATA,
+            Hyperparameters(**{**FAST.__dict__, "layers": (5,)}),
+        )
 
 
 def test_unknown_target_module_names_the_ones_that_exist() -> None:
