@@ -77,7 +77,7 @@ def messages(prompt: str) -> list[dict[str, str]]:
 
 def eog_bias(engine: LlamaEngine) -> tuple[tuple[int, float], ...]:
     model = engine._model
-    return tuple((t, -1000.0) for t in range(model.n_vocab) if model.is_eog(t))
+    return tuple((t, -100.0) for t in range(model.n_vocab) if model.is_eog(t))
 
 
 async def engine_stream(

@@ -92,12 +92,15 @@ class FakeEngine:
                 if stop_hit:
                     break
                 emitted += 1
-                yield TokenEvent(text=text, token_id=i)
-            yield FinishEvent(
-                finish_reason=reason,  # type: ignore[arg-type]
-                usage=Usage(prompt, emitted, 0),
-                timings=Timings(1.0, 2.0, 3.0, 4.0, 7.0, prompt),
-            )
+                for index in range(request.n):  # choices interleave, as the real engine's do
+                    yield TokenEvent(text=text, token_id=i, index=index)
+            for index in range(request.n):
+                yield FinishEvent(
+                    finish_reason=reason,  # type: ignore[arg-type]
+                    usage=Usage(prompt, emitted, 0),
+                    timings=Timings(1.0, 2.0, 3.0, 4.0, 7.0, prompt),
+                    index=index,
+                )
         except (GeneratorExit, asyncio.CancelledError):
             self.cancelled.append(request.request_id)
             raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -83,11 +84,13 @@ class RequestContext:
 class TextDelta:
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()  # the tokens behind ``text``, when asked for
+    index: int = 0  # the choice it belongs to (n > 1)
 
 
 @dataclass(frozen=True)
 class PromptScores:
-    """Logprobs of prompt tokens ``start ..`` (prompt scoring, before any delta)."""
+    """Logprobs of prompt tokens ``start ..`` (prompt scoring, before any delta); the prompt
+    is scored once and these serve every choice."""
 
     start: int
     entries: tuple[TokenLogprob, ...]
@@ -95,12 +98,21 @@ class PromptScores:
 
 @dataclass(frozen=True)
 class Completed:
-    """End of a generation, with the OpenAI-style finish reason."""
+    """End of a generation (all its choices), with OpenAI-style finish reasons.
 
-    finish_reason: str
+    ``usage`` counts the prompt once and the completion tokens of every choice.
+    """
+
+    finish_reason: str  # choice 0's
     usage: Usage
     timings: Timings
     refused: bool = False  # the input guardrail refused: nothing was generated
+    choice_finish_reasons: tuple[str, ...] = ()  # per choice when n > 1
+
+    @property
+    def finish_reasons(self) -> tuple[str, ...]:
+        """One finish reason per choice, index order."""
+        return self.choice_finish_reasons or (self.finish_reason,)
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -114,12 +126,17 @@ GenerationItem = TextDelta | PromptScores | Completed
 
 @dataclass(frozen=True)
 class Collected:
-    """A whole generation: its text, the logprobs of its tokens and of the prompt."""
+    """A whole generation: each choice's text and token logprobs, and the prompt's logprobs."""
 
-    text: str
-    logprobs: list[TokenLogprob]
+    texts: list[str]  # index order
+    logprobs: list[list[TokenLogprob]]  # index order
     prompt_logprobs: list[TokenLogprob]  # for prompt tokens 1.. (token 0 has none)
     done: Completed
+
+    @property
+    def text(self) -> str:
+        """Choice 0's text (the only one when n = 1)."""
+        return self.texts[0]
 
 
 class GenerationService:
@@ -242,6 +259,16 @@ class GenerationService:
             raise _context_error(prompt_tokens, 1, self.n_ctx)
         return min(self.max_tokens_default, room)
 
+    def check_choices(self, n: int) -> None:
+        """Refuse ``n`` choices unless each can have a slot of its own."""
+        if n != 1 and not 1 <= n <= (slots := self._engine.stats().slots_total):
+            raise BadRequestError(
+                f"n is {n}; this server generates at most {slots} choices per request "
+                "(one per slot).",
+                code="invalid_value",
+                param="n",
+            )
+
     def input_violation(self, text: str) -> str | None:
         """The guardrail pattern ``text`` breaks, or None."""
         return self.guardrails.violation(text) if self.guardrails else None
@@ -255,24 +282,33 @@ class GenerationService:
         params: SamplingParams,
         *,
         input_text: str | None = None,
+        n: int = 1,
     ) -> AsyncGenerator[GenerationItem, None]:
-        """Text deltas, then one ``Completed``; raises ``APIError`` before the first item.
+        """Text deltas (tagged with their choice), then one ``Completed``; raises ``APIError``
+        before the first item.
 
-        ``input_text`` is checked against the guardrails first: a refusal is a generation
-        like any other (one delta, then ``content_filter``), so it streams when the client
-        streams. Usage is recorded and charged once, before ``Completed`` is yielded.
+        ``n`` choices come from one prefill (the engine forks the prompt's KV cache).
+        ``input_text`` is checked against the guardrails first: a refusal is a generation like
+        any other (one delta per choice, then ``content_filter``), so it streams when the
+        client streams. Usage is recorded and charged once, before ``Completed`` is yielded.
         """
+        self.check_choices(n)
         if input_text is not None and (violation := self.input_violation(input_text)):
             ctx.log_fields["guardrail"] = violation
             done = Completed(
-                "content_filter", Usage(len(prompt_tokens), 0, 0), _NO_TIMINGS, refused=True
+                "content_filter",
+                Usage(len(prompt_tokens), 0, 0),
+                _NO_TIMINGS,
+                refused=True,
+                choice_finish_reasons=("content_filter",) * n,
             )
             await self._account(ctx, done)
             self._capture(ctx, params, REFUSAL, done)
-            yield TextDelta(REFUSAL)
+            for index in range(n):
+                yield TextDelta(REFUSAL, index=index)
             yield done
             return
-        request = GenerationRequest(ctx.request_id, prompt_tokens, params)
+        request = GenerationRequest(ctx.request_id, prompt_tokens, params, n=n)
         try:
             events = self._engine.generate(request)
             first = await anext(events)
@@ -290,16 +326,15 @@ class GenerationService:
             raise ServiceUnavailableError(
                 str(exc), code="model_not_ready", headers={"Retry-After": "5"}
             ) from exc
-        text_so_far: list[str] = []
+        texts: list[list[str]] = [[] for _ in range(n)]
+        finished: dict[int, FinishEvent] = {}
         completion_tokens = 0
         try:
             event: TokenEvent | PromptLogprobsEvent | FinishEvent | None = first
             while event is not None:
                 if isinstance(event, PromptLogprobsEvent):
                     yield PromptScores(event.start, event.entries)
-                    event = await anext(events, None)
-                    continue
-                if isinstance(event, FinishEvent):
+                elif isinstance(event, FinishEvent):
                     if event.finish_reason == "error":
                         if self._drain is not None and self._drain.deadline_passed:
                             raise ServiceUnavailableError(
@@ -309,26 +344,34 @@ class GenerationService:
                                 headers={"Retry-After": str(self._drain.retry_after_s())},
                             )
                         raise RuntimeError(f"engine error: {event.error}")
-                    reason = _OPENAI_FINISH.get(event.finish_reason, event.finish_reason)
-                    done = Completed(reason, event.usage, event.timings)
-                    await self._account(ctx, done)
-                    self._capture(ctx, params, "".join(text_so_far), done)
-                    yield done
-                    return
-                completion_tokens += 1
-                if event.text:
-                    text_so_far.append(event.text)
-                    if self.guardrails and self.guardrails.violation("".join(text_so_far)):
-                        await events.aclose()  # stop decoding now: frees the slot
-                        usage = Usage(len(prompt_tokens), completion_tokens, 0)
-                        done = Completed("content_filter", usage, _NO_TIMINGS)
+                    finished[event.index] = event
+                    if len(finished) == n:
+                        done = _completed(finished)
                         await self._account(ctx, done)
-                        self._capture(ctx, params, "".join(text_so_far[:-1]), done)
+                        self._capture(ctx, params, "".join(texts[0]), done)
                         yield done
                         return
-                if event.text or event.logprob is not None:
-                    logprobs = () if event.logprob is None else (event.logprob,)
-                    yield TextDelta(event.text, logprobs)
+                else:
+                    completion_tokens += 1
+                    so_far = texts[event.index]
+                    if event.text:
+                        so_far.append(event.text)
+                        if self.guardrails and self.guardrails.violation("".join(so_far)):
+                            await events.aclose()  # stop decoding now: frees the slots
+                            usage = Usage(len(prompt_tokens), completion_tokens, 0)
+                            done = Completed(
+                                "content_filter",
+                                usage,
+                                _NO_TIMINGS,
+                                choice_finish_reasons=("content_filter",) * n,
+                            )
+                            await self._account(ctx, done)
+                            self._capture(ctx, params, "".join(texts[0][:-1]), done)
+                            yield done
+                            return
+                    if event.text or event.logprob is not None:
+                        logprobs = () if event.logprob is None else (event.logprob,)
+                        yield TextDelta(event.text, logprobs, event.index)
                 event = await anext(events, None)
         finally:
             await events.aclose()
@@ -430,6 +473,26 @@ def _sampling_record(params: SamplingParams) -> dict[str, Any]:
     }
 
 
+def _completed(finished: Mapping[int, FinishEvent]) -> Completed:
+    """All choices' finish events as one ``Completed``: the prompt counted once."""
+    events = [finished[i] for i in sorted(finished)]
+    first = events[0]
+    reasons = tuple(_OPENAI_FINISH.get(e.finish_reason, e.finish_reason) for e in events)
+    usage = Usage(
+        first.usage.prompt_tokens,
+        sum(e.usage.completion_tokens for e in events),
+        first.usage.cached_prompt_tokens,
+    )
+    timings = first.timings
+    if len(events) > 1:  # decoding ran until the last choice ended
+        timings = dataclasses.replace(
+            timings,
+            decode_ms=max(e.timings.decode_ms for e in events),
+            total_ms=max(e.timings.total_ms for e in events),
+        )
+    return Completed(reasons[0], usage, timings, choice_finish_reasons=reasons)
+
+
 def _context_error(prompt_tokens: int, max_tokens: int, n_ctx: int) -> BadRequestError:
     return BadRequestError(
         f"This model's context per request is {n_ctx} tokens. The prompt has {prompt_tokens} "
@@ -459,25 +522,31 @@ async def until_disconnected(request: Request, work: Awaitable[T], poll_s: float
 
 
 async def collect(items: AsyncIterator[GenerationItem]) -> tuple[str, Completed]:
-    """Drain a generation into its full text and final ``Completed``."""
+    """Drain a one-choice generation into its full text and final ``Completed``."""
     whole = await collect_all(items)
     return whole.text, whole.done
 
 
 async def collect_all(items: AsyncIterator[GenerationItem]) -> Collected:
-    """Drain a generation into its text, logprobs and final ``Completed``."""
-    parts: list[str] = []
-    logprobs: list[TokenLogprob] = []
+    """Drain a generation into each choice's text and logprobs and the final ``Completed``."""
+    parts: dict[int, list[str]] = {}
+    logprobs: dict[int, list[TokenLogprob]] = {}
     prompt: list[TokenLogprob] = []
     final: Completed | None = None
     async for item in items:
         if isinstance(item, TextDelta):
-            parts.append(item.text)
-            logprobs.extend(item.logprobs)
+            parts.setdefault(item.index, []).append(item.text)
+            logprobs.setdefault(item.index, []).extend(item.logprobs)
         elif isinstance(item, PromptScores):
             prompt.extend(item.entries)
         else:
             final = item
     if final is None:  # the engine always ends with a FinishEvent; this is a bug guard
         raise RuntimeError("generation ended without a finish event")
-    return Collected("".join(parts), logprobs, prompt, final)
+    choices = range(len(final.finish_reasons))
+    return Collected(
+        ["".join(parts.get(i, ())) for i in choices],
+        [logprobs.get(i, []) for i in choices],
+        prompt,
+        final,
+    )

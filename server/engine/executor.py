@@ -21,7 +21,7 @@ from typing import Any
 
 import llama_cpp
 
-from server.engine.planner import StepPlan
+from server.engine.planner import DecodeToken, PromptChunk, StepPlan
 
 
 @dataclass(eq=False)
@@ -93,20 +93,26 @@ class StepExecutor:
         n = 0
         if plan.n_tokens > self._capacity:
             raise ValueError(f"plan has {plan.n_tokens} tokens, the batch holds {self._capacity}")
-        for item in plan.decodes:
-            rows[item.key] = n
-            _put(batch, n, item.token, item.pos, item.seq_id, True)
-            n += 1
-        for chunk in plan.chunks:
-            tokens = prompt_of(chunk.key)
-            if chunk.all_logits:
-                score_rows[chunk.key] = n
-            for pos in range(chunk.start, chunk.end):
-                _put(batch, n, tokens[pos], pos, chunk.seq_id, chunk.all_logits)
+        # Rows go in ascending seq_id order. With one KV stream per sequence, llama.cpp splits a
+        # batch into micro-batches of sequences with consecutive ids in batch order
+        # (``split_equal(sequential=true)``) and runs the whole graph once per micro-batch, so
+        # admission order (e.g. seqs 3, 0, 1, 2) would cost two graph runs where one does.
+        entries: list[DecodeToken | PromptChunk] = [*plan.decodes, *plan.chunks]
+        for item in sorted(entries, key=lambda entry: entry.seq_id):
+            if isinstance(item, DecodeToken):
+                rows[item.key] = n
+                _put(batch, n, item.token, item.pos, item.seq_id, True)
                 n += 1
-            if chunk.completes:
+                continue
+            tokens = prompt_of(item.key)
+            if item.all_logits:
+                score_rows[item.key] = n
+            for pos in range(item.start, item.end):
+                _put(batch, n, tokens[pos], pos, item.seq_id, item.all_logits)
+                n += 1
+            if item.completes:
                 batch.logits[n - 1] = True
-                rows[chunk.key] = n - 1
+                rows[item.key] = n - 1
         if n == 0:
             return DecodeResult(0, {})
         batch.n_tokens = n

@@ -85,6 +85,7 @@ class _Generation:
     submitted: float
     deadline: float
     phase: Phase = Phase.WAITING
+    fork_of: int | None = None  # choices 1..n-1: key of choice 0, whose prompt they fork
     cancelled: bool = False  # set from any thread; the loop acts on it within one step
     admitted: float | None = None
     first_token_at: float | None = None
@@ -114,7 +115,8 @@ class _Generation:
 
     @property
     def scores_prompt(self) -> bool:
-        return self.request.params.prompt_logprobs is not None
+        # Forks (n > 1) take choice 0's cache: one scoring of the prompt serves every choice.
+        return self.fork_of is None and self.request.params.prompt_logprobs is not None
 
     @property
     def cached(self) -> int:
@@ -456,6 +458,8 @@ class LlamaEngine:
             )
             for index, sampler in enumerate(samplers)
         ]
+        for fork in generations[1:]:
+            fork.fork_of = generations[0].key
         if not self._queue.try_put_all(generations):
             for sampler in samplers:
                 sampler.free()
@@ -573,6 +577,14 @@ class LlamaEngine:
             slots[chunk.seq_id].last_used = now
             if chunk.completes:
                 self._count_prefix_use(generation)
+        for fork in step.forks:  # choice 0's prompt is in its cache now: take it whole
+            generation = running[fork.key]
+            self._executor.copy_prefix(fork.src, fork.dst, len(slots[fork.src].cached_tokens))
+            generation.prompt_pos = len(generation.prompt)
+            self._counters.prefix_copies += 1
+            self._counters.prefix_copy_tokens += generation.prompt_pos
+            self._count_prefix_use(generation)
+            self._sample(generation, result.sample_rows[fork.leader])  # choice 0's logits
         for key, row in result.sample_rows.items():
             self._sample(running[key], row)
 

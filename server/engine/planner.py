@@ -8,8 +8,10 @@ llama.cpp,
 - which prompt prefixes are copied from another slot, idle or busy, instead of recomputed
   (``llama_memory_seq_cp`` of the whole stream, then ``llama_memory_seq_rm`` of the tail);
 - which sequences wait one step for an older sequence that is prefilling the same prefix, so a
-  burst of requests sharing a long system prompt evaluates it once (``n > 1`` forks use the same
-  rule: choices 1..n-1 wait for choice 0's prompt and copy it);
+  burst of requests sharing a long system prompt evaluates it once;
+- which choices of an ``n > 1`` request fork from choice 0 once its prompt is evaluated: they
+  take its whole KV cache and sample their first token from its logits, so the prompt is
+  evaluated once and every choice continues from bit-identical state;
 - which sequences decode one token, and which prompt chunks fill the rest of the batch.
 
 Fairness: waiting sequences are admitted oldest first, prompt chunks are served oldest
@@ -73,6 +75,9 @@ class SequenceView(Protocol):
     @property
     def scores_prompt(self) -> bool: ...  # needs every prompt token's logits (prompt logprobs)
 
+    @property
+    def fork_of(self) -> int | None: ...  # choices 1..n-1: the key of choice 0
+
 
 @dataclass(frozen=True)
 class PlanState:
@@ -115,6 +120,17 @@ class Wait:
 
 
 @dataclass(frozen=True)
+class Fork:
+    """After this step's decode, slot ``dst`` (choice ``key``) takes slot ``src``'s whole cache
+    (choice ``leader``'s evaluated prompt) and samples from ``leader``'s logits row."""
+
+    key: int
+    leader: int
+    src: int
+    dst: int
+
+
+@dataclass(frozen=True)
 class DecodeToken:
     """One sampled token of a DECODING sequence goes into the batch (logits wanted)."""
 
@@ -141,18 +157,19 @@ class PromptChunk:
 
 @dataclass(frozen=True)
 class StepPlan:
-    """One step, in execution order: admissions, copies, then one batch of decodes + chunks."""
+    """One step, in execution order: admissions, copies, one batch of decodes + chunks, forks."""
 
     admissions: tuple[Admission, ...] = ()
     copies: tuple[PrefixCopy, ...] = ()
     waits: tuple[Wait, ...] = ()
     decodes: tuple[DecodeToken, ...] = ()
     chunks: tuple[PromptChunk, ...] = ()
+    forks: tuple[Fork, ...] = ()
 
     @property
     def is_empty(self) -> bool:
         """Nothing to do: the engine may sleep until a request arrives."""
-        return not (self.admissions or self.copies or self.decodes or self.chunks)
+        return not (self.admissions or self.copies or self.decodes or self.chunks or self.forks)
 
     @property
     def n_tokens(self) -> int:
@@ -283,10 +300,15 @@ def plan(state: PlanState) -> StepPlan:
     copies: list[PrefixCopy] = []
     waits: list[Wait] = []
     ready: list[_Progress] = []
+    forking: list[_Progress] = []
+    leaders = {p.seq.key: p for p in prefilling}
     for progress in prefilling:
         seq, own = progress.seq, progress.seq_id
         if seq.scores_prompt:  # no copies, no waiting: every prompt token must be evaluated
             ready.append(progress)
+            continue
+        if seq.fork_of is not None and seq.fork_of in leaders:
+            forking.append(progress)  # decided once the leader's chunk is known
             continue
         src, available = _best_source(seq, own, caches)
         leader, shared = _leader(progress, prefilling)
@@ -328,4 +350,20 @@ def plan(state: PlanState) -> StepPlan:
             )
         )
         room -= end - progress.prompt_pos
-    return StepPlan(tuple(admissions), tuple(copies), tuple(waits), tuple(decodes), tuple(chunks))
+    completing = {c.key: c.seq_id for c in chunks if c.completes}
+    forks: list[Fork] = []
+    for progress in forking:
+        first = progress.seq.fork_of
+        assert first is not None
+        if first in completing:
+            forks.append(Fork(progress.seq.key, first, completing[first], progress.seq_id))
+        else:
+            waits.append(Wait(progress.seq.key, first, len(progress.seq.prompt)))
+    return StepPlan(
+        tuple(admissions),
+        tuple(copies),
+        tuple(waits),
+        tuple(decodes),
+        tuple(chunks),
+        tuple(forks),
+    )

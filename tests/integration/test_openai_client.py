@@ -118,5 +118,43 @@ def test_errors_are_typed_for_the_client(client: openai.OpenAI, server: ServerHa
             model="m", messages=[{"role": "user", "content": "word " * 3000}], max_tokens=10
         )
     assert info.value.code == "context_length_exceeded"
-    with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], n=2)
+    with pytest.raises(openai.BadRequestError) as info:  # the server runs 4 slots
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], n=5)
+    assert info.value.param == "n"
+
+
+def test_n_greedy_choices_are_one_forked_answer_and_usage_counts_the_prompt_once(
+    client: openai.OpenAI,
+) -> None:
+    # Equality with a separate single request is tested in the engine tests with both cold:
+    # here the second request would reuse the first one's cached prompt, and llama.cpp's
+    # logits are not bit-identical between a prompt batch and a one-token batch.
+    messages = [{"role": "user", "content": "Describe a forest in one sentence."}]
+    many = client.chat.completions.create(
+        model="m", messages=messages, max_tokens=20, temperature=0, n=3
+    )
+    assert [c.index for c in many.choices] == [0, 1, 2]
+    texts = {c.message.content for c in many.choices}
+    assert len(texts) == 1 and texts.pop()
+    assert many.usage is not None
+    assert many.usage.completion_tokens % 3 == 0  # three identical choices, summed
+    single = client.chat.completions.create(model="m", messages=messages, max_tokens=1).usage
+    assert single is not None and many.usage.prompt_tokens == single.prompt_tokens
+
+    stream = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "Describe a river in one sentence."}],
+        max_tokens=20,
+        temperature=0,
+        n=2,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    texts_by_index = ["", ""]
+    usage = None
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts_by_index[choice.index] += choice.delta.content or ""
+        usage = chunk.usage or usage
+    assert texts_by_index[0] and texts_by_index[0] == texts_by_index[1]
+    assert usage is not None and usage.completion_tokens % 2 == 0

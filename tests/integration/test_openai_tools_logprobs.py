@@ -246,7 +246,7 @@ def test_completion_logprobs_cover_echo_and_generated_tokens(client: openai.Open
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"logprobs": "yes"}, "logprobs"),
-        ({"n": 2, "logprobs": True}, "n"),
+        ({"n": 99, "logprobs": True}, "n"),  # more choices than slots
         (
             {"messages": [{"role": "tool", "tool_call_id": "x", "content": "18C"}]},
             "messages[0].tool_call_id",
@@ -344,3 +344,75 @@ def test_streamed_completion_sends_prompt_logprobs_with_the_echo(client: openai.
         for off in chunk.choices[0].logprobs.text_offset or []
     ]
     assert offsets == sorted(offsets) and offsets[0] == 0
+
+
+FORCED_CALL: Any = {"model": "m", "messages": ASK, "tools": TOOLS, "tool_choice": NAMED}
+
+
+def test_n_choices_each_carry_their_own_tool_call_and_logprobs(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        **FORCED_CALL,
+        max_tokens=80,
+        n=3,
+        seed=7,
+        temperature=1.0,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    assert [choice.index for choice in reply.choices] == [0, 1, 2]
+    arguments: set[str] = set()
+    tokens = 0
+    for choice in reply.choices:
+        assert choice.finish_reason == "tool_calls"
+        calls = choice.message.tool_calls
+        assert calls is not None and calls[0].function.name == "get_weather"
+        jsonschema.validate(json.loads(calls[0].function.arguments), WEATHER_SCHEMA)
+        arguments.add(calls[0].function.arguments)
+        assert choice.logprobs is not None and choice.logprobs.content
+        assert all(entry.logprob <= 0 for entry in choice.logprobs.content)
+        tokens += len(choice.logprobs.content)
+    # Distinct seeds per choice (seed + index): at temperature 1 the arguments are not all one.
+    assert len(arguments) > 1, arguments
+    assert reply.usage is not None and reply.usage.completion_tokens == tokens
+
+
+def test_streamed_n_tool_calls_keep_their_choice_index(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        **FORCED_CALL,
+        max_tokens=80,
+        n=2,
+        seed=3,
+        stream=True,
+    )
+    arguments = {0: "", 1: ""}
+    finishes: dict[int, str] = {}
+    for chunk in stream:
+        for choice in chunk.choices:
+            for call in choice.delta.tool_calls or []:
+                arguments[choice.index] += (call.function and call.function.arguments) or ""
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert finishes == {0: "tool_calls", 1: "tool_calls"}
+    for text in arguments.values():
+        jsonschema.validate(json.loads(text), WEATHER_SCHEMA)
+
+
+def test_n_completions_share_one_scored_echo(client: openai.OpenAI) -> None:
+    reply = client.completions.create(
+        model="m",
+        prompt="One, two, three,",
+        max_tokens=4,
+        echo=True,
+        logprobs=2,
+        temperature=0,
+        n=2,
+    )
+    assert reply.usage is not None and [c.index for c in reply.choices] == [0, 1]
+    first, second = (choice.logprobs for choice in reply.choices)
+    assert first is not None and second is not None
+    n_prompt = reply.usage.prompt_tokens
+    # The prompt is scored once and both choices report it; greedy choices agree entirely.
+    assert first.token_logprobs == second.token_logprobs
+    assert len(first.tokens or []) == n_prompt + reply.usage.completion_tokens // 2
+    assert reply.choices[0].text == reply.choices[1].text
+    assert reply.choices[0].text.startswith("One, two, three,")

@@ -48,7 +48,7 @@ class SamplingFields(_Lenient):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, le=128)  # OpenAI's own bound; the slots bound it further
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None

@@ -87,15 +87,6 @@ def usage_info(done: Completed) -> UsageInfo:
     )
 
 
-def _reject_unsupported(request: SamplingFields) -> None:
-    if request.n != 1:
-        raise BadRequestError(
-            "n > 1 is not supported: send one request per completion (they run in parallel).",
-            code="unsupported_value",
-            param="n",
-        )
-
-
 def _include_usage(request: SamplingFields) -> bool:
     return bool(request.stream_options and request.stream_options.include_usage)
 
@@ -113,13 +104,15 @@ class OpenAIServing:
         generation: GenerationService,
         http_request: Request,
     ) -> ChatCompletionResponse | EventSourceResponse:
-        _reject_unsupported(request)
+        generation.check_choices(request.n)
         chat = prepare_chat(request, generation)
         ctx.capture = CaptureDraft(f"chatcmpl-{ctx.request_id}", messages=chat.transcript)
         items = observe.generations(
             self.services,
             observe.last_user_message(chat.transcript),
-            generation.stream(ctx, chat.prompt, chat.params, input_text=chat.input_text),
+            generation.stream(
+                ctx, chat.prompt, chat.params, input_text=chat.input_text, n=request.n
+            ),
         )
         model = self.services.model_id
         if request.stream:
@@ -129,35 +122,37 @@ class OpenAIServing:
                 _include_usage(request),
                 parse_calls=chat.parse_calls,
                 piece_of=generation.token_piece if request.logprobs else None,
+                n=request.n,
             )
             return await open_stream(http_request, ctx, items, fmt)
         whole = await until_disconnected(http_request, collect_all(items))
         done = whole.done
-        content: str | None = whole.text
-        calls: list[ToolCallOut] | None = None
-        if chat.parse_calls and not done.refused:
-            parsed = parse_output(whole.text)
-            if parsed.calls:
-                content = parsed.content or None
-                calls = [tool_call_out(call) for call in parsed.calls]
-        logprobs = None
-        if request.logprobs:
-            logprobs = ChoiceLogprobs(content=chat_logprobs(whole.logprobs, generation.token_piece))
-        return ChatCompletionResponse(
-            id=f"chatcmpl-{ctx.request_id}",
-            model=model,
-            choices=[
+        choices = []
+        for index, (text, reason) in enumerate(zip(whole.texts, done.finish_reasons, strict=True)):
+            content: str | None = text
+            calls: list[ToolCallOut] | None = None
+            if chat.parse_calls and not done.refused:
+                parsed = parse_output(text)
+                if parsed.calls:
+                    content = parsed.content or None
+                    calls = [tool_call_out(call) for call in parsed.calls]
+            logprobs = None
+            if request.logprobs:
+                entries = chat_logprobs(whole.logprobs[index], generation.token_piece)
+                logprobs = ChoiceLogprobs(content=entries)
+            message = ChatResponseMessage(
+                content=content, refusal=text if done.refused else None, tool_calls=calls
+            )
+            choices.append(
                 ChatChoice(
-                    message=ChatResponseMessage(
-                        content=content,
-                        refusal=whole.text if done.refused else None,
-                        tool_calls=calls,
-                    ),
-                    finish_reason=tool_finish(done.finish_reason, bool(calls)),
+                    index=index,
+                    message=message,
+                    finish_reason=tool_finish(reason, bool(calls)),
                     logprobs=logprobs,
                 )
-            ],
-            usage=usage_info(done),
+            )
+        return ChatCompletionResponse(
+            id=f"chatcmpl-{ctx.request_id}", model=model, choices=choices, usage=usage_info(done)
         )
 
     async def completions(
@@ -167,7 +162,7 @@ class OpenAIServing:
         generation: GenerationService,
         http_request: Request,
     ) -> CompletionResponse | EventSourceResponse:
-        _reject_unsupported(request)
+        generation.check_choices(request.n)
         if request.suffix:
             raise BadRequestError("suffix is not supported.", param="suffix")
         if request.best_of not in (None, 1):
@@ -182,7 +177,7 @@ class OpenAIServing:
         model = self.services.model_id
         scoring = request.echo and request.logprobs is not None
         if request.max_tokens == 0 and not scoring:  # echo only: nothing to compute
-            return _echo_only(f"cmpl-{ctx.request_id}", model, prompt_text, len(prompt))
+            return _echo_only(f"cmpl-{ctx.request_id}", model, prompt_text, len(prompt), request.n)
         max_tokens = generation.resolve_max_tokens(request.max_tokens, len(prompt))
         params = replace(
             sampling_params(request, max_tokens),
@@ -190,7 +185,7 @@ class OpenAIServing:
             prompt_logprobs=request.logprobs if scoring else None,
         )
         ctx.capture = CaptureDraft(f"cmpl-{ctx.request_id}", prompt=prompt_text)
-        items = generation.stream(ctx, prompt, params, input_text=prompt_text)
+        items = generation.stream(ctx, prompt, params, input_text=prompt_text, n=request.n)
         echo = prompt_text if request.echo else ""
         piece_of = generation.token_piece if request.logprobs is not None else None
         if request.stream:
@@ -201,27 +196,28 @@ class OpenAIServing:
                 echo=echo,
                 prompt=prompt,
                 piece_of=piece_of,
+                n=request.n,
             )
             return await open_stream(http_request, ctx, items, fmt)
         whole = await until_disconnected(http_request, collect_all(items))
-        logprobs = None
-        if piece_of is not None:
-            entries: list[TokenLogprob | tuple[int, None]] = []
-            if scoring:
-                entries += [(prompt[0], None), *whole.prompt_logprobs]
-            entries += whole.logprobs
-            logprobs = completion_logprobs(entries, piece_of)
-        return CompletionResponse(
-            id=f"cmpl-{ctx.request_id}",
-            model=model,
-            choices=[
+        choices = []
+        for index, (text, reason) in enumerate(
+            zip(whole.texts, whole.done.finish_reasons, strict=True)
+        ):
+            logprobs = None
+            if piece_of is not None:
+                entries: list[TokenLogprob | tuple[int, None]] = []
+                if scoring:  # the prompt is scored once; every choice echoes it
+                    entries += [(prompt[0], None), *whole.prompt_logprobs]
+                entries += whole.logprobs[index]
+                logprobs = completion_logprobs(entries, piece_of)
+            choices.append(
                 CompletionChoice(
-                    text=echo + whole.text,
-                    finish_reason=whole.done.finish_reason,
-                    logprobs=logprobs,
+                    index=index, text=echo + text, finish_reason=reason, logprobs=logprobs
                 )
-            ],
-            usage=usage_info(whole.done),
+            )
+        return CompletionResponse(
+            id=f"cmpl-{ctx.request_id}", model=model, choices=choices, usage=usage_info(whole.done)
         )
 
     async def embeddings(self, request: EmbeddingRequest, ctx: RequestContext) -> EmbeddingResponse:
@@ -295,12 +291,17 @@ def _completion_prompt(
     return str(prompt[0]), generation.tokenize(str(prompt[0]))
 
 
-def _echo_only(chunk_id: str, model: str, prompt_text: str, n_prompt: int) -> CompletionResponse:
+def _echo_only(
+    chunk_id: str, model: str, prompt_text: str, n_prompt: int, n: int
+) -> CompletionResponse:
     """``echo`` with ``max_tokens: 0`` and no logprobs: the prompt back, nothing run."""
     return CompletionResponse(
         id=chunk_id,
         model=model,
-        choices=[CompletionChoice(text=prompt_text, finish_reason="length")],
+        choices=[
+            CompletionChoice(index=index, text=prompt_text, finish_reason="length")
+            for index in range(n)
+        ],
         usage=UsageInfo(prompt_tokens=n_prompt, completion_tokens=0, total_tokens=n_prompt),
     )
 
@@ -343,7 +344,9 @@ class ChatChunkFormat(_OpenAIFormat):
 
     With ``parse_calls`` the text goes through a ``ToolCallStream``: content deltas until a
     call marker, then ``delta.tool_calls`` (index, id and name first, then argument fragments).
-    With ``piece_of`` (logprobs asked for) each chunk carries its tokens' logprobs.
+    With ``piece_of`` (logprobs asked for) each chunk carries its tokens' logprobs. With ``n``
+    choices every chunk carries its choice's ``index``; each choice gets its role chunk first
+    and its finish chunk at the end, then one usage chunk covers the request.
     """
 
     def __init__(
@@ -354,13 +357,15 @@ class ChatChunkFormat(_OpenAIFormat):
         *,
         parse_calls: bool = False,
         piece_of: PieceOf | None = None,
+        n: int = 1,
     ) -> None:
         self.chunk_id, self.model, self.include_usage = chunk_id, model, include_usage
         self.created = int(time.time())
+        self.n = n
         self._started = False
-        self._calls = ToolCallStream() if parse_calls else None
+        self._calls = [ToolCallStream() for _ in range(n)] if parse_calls else None
         self._piece_of = piece_of
-        self._content = _ContentTemplate(self._chunk(ChatDelta(content=_MARKER))["data"])
+        self._content: dict[int, _ContentTemplate] = {}
 
     def _chunk(
         self,
@@ -368,24 +373,39 @@ class ChatChunkFormat(_OpenAIFormat):
         finish: str | None = None,
         usage: UsageInfo | None = None,
         logprobs: ChoiceLogprobs | None = None,
+        index: int = 0,
     ) -> Frame:
         choices = (
-            [] if usage else [ChatChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)]
+            []
+            if usage
+            else [
+                ChatChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)
+            ]
         )
         body = ChatCompletionChunk(
             id=self.chunk_id, created=self.created, model=self.model, choices=choices, usage=usage
         )
         return {"data": body.model_dump_json()}
 
+    def _plain(self, text: str, index: int) -> Frame:
+        """The hot path: a content chunk from the choice's pre-rendered template."""
+        template = self._content.get(index)
+        if template is None:
+            marked = self._chunk(ChatDelta(content=_MARKER), index=index)
+            template = self._content[index] = _ContentTemplate(marked["data"])
+        return {"data": template.render(text)}
+
     def frames(self, event: GenerationItem) -> Iterable[Frame]:
         if not self._started:
             self._started = True
-            yield self._chunk(ChatDelta(role="assistant", content=""))
+            for index in range(self.n):
+                yield self._chunk(ChatDelta(role="assistant", content=""), index=index)
         if isinstance(event, PromptScores):
             return
         if isinstance(event, TextDelta):
+            index = event.index
             if self._calls is None and self._piece_of is None:
-                yield {"data": self._content.render(event.text)}  # the hot path: plain text
+                yield self._plain(event.text, index)
                 return
             logprobs = None
             if self._piece_of is not None:
@@ -393,20 +413,21 @@ class ChatChunkFormat(_OpenAIFormat):
             deltas = (
                 [ChatDelta(content=event.text)]
                 if self._calls is None
-                else _tool_deltas(self._calls.feed(event.text))
+                else _tool_deltas(self._calls[index].feed(event.text))
             )
             if not deltas and logprobs is not None:  # text held back: logprobs go now anyway
                 deltas = [ChatDelta(content="")]
             for delta in deltas:
-                yield self._chunk(delta, logprobs=logprobs)
+                yield self._chunk(delta, logprobs=logprobs, index=index)
                 logprobs = None  # a delta's logprobs go out once, with its first chunk
             return
-        has_calls = False
-        if self._calls is not None:
-            for delta in _tool_deltas(self._calls.finish()):
-                yield self._chunk(delta)
-            has_calls = bool(self._calls.calls)
-        yield self._chunk(ChatDelta(), tool_finish(event.finish_reason, has_calls))
+        for index, reason in enumerate(event.finish_reasons):
+            has_calls = False
+            if self._calls is not None:
+                for delta in _tool_deltas(self._calls[index].finish()):
+                    yield self._chunk(delta, index=index)
+                has_calls = bool(self._calls[index].calls)
+            yield self._chunk(ChatDelta(), tool_finish(reason, has_calls), index=index)
         if self.include_usage:
             yield self._chunk(ChatDelta(), usage=usage_info(event))
 
@@ -444,7 +465,11 @@ def tool_finish(finish_reason: str, has_calls: bool) -> str:
 
 
 class CompletionChunkFormat(_OpenAIFormat):
-    """``text_completion`` frames: the echo (with prompt logprobs), text deltas, finish, usage."""
+    """``text_completion`` frames: the echo (with prompt logprobs), text deltas, finish, usage.
+
+    With ``n`` choices every chunk carries its choice's ``index``; each choice echoes the
+    prompt (scored once) before its first text.
+    """
 
     def __init__(
         self,
@@ -455,15 +480,17 @@ class CompletionChunkFormat(_OpenAIFormat):
         echo: str = "",
         prompt: list[int] | None = None,
         piece_of: PieceOf | None = None,
+        n: int = 1,
     ) -> None:
         self.chunk_id, self.model, self.include_usage = chunk_id, model, include_usage
         self.created = int(time.time())
+        self.n = n
         self._echo = echo
         self._prompt = prompt or []
         self._prompt_scores: list[TokenLogprob] = []
         self._piece_of = piece_of
-        self._offset = 0  # characters sent so far (text_offset of the next token)
-        self._text = _ContentTemplate(self._chunk(_MARKER, None)["data"])
+        self._offsets = [0] * n  # characters sent so far per choice (next token's text_offset)
+        self._text: dict[int, _ContentTemplate] = {}
 
     def _chunk(
         self,
@@ -471,21 +498,31 @@ class CompletionChunkFormat(_OpenAIFormat):
         finish: str | None,
         usage: UsageInfo | None = None,
         logprobs: CompletionLogprobs | None = None,
+        index: int = 0,
     ) -> Frame:
         choices = (
-            [] if usage else [CompletionChoice(text=text, finish_reason=finish, logprobs=logprobs)]
+            []
+            if usage
+            else [CompletionChoice(index=index, text=text, finish_reason=finish, logprobs=logprobs)]
         )
         body = CompletionResponse(
             id=self.chunk_id, created=self.created, model=self.model, choices=choices, usage=usage
         )
         return {"data": body.model_dump_json()}
 
+    def _plain(self, text: str, index: int) -> Frame:
+        template = self._text.get(index)
+        if template is None:
+            marked = self._chunk(_MARKER, None, index=index)
+            template = self._text[index] = _ContentTemplate(marked["data"])
+        return {"data": template.render(text)}
+
     def _logprobs(
-        self, entries: list[TokenLogprob | tuple[int, None]]
+        self, entries: list[TokenLogprob | tuple[int, None]], index: int
     ) -> CompletionLogprobs | None:
         if self._piece_of is None:
             return None
-        return completion_logprobs(entries, self._piece_of, text_offset=self._offset)
+        return completion_logprobs(entries, self._piece_of, text_offset=self._offsets[index])
 
     def frames(self, event: GenerationItem) -> Iterable[Frame]:
         if isinstance(event, PromptScores):
@@ -495,16 +532,21 @@ class CompletionChunkFormat(_OpenAIFormat):
             scored: list[TokenLogprob | tuple[int, None]] = []
             if self._prompt_scores:
                 scored = [(self._prompt[0], None), *self._prompt_scores]
-            yield self._chunk(self._echo, None, logprobs=self._logprobs(scored))
-            self._offset += len(self._echo)
+            for index in range(self.n):
+                logprobs = self._logprobs(scored, index)
+                yield self._chunk(self._echo, None, logprobs=logprobs, index=index)
+                self._offsets[index] += len(self._echo)
             self._echo = ""
         if isinstance(event, TextDelta):
+            index = event.index
             if self._piece_of is None:
-                yield {"data": self._text.render(event.text)}
+                yield self._plain(event.text, index)
                 return
-            yield self._chunk(event.text, None, logprobs=self._logprobs(list(event.logprobs)))
-            self._offset += len(event.text)
+            logprobs = self._logprobs(list(event.logprobs), index)
+            yield self._chunk(event.text, None, logprobs=logprobs, index=index)
+            self._offsets[index] += len(event.text)
             return
-        yield self._chunk("", event.finish_reason)
+        for index, reason in enumerate(event.finish_reasons):
+            yield self._chunk("", reason, index=index)
         if self.include_usage:
             yield self._chunk("", None, usage_info(event))

@@ -60,10 +60,14 @@ def test_malformed_json_is_400(client: TestClient) -> None:
     assert_envelope(response.json(), "invalid_request_error")
 
 
-def test_n_above_one_is_a_clear_400(client: TestClient) -> None:
-    response = client.post("/v1/chat/completions", json={**CHAT, "n": 2}, headers=auth())
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] == "n"
+@pytest.mark.parametrize("n", [5, 0, -1, "two", 2.5, 10**12, None])
+def test_n_beyond_the_slots_or_not_a_count_is_a_400_naming_n(client: TestClient, n: Any) -> None:
+    for route, body in (("/v1/chat/completions", CHAT), ("/v1/completions", {"prompt": "Hi"})):
+        for stream in (False, True):
+            response = client.post(route, json={**body, "n": n, "stream": stream}, headers=auth())
+            assert response.status_code == 400, (route, n, response.text)
+            assert_envelope(response.json(), "invalid_request_error")
+            assert response.json()["error"]["param"] == "n"
 
 
 def test_context_overflow_is_400_with_token_counts(

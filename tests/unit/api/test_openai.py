@@ -104,3 +104,58 @@ def test_ask_returns_answer_usage_and_timings(client: TestClient) -> None:
     assert body["usage"]["completion_tokens"] == 6
     assert body["timings"]["ttft_ms"] == 3.0
     assert body["sources"] == []
+
+
+def test_n_choices_each_have_an_index_and_usage_counts_the_prompt_once(
+    client: TestClient, fake_engine: FakeEngine
+) -> None:
+    single = client.post("/v1/chat/completions", json=CHAT, headers=auth()).json()
+    response = client.post("/v1/chat/completions", json={**CHAT, "n": 3}, headers=auth())
+    assert response.status_code == 200
+    body = response.json()
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    assert {c["message"]["content"] for c in body["choices"]} == {"Paris is the capital of France."}
+    assert body["usage"]["prompt_tokens"] == single["usage"]["prompt_tokens"]
+    assert body["usage"]["completion_tokens"] == 3 * single["usage"]["completion_tokens"]
+    assert fake_engine.requests[-1].n == 3
+
+
+def test_streamed_n_choices_carry_their_index_and_one_usage_chunk(client: TestClient) -> None:
+    payload = {**CHAT, "n": 2, "stream": True, "stream_options": {"include_usage": True}}
+    with client.stream("POST", "/v1/chat/completions", json=payload, headers=auth()) as resp:
+        data = sse_data(resp.read().decode())
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    texts = {0: "", 1: ""}
+    roles, finishes = [], {}
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            if choice["delta"].get("role"):
+                roles.append(choice["index"])
+            texts[choice["index"]] += choice["delta"].get("content") or ""
+            if choice["finish_reason"]:
+                finishes[choice["index"]] = choice["finish_reason"]
+    assert roles == [0, 1]
+    assert texts == {0: "Paris is the capital of France.", 1: "Paris is the capital of France."}
+    assert finishes == {0: "stop", 1: "stop"}
+    usage_chunks = [c for c in chunks if c.get("usage")]
+    assert len(usage_chunks) == 1 and usage_chunks[0]["usage"]["completion_tokens"] == 12
+
+
+def test_completions_with_n_and_streaming_index(client: TestClient) -> None:
+    body = client.post(
+        "/v1/completions", json={"prompt": "Say", "n": 2, "max_tokens": 2}, headers=auth()
+    ).json()
+    assert [(c["index"], c["text"], c["finish_reason"]) for c in body["choices"]] == [
+        (0, "Paris is", "length"),
+        (1, "Paris is", "length"),
+    ]
+    assert body["usage"]["completion_tokens"] == 4
+    payload = {"prompt": "Say", "n": 2, "max_tokens": 2, "stream": True}
+    with client.stream("POST", "/v1/completions", json=payload, headers=auth()) as resp:
+        chunks = [json.loads(d) for d in sse_data(resp.read().decode())[:-1]]
+    by_index: dict[int, str] = {0: "", 1: ""}
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            by_index[choice["index"]] += choice["text"]
+    assert by_index == {0: "Paris is", 1: "Paris is"}

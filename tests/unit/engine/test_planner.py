@@ -39,6 +39,7 @@ class FakeSeq:
     seq_id: int | None = None
     next_token: int | None = None
     scores_prompt: bool = False
+    fork_of: int | None = None
 
 
 def state(
@@ -74,6 +75,10 @@ def apply(step: StepPlan, slots: list[FakeSlot], seqs: dict[int, FakeSeq]) -> No
         seq.prompt_pos = ch.end
         if ch.completes:
             seq.phase, seq.next_token = Phase.DECODING, 7
+    for f in step.forks:
+        by_id[f.dst].cached_tokens = list(by_id[f.src].cached_tokens)
+        seq = seqs[f.key]
+        seq.prompt_pos, seq.phase, seq.next_token = len(seq.prompt), Phase.DECODING, 7
 
 
 def play(
@@ -197,14 +202,39 @@ def test_cancelled_leader_leaves_its_partial_prefix_to_the_waiter() -> None:
 def test_n_greater_than_1_forks_the_first_choice_after_one_prefill() -> None:
     prompt = SYSTEM + question(0)
     slots = [FakeSlot(i) for i in range(3)]
-    choices = [FakeSeq(k, list(prompt)) for k in range(3)]  # the engine queues n choices
+    choices = [FakeSeq(0, list(prompt))] + [
+        FakeSeq(k, list(prompt), fork_of=0) for k in (1, 2)
+    ]  # the engine queues n choices; 1..n-1 name choice 0
     plans = play(slots, choices)
-    assert [w.key for w in plans[0].waits] == [1, 2]
-    copies = [c for p in plans for c in p.copies]
-    assert [(c.key, c.keep) for c in copies] == [(1, len(prompt) - 1), (2, len(prompt) - 1)]
-    assert {c.src for c in copies} == {plans[0].admissions[0].seq_id}
-    # the prompt once, plus the last token of each fork (its logits are the fork's own)
-    assert sum(c.end - c.start for p in plans for c in p.chunks) == len(prompt) + 2
+    leader_slot = plans[0].admissions[0].seq_id
+    # choice 0's prompt completes in the first step: the forks take its cache right after the
+    # decode and sample from its logits, so nothing but the prompt is ever evaluated
+    assert plans[0].chunks == (PromptChunk(0, leader_slot, 0, len(prompt), True),)
+    assert [(f.key, f.leader, f.src) for f in plans[0].forks] == [
+        (1, 0, leader_slot),
+        (2, 0, leader_slot),
+    ]
+    assert len(plans) == 1
+    assert sum(c.end - c.start for p in plans for c in p.chunks) == len(prompt)
+
+
+def test_forks_wait_while_their_first_choice_needs_several_chunks() -> None:
+    prompt = list(range(1000, 1700))
+    slots = [FakeSlot(0), FakeSlot(1)]
+    choices = [FakeSeq(0, prompt), FakeSeq(1, list(prompt), fork_of=0)]
+    plans = play(slots, choices, capacity=512)
+    assert plans[0].waits == (Wait(1, 0, 700),) and plans[0].forks == ()
+    assert [(f.key, f.dst) for f in plans[1].forks] == [(1, 1)]
+
+
+def test_a_fork_admitted_after_its_first_choice_decodes_copies_like_any_request() -> None:
+    prompt = SYSTEM + question(0)
+    slots = [FakeSlot(0, [*prompt, 4]), FakeSlot(1)]
+    first = FakeSeq(0, prompt, Phase.DECODING, len(prompt), 0, next_token=5)
+    late = FakeSeq(1, list(prompt), fork_of=0)
+    step = plan(state(slots, running=[first], waiting=[late]))
+    assert step.forks == ()
+    assert step.copies == (PrefixCopy(1, 0, 1, len(prompt) - 1),)
 
 
 def test_a_request_never_waits_for_a_younger_one() -> None:
