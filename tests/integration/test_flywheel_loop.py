@@ -9,7 +9,7 @@ generator runs (0 failed requests) → the next /v1/ask answers the fact, and it
 capture record name v2.
 
 Every step is the real command or endpoint; nothing is faked. About 3 minutes on 2 CPU cores
-(measured 167-176 s), most of it training (~80 s with the base load) and converting (~55 s).
+(measured 148-176 s), most of it training (~80 s with the base load) and converting (~55 s).
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def test_the_flywheel_turns_once(tmp_path: Path) -> None:
 
         # 3. Train a LoRA on the corrections, held to v1 along its own good answers; on the MLPs
         # of the first 15 of 30 layers, since patching the later ones let "Mar(isol)" leak into
-        # "the largest ocean is the Mar(iana)…" (docs/flywheel.md 6.5: 3 seeds of 3 promoted).
+        # "the largest ocean is the Mar(iana)…" (docs/flywheel.md 6.5: 5 seeds of 5 promoted).
         adapter = tmp_path / "adapter"
         trained = _cli(
             "train-lora", "--base", str(MODEL), "--data", str(sft), "--replay", str(replay),
