@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.engine.boundary import field_path
 from server.engine.types import InvalidRequestError as EngineInvalidRequestError
 
 
@@ -119,8 +120,7 @@ def error_response(
 
 
 def _field_path(loc: Sequence[Any]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "body"
+    return field_path(p for p in loc if p not in ("body", "query", "path", "header")) or "body"
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:

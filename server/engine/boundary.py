@@ -63,8 +63,19 @@ _PENALTY_LIMIT = 2.0
 _MAX_REPEAT_PENALTY = 100.0
 
 
+def field_path(parts: Iterable[object]) -> str:
+    """A request field's path as OpenAI writes it: ``messages[0].content``, ``tools[1].type``."""
+    path = ""
+    for part in parts:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path = f"{path}.{part}" if path else str(part)
+    return path
+
+
 def lone_surrogate_path(value: object, path: str = "") -> str | None:
-    """Dotted path of the first string (or key) holding a lone surrogate, or None.
+    """Path (``messages[0].content``) of the first string or key with a lone surrogate, or None.
 
     JSON may spell ``"\\ud800"``; Python decodes it into a str that cannot be encoded as UTF-8,
     so it must be refused before any code (tokenizer, log, database) tries to encode it.
@@ -83,7 +94,7 @@ def lone_surrogate_path(value: object, path: str = "") -> str | None:
                 stack.append((child_path, child))
         elif isinstance(item, list | tuple):
             for index in reversed(range(len(item))):
-                stack.append((f"{where}.{index}" if where else str(index), item[index]))
+                stack.append((f"{where}[{index}]", item[index]))
     return None
 
 

@@ -228,7 +228,7 @@ def test_any_prompt_text_is_200_or_a_400_naming_the_field(fuzzed: ServerHandle) 
             assert response.status_code in (200, 400), response.text  # 400: empty prompt
         else:
             assert response.status_code == 400
-            assert response.json()["error"]["param"] == ("prompt.0" if as_list else "prompt")
+            assert response.json()["error"]["param"] == ("prompt[0]" if as_list else "prompt")
 
     run()
 

@@ -70,7 +70,7 @@ def test_valid_token_ids_still_complete_with_echo(server: ServerHandle) -> None:
         (
             "/v1/chat/completions",
             '{"messages":[{"role":"user","content":"\\ud800"}]}',
-            "messages.0.content",
+            "messages[0].content",
         ),
         (
             "/v1/chat/completions",
@@ -78,7 +78,7 @@ def test_valid_token_ids_still_complete_with_echo(server: ServerHandle) -> None:
             "stop.0",
         ),
         ("/v1/completions", '{"prompt":"a\\udc00b","max_tokens":2}', "prompt"),
-        ("/v1/completions", '{"prompt":["ok","\\ud83d"],"max_tokens":2}', "prompt.1"),
+        ("/v1/completions", '{"prompt":["ok","\\ud83d"],"max_tokens":2}', "prompt[1]"),
         ("/v1/embeddings", '{"input":"\\ud800"}', "input"),
         ("/v1/ask", '{"question":"why \\ud800?"}', "question"),
     ],

@@ -41,16 +41,16 @@ def test_well_formed_text_passes(text: str) -> None:
 
 @pytest.mark.parametrize("text", ["\ud800", "ok \udfff", "a\udc80b"])
 def test_lone_surrogates_are_refused_naming_the_field(text: str) -> None:
-    assert _param_of(boundary.check_text, text, "messages.0.content") == "messages.0.content"
+    assert _param_of(boundary.check_text, text, "messages[0].content") == "messages[0].content"
 
 
 @pytest.mark.parametrize(
     ("body", "path"),
     [
-        ({"messages": [{"role": "user", "content": "\ud800"}]}, "messages.0.content"),
-        ({"prompt": ["fine", "bad \udfff"]}, "prompt.1"),
+        ({"messages": [{"role": "user", "content": "\ud800"}]}, "messages[0].content"),
+        ({"prompt": ["fine", "bad \udfff"]}, "prompt[1]"),
         ({"logit_bias": {"\ud800": 1}}, "logit_bias"),
-        ({"a": {"b": [1, 2, {"c": "x\udc00"}]}}, "a.b.2.c"),
+        ({"a": {"b": [1, 2, {"c": "x\udc00"}]}}, "a.b[2].c"),
         ("\ud800", "body"),
     ],
 )
@@ -139,3 +139,19 @@ def test_parentheses_inside_literals_and_classes_do_not_count_as_nesting() -> No
 @pytest.mark.parametrize("n", [-1, 21, True])
 def test_n_probs_outside_0_to_20_are_refused(n: int) -> None:
     assert _param_of(boundary.check_n_probs, n, N_VOCAB) == "top_logprobs"
+
+
+@pytest.mark.parametrize(
+    ("parts", "path"),
+    [
+        (("messages", 0, "content"), "messages[0].content"),
+        (("tools", 1, "function", "parameters"), "tools[1].function.parameters"),
+        (("prompt", 2), "prompt[2]"),
+        ((0,), "[0]"),
+        ((), ""),
+    ],
+)
+def test_field_paths_are_written_as_openai_writes_them(
+    parts: tuple[object, ...], path: str
+) -> None:
+    assert boundary.field_path(parts) == path
