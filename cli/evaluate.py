@@ -47,6 +47,11 @@ def evaluate(
         0.0, help="Largest allowed fall of a suite's pass rate (0.05 = 5 points)."
     ),
     max_tokens: int = typer.Option(64, help="Tokens generated per answer (greedy)."),
+    room: bool = typer.Option(
+        False,
+        help="Also measure how close each passing answer came to failing: the smallest "
+        "log-prob lead over a runner-up token that would fail it (a few more answers per item).",
+    ),
     report: Path | None = typer.Option(
         None, help="Write the full report (every answer) as JSON here; 'models register' reads it."
     ),
@@ -70,7 +75,7 @@ def evaluate(
 
     results = []
     for path in (candidate, baseline):
-        results.append(_run(path, items, retriever, max_tokens))
+        results.append(_run(path, items, retriever, max_tokens, room))
     gate = compare(
         results[0],
         results[1],
@@ -80,6 +85,8 @@ def evaluate(
         max_drop=max_drop,
     )
     _show(gate)
+    if room:
+        _show_room(results[0], results[1], suites)
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(gate.to_dict(), indent=2) + "\n", encoding="utf-8")
@@ -114,7 +121,7 @@ def _retriever(index: Path, embedder: Path | None) -> Searcher:
 
 
 def _run(
-    model: Path, items: list[EvalItem], retriever: Searcher | None, max_tokens: int
+    model: Path, items: list[EvalItem], retriever: Searcher | None, max_tokens: int, room: bool
 ) -> ModelResult:
     from server.engine.types import ModelLoadError
     from server.evaluation.runner import load_engine, run_model
@@ -143,6 +150,7 @@ def _run(
                     retriever=retriever,
                     settings=Settings(_env_file=None) if retriever is not None else None,
                     max_tokens=max_tokens,
+                    room=room,
                     on_item=lambda: bar.advance(task),
                 )
             )
@@ -167,6 +175,24 @@ def _show(gate: GateReport) -> None:
     out.print(table)
     for item in gate.item_regressions[:10]:
         out.print(f"  regressed: [{item['suite']}] {item['question']!r} → {item['answer']!r}")
+
+
+def _show_room(candidate: ModelResult, baseline: ModelResult, suites: list[str]) -> None:
+    from server.evaluation.room import THIN_ROOM
+
+    out.print("room: the smallest log-prob lead of a passing answer over a runner-up that fails it")
+    for suite in suites:
+        for side, result in (("candidate", candidate), ("baseline", baseline)):
+            item = result.thinnest(suite)
+            if item is None or item.room is None:
+                out.print(f"  {suite:>12} {side:>9}: -")
+                continue
+            thin = " [yellow](thin: another CPU may answer differently)[/yellow]"
+            out.print(
+                f"  {suite:>12} {side:>9}: {item.room.lead:.2f} after {item.room.at!r}, "
+                f"else {item.room.instead!r}" + (thin if item.room.lead < THIN_ROOM else ""),
+                soft_wrap=True,
+            )
 
 
 def _number(value: float | None) -> str:

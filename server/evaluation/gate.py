@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from convert.manifest import ManifestError, manifest_for_model
-from server.evaluation.runner import ModelResult
+from server.evaluation.runner import ItemResult, ModelResult
 
 
 @dataclass(frozen=True)
@@ -140,13 +140,21 @@ def _verdict(new: float | None, old: float | None, max_drop: float) -> str:
 
 
 def _side(result: ModelResult, conversion: Conversion | None, suites: list[str]) -> dict[str, Any]:
-    return {
+    side: dict[str, Any] = {
         "model": result.model,
         "seconds": round(result.seconds, 1),
         "summary": {s: result.rate(s) for s in suites}
         | {
             f"{s} (RAG)": result.rate(s, "rag") for s in suites if result.rate(s, "rag") is not None
         },
-        "conversion": asdict(conversion) if conversion else None,
-        "items": [asdict(i) for i in result.items],
     }
+    if result.room_probed:  # per suite, the least room of a passing answer (None: no runner-up
+        # failed one, or none passed)
+        side["room"] = {s: _lead(result.thinnest(s)) for s in suites}
+    side["conversion"] = asdict(conversion) if conversion else None
+    side["items"] = [asdict(i) for i in result.items]
+    return side
+
+
+def _lead(item: ItemResult | None) -> float | None:
+    return round(item.room.lead, 3) if item is not None and item.room is not None else None

@@ -3,7 +3,8 @@
 Greedy decoding, so a candidate and its baseline are compared on their most likely answers and
 a re-run gives the same table. Items are submitted together: the engine batches them as it
 batches users. With a retriever, each question is asked a second time through the RAG agent
-(what ``/v1/ask`` does), giving the RAG fact rate beside the closed-book one.
+(what ``/v1/ask`` does), giving the RAG fact rate beside the closed-book one. With ``room``,
+each passing closed-book answer is also probed for how close it came to failing (room.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from server.agents.rag_agent import RagAgent
 from server.agents.types import AgentContext, Searcher
 from server.engine.config import EngineConfig
 from server.engine.types import Engine, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
+from server.evaluation.room import Room, room_of
 from server.evaluation.suite import EvalItem
 from server.settings import Settings
 
@@ -35,6 +37,7 @@ class ItemResult:
     answer: str
     passed: bool
     mode: str  # "chat" (closed-book) or "rag"
+    room: Room | None = None  # asked for, passing, and some runner-up fails it
 
 
 @dataclass
@@ -44,11 +47,17 @@ class ModelResult:
     model: str
     items: list[ItemResult] = field(default_factory=list)
     seconds: float = 0.0
+    room_probed: bool = False  # whether passing answers were probed for their room
 
     def rate(self, suite: str | None = None, mode: str = "chat") -> float | None:
         """Share of passing items (of one suite, or all); None when there are none."""
         chosen = [i for i in self.items if i.mode == mode and (suite is None or i.suite == suite)]
         return sum(i.passed for i in chosen) / len(chosen) if chosen else None
+
+    def thinnest(self, suite: str) -> ItemResult | None:
+        """The closed-book item of ``suite`` that passed with the least room, if any was probed."""
+        probed = [i for i in self.items if i.suite == suite and i.room is not None]
+        return min(probed, key=lambda i: i.room.lead if i.room else 0.0, default=None)
 
 
 def load_engine(model: Path, threads: int = 0) -> Engine:
@@ -68,23 +77,34 @@ async def run_model(
     retriever: Searcher | None = None,
     settings: Settings | None = None,
     max_tokens: int = DEFAULT_MAX_TOKENS,
+    room: bool = False,
     on_item: Callable[[], None] | None = None,
 ) -> ModelResult:
     """Answer ``items`` closed-book, and through the RAG agent when a retriever is given."""
     started = time.perf_counter()
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    # The runner-up of every token, for the room; the greedy answer itself is the same.
+    closed_params = SamplingParams(
+        max_tokens=max_tokens, temperature=0.0, logprobs=2 if room else None
+    )
 
     async def closed_book(index: int, item: EvalItem) -> ItemResult:
         tokens = engine.chat_prompt_tokens(item.messages)
-        parts: list[str] = []
-        async for event in engine.generate(GenerationRequest(f"eval-{index}", tokens, params)):
+        steps: list[TokenEvent] = []
+        request = GenerationRequest(f"eval-{index}", tokens, closed_params)
+        async for event in engine.generate(request):
             if isinstance(event, TokenEvent):
-                parts.append(event.text)
+                steps.append(event)
             elif isinstance(event, FinishEvent) and event.finish_reason == "error":
                 raise RuntimeError(f"generation failed on {item.question!r}: {event.error}")
+        result = _result(item, "".join(s.text for s in steps), "chat")
+        if room and result.passed:
+            result.room = await room_of(
+                engine, item, tokens, steps, max_tokens=max_tokens, request_id=f"eval-{index}"
+            )
         if on_item is not None:
             on_item()
-        return _result(item, "".join(parts), "chat")
+        return result
 
     async def with_rag(index: int, item: EvalItem) -> ItemResult:
         assert settings is not None
@@ -106,7 +126,9 @@ async def run_model(
     if retriever is not None:
         jobs += [with_rag(i, item) for i, item in enumerate(items)]
     results = await asyncio.gather(*jobs)
-    return ModelResult(model=name, items=list(results), seconds=time.perf_counter() - started)
+    return ModelResult(
+        model=name, items=list(results), seconds=time.perf_counter() - started, room_probed=room
+    )
 
 
 def _result(item: EvalItem, answer: str, mode: str) -> ItemResult:

@@ -93,3 +93,17 @@ def test_a_failed_conversion_gate_in_the_candidate_manifest_is_a_regression(
     assert not report.passed and "conversion quality gate failed" in report.regressions[0]
     ppl = next(r for r in report.rows if r.measure.startswith("conversion ppl"))
     assert (ppl.candidate, ppl.baseline) == (12.5, None)
+
+
+def test_the_report_names_each_suites_least_room_only_when_it_was_probed(tmp_path: Path) -> None:
+    from server.evaluation.room import Room
+
+    probed = _result("cand", {"facts": [True], "control": [True, True]})
+    probed.room_probed = True
+    probed.items[1].room = Room(lead=0.8, at="A dog has", instead="A dog has 45 legs.")
+    probed.items[2].room = Room(lead=0.25, at="", instead="Il Capitale")
+    plain = _result("base", {"facts": [True], "control": [True, True]})
+    report = _compare(probed, plain, tmp_path).to_dict()
+    assert report["candidate"]["room"] == {"facts": None, "control": 0.25}
+    assert report["candidate"]["items"][2]["room"]["instead"] == "Il Capitale"
+    assert "room" not in report["baseline"]
