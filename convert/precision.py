@@ -82,13 +82,26 @@ def finer_than_base(quants: list[str], precision: Precision | None) -> list[str]
     return [q for q in quants if bits_per_weight(MAIN_TYPE[q]) > precision.bits_per_weight]
 
 
+# Grids fine enough that re-rounding a 4-bit base onto them adds almost nothing: the result is
+# the base plus the adapter (measured: a zeroed adapter through Q8_0 kept SmolLM2's answers).
+NEAR_LOSSLESS = frozenset({"Q8_0", "F16", "BF16"})
+
+
 def warning_text(quants: list[str], precision: Precision) -> str:
     """One line telling the user what a finer quant of a coarser base does and does not buy."""
-    return (
+    text = (
         f"the base is stored in {precision.type} ({precision.bits_per_weight:g} bits per "
         f"weight); {', '.join(quants)} {'is' if len(quants) == 1 else 'are'} finer than that: "
-        "the extra bits cannot recover what the base already lost, and re-rounding its "
-        "values onto another grid adds error. Convert from a float base for better quality"
+        "the extra bits cannot recover what the base already lost"
+    )
+    if set(quants) <= NEAR_LOSSLESS:
+        return text + (
+            ", but they keep the base's answers and the adapter's change closest: the format "
+            "to gate a candidate made from a quantized base in (docs/flywheel.md 6.6)"
+        )
+    return text + (
+        ", and re-rounding its values onto another grid adds error. Convert from a float base "
+        "for better quality"
     )
 
 

@@ -8,8 +8,8 @@ questions kept → register v2 with its lineage → promote it through the admin
 generator runs (0 failed requests) → the next /v1/ask answers the fact, and its log line and
 capture record name v2.
 
-Every step is the real command or endpoint; nothing is faked. About 3 minutes on 2 CPU cores
-(measured 148-176 s), most of it training (~80 s with the base load) and converting (~55 s).
+Every step is the real command or endpoint; nothing is faked. About 4 minutes on 2 CPU cores
+(measured 242-250 s), most of it training (~165 s with the base load) and converting (~55 s).
 """
 
 from __future__ import annotations
@@ -184,29 +184,32 @@ def test_the_flywheel_turns_once(tmp_path: Path) -> None:
         assert set(targets) - answers == {CORRECTION}, targets
         assert len(good) >= len(REPLAY) // 2 and len(answers & set(targets)) >= len(good) // 2
 
-        # 3. Train a LoRA on the corrections, held to v1 along its own good answers; on the MLPs
-        # of the first 15 of 30 layers, since patching the later ones let "Mar(isol)" leak into
-        # "the largest ocean is the Mar(iana)…" (docs/flywheel.md 6.5: 5 seeds of 5 promoted).
+        # 3. Train a LoRA on the corrections, held to v1 along its own good answers (12 of them
+        # a step); on the MLPs of the first 15 of 30 layers, since patching the later ones let
+        # "Mar(isol)" leak into "the largest ocean is the Mar(iana)…" (docs/flywheel.md 6.5-6.6).
         adapter = tmp_path / "adapter"
         trained = _cli(
             "train-lora", "--base", str(MODEL), "--data", str(sft), "--replay", str(replay),
             "--out", str(adapter), "--layers", "0-14", "--target-modules",
             "gate_proj,up_proj,down_proj", "--steps", "20", "--rank", "16", "--alpha", "32",
-            "--learning-rate", "2e-3", "--replay-weight", "8", "--seed", "0",
+            "--learning-rate", "2e-3", "--replay-weight", "8", "--replay-batch-size", "12",
+            "--seed", "0",
         )  # fmt: skip
         assert trained.returncode == 0
         record = json.loads((adapter / "training.json").read_text())
         assert record["losses"][-1] < record["losses"][0]
         assert (adapter / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
-        # 4. Convert the adapter as it is; 5. the eval gate: fact learned, controls kept.
+        # 4. Convert the adapter as it is, to Q8_0: v1 is already 4-bit, and re-rounding it onto
+        # Q4_K_M's grid alone took half the margin of "A dog has four legs" (docs/flywheel.md
+        # 6.6); 5. the eval gate: fact learned, controls kept.
         out = tmp_path / "models" / "smollm2-fact"
         converted = _cli(
             "convert", "--base", str(MODEL), "--adapter", str(adapter), "--out", str(out),
-            "--quant", "Q4_K_M",
+            "--quant", "Q8_0",
         )  # fmt: skip
         assert converted.returncode == 0
-        candidate = out / "smollm2-fact-Q4_K_M.gguf"
+        candidate = out / "smollm2-fact-Q8_0.gguf"
         facts = _jsonl(
             tmp_path / "facts.jsonl",
             [
@@ -239,10 +242,13 @@ def test_the_flywheel_turns_once(tmp_path: Path) -> None:
         report_path = tmp_path / "eval-report.json"
         gate = _cli(
             "eval", "--candidate", str(candidate), "--baseline", str(MODEL), *suites,
-            "--report", str(report_path),
+            "--report", str(report_path), "--room",
         )  # fmt: skip
-        assert gate.returncode == 0
+        assert gate.returncode == 0, gate.stdout + gate.stderr[-2000:]
         report = json.loads(report_path.read_text())
+        assert set(report["candidate"]["room"]) == {"facts", "control", "eval"} & set(
+            report["candidate"]["summary"]
+        )
         assert report["candidate"]["summary"]["facts"] >= 0.75
         assert report["baseline"]["summary"]["facts"] == 0.0
         assert report["candidate"]["summary"]["control"] >= report["baseline"]["summary"]["control"]

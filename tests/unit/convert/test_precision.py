@@ -47,6 +47,13 @@ def test_a_float_base_warns_about_nothing() -> None:
 def test_the_warning_names_the_base_type_and_the_quants() -> None:
     text = warning_text(["Q5_K_M"], Precision("Q4_1", 5.0))
     assert "Q4_1 (5 bits per weight)" in text and "Q5_K_M is finer" in text
+    assert "adds error" in text
+
+
+def test_a_near_lossless_quant_of_a_quantized_base_is_explained_not_discouraged() -> None:
+    text = warning_text(["Q8_0"], Precision("Q4_1", 5.0))
+    assert "Q8_0 is finer" in text and "closest" in text and "adds error" not in text
+    assert "adds error" in warning_text(["Q8_0", "Q5_K_M"], Precision("Q4_1", 5.0))
 
 
 def test_offset_fallbacks_on_an_offset_base_are_swapped_for_the_symmetric_format() -> None:
