@@ -75,7 +75,7 @@ def test_valid_token_ids_still_complete_with_echo(server: ServerHandle) -> None:
         (
             "/v1/chat/completions",
             '{"messages":[{"role":"user","content":"hi"}],"stop":["\\udfff"]}',
-            "stop.0",
+            "stop[0]",
         ),
         ("/v1/completions", '{"prompt":"a\\udc00b","max_tokens":2}', "prompt"),
         ("/v1/completions", '{"prompt":["ok","\\ud83d"],"max_tokens":2}', "prompt[1]"),
