@@ -11,7 +11,14 @@ import psutil
 
 def rss_mb() -> float:
     """Resident set size of this process, MiB."""
-    return psutil.Process(os.getpid()).memory_info().rss / (1024 * 1024)
+    return _process(os.getpid()).memory_info().rss / (1024 * 1024)
+
+
+@lru_cache(maxsize=1)
+def _process(pid: int) -> psutil.Process:
+    # Built once: psutil.Process() reads /proc/PID/stat to identify the process, and this runs
+    # at the end of every request. Keyed on the pid so a forked child reads its own.
+    return psutil.Process(pid)
 
 
 @lru_cache(maxsize=1)

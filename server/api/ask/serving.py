@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
 from typing import Any, cast
 
-from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 
 from server.agents.rag_agent import RagAgent
@@ -46,7 +45,7 @@ from server.api.generation import (
     TextDelta,
     until_disconnected,
 )
-from server.api.streaming import Frame, open_stream
+from server.api.streaming import Frame, SseResponse, open_stream
 from server.engine.types import (
     EngineEvent,
     FinishEvent,
@@ -126,7 +125,7 @@ class AskServing:
         ctx: RequestContext,
         generation: GenerationService,
         http_request: Request,
-    ) -> AskResponse | EventSourceResponse:
+    ) -> AskResponse | SseResponse:
         started = time.perf_counter()
         # An agent may call the model several times, or not at all: the record is the answer.
         ctx.capture = CaptureDraft(ctx.request_id, per_answer=True)

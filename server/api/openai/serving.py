@@ -15,7 +15,6 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 
 from server.api import observe
@@ -60,7 +59,7 @@ from server.api.openai.protocol import (
     ToolCallOut,
     UsageInfo,
 )
-from server.api.streaming import Frame, open_stream
+from server.api.streaming import Frame, SseResponse, open_stream
 from server.engine.tools import ToolCall
 from server.engine.tools.parser import (
     CallStart,
@@ -103,7 +102,7 @@ class OpenAIServing:
         ctx: RequestContext,
         generation: GenerationService,
         http_request: Request,
-    ) -> ChatCompletionResponse | EventSourceResponse:
+    ) -> ChatCompletionResponse | SseResponse:
         generation.check_choices(request.n)
         chat = prepare_chat(request, generation)
         ctx.capture = CaptureDraft(f"chatcmpl-{ctx.request_id}", messages=chat.transcript)
@@ -161,7 +160,7 @@ class OpenAIServing:
         ctx: RequestContext,
         generation: GenerationService,
         http_request: Request,
-    ) -> CompletionResponse | EventSourceResponse:
+    ) -> CompletionResponse | SseResponse:
         generation.check_choices(request.n)
         if request.suffix:
             raise BadRequestError("suffix is not supported.", param="suffix")

@@ -15,7 +15,6 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 
 from server.api.errors import BadRequestError
@@ -44,7 +43,7 @@ from server.api.responses.protocol import (
     ResponseUsage,
     new_id,
 )
-from server.api.streaming import Frame, open_stream
+from server.api.streaming import Frame, SseResponse, open_stream
 from server.engine.tools.parser import (
     ArgumentsDelta,
     CallStart,
@@ -111,7 +110,7 @@ class ResponsesServing:
         ctx: RequestContext,
         generation: GenerationService,
         http_request: Request,
-    ) -> ResponseObject | EventSourceResponse:
+    ) -> ResponseObject | SseResponse:
         chat_request, origin = to_chat_request(request)
         try:
             chat = prepare_chat(chat_request, generation)
