@@ -187,7 +187,7 @@ def test_feedback_counters_by_rating(capturing: ServerHandle) -> None:
         ({"response_id": "x", "rating": 1, "correction": "c" * 8001}, "correction"),
         ({"response_id": "x", "rating": 1, "correction": ["a"]}, "correction"),
         ({"response_id": "x", "rating": 1, "tags": ["t"] * 17}, "tags"),
-        ({"response_id": "x", "rating": 1, "tags": [""]}, "tags.0"),
+        ({"response_id": "x", "rating": 1, "tags": [""]}, "tags[0]"),
         ({"response_id": "x", "rating": 1, "tags": "good"}, "tags"),
         ({"response_id": "x", "rating": 1, "user_id": "u"}, "user_id"),
         ([1, 2], None),

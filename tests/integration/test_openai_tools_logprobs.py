@@ -242,7 +242,7 @@ def test_completion_logprobs_cover_echo_and_generated_tokens(client: openai.Open
             {"tools": [{"type": "function", "function": {"name": "bad name"}}]},
             "tools[0].function.name",
         ),
-        ({"tools": [{"type": "retrieval"}]}, "tools.0.type"),
+        ({"tools": [{"type": "retrieval"}]}, "tools[0].type"),
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"logprobs": "yes"}, "logprobs"),

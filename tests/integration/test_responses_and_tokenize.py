@@ -207,7 +207,7 @@ def test_tokenize_matches_the_prompt_count_of_completions(server: ServerHandle) 
         ("/tokenize", {"content": "x", "with_pieces": "yes"}, "with_pieces"),
         ("/detokenize", {"tokens": [1, 2**31]}, "tokens[1]"),
         ("/detokenize", {"tokens": [-1]}, "tokens[0]"),
-        ("/detokenize", {"tokens": ["5"]}, "tokens.0"),
+        ("/detokenize", {"tokens": ["5"]}, "tokens[0]"),
         ("/detokenize", {"tokens": "5"}, "tokens"),
     ],
 )
