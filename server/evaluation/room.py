@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 from server.engine.types import (
     Engine,
-    FinishEvent,
     GenerationRequest,
     SamplingParams,
     TokenEvent,
 )
+from server.evaluation.generate import token_steps
 from server.evaluation.suite import EvalItem, normalise
 
 MAX_PROBES = 24  # positions probed per answer: the expected text usually comes within a sentence
@@ -62,28 +62,16 @@ async def room_of(
     async def taken(probe: tuple[float, int, int]) -> Room | None:
         lead, position, runner_up = probe
         forced = [s.token_id for s in steps[:position]] + [runner_up]
-        rest = await _greedy(
-            engine,
-            GenerationRequest(
-                f"{request_id}-room{position}",
-                prompt + forced,
-                SamplingParams(max_tokens=max(1, max_tokens - len(forced)), temperature=0.0),
-            ),
+        request = GenerationRequest(
+            f"{request_id}-room{position}",
+            prompt + forced,
+            SamplingParams(max_tokens=max(1, max_tokens - len(forced)), temperature=0.0),
         )
-        answer = engine.detokenize(forced) + rest
+        rest = await token_steps(engine, request, "while probing the room")
+        answer = engine.detokenize(forced) + "".join(s.text for s in rest)
         if item.passes(answer):
             return None
         return Room(lead=lead, at=engine.detokenize(forced[:-1]), instead=answer.strip())
 
     failing = [r for r in await asyncio.gather(*(taken(p) for p in probes)) if r is not None]
     return min(failing, key=lambda r: r.lead, default=None)
-
-
-async def _greedy(engine: Engine, request: GenerationRequest) -> str:
-    parts: list[str] = []
-    async for event in engine.generate(request):
-        if isinstance(event, TokenEvent):
-            parts.append(event.text)
-        elif isinstance(event, FinishEvent) and event.finish_reason == "error":
-            raise RuntimeError(f"generation failed while probing the room: {event.error}")
-    return "".join(parts)

@@ -19,7 +19,8 @@ from server.agents.engine_chat import engine_chat, engine_token_counter
 from server.agents.rag_agent import RagAgent
 from server.agents.types import AgentContext, Searcher
 from server.engine.config import EngineConfig
-from server.engine.types import Engine, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
+from server.engine.types import Engine, GenerationRequest, SamplingParams
+from server.evaluation.generate import token_steps
 from server.evaluation.room import Room, room_of
 from server.evaluation.suite import EvalItem
 from server.settings import Settings
@@ -90,13 +91,8 @@ async def run_model(
 
     async def closed_book(index: int, item: EvalItem) -> ItemResult:
         tokens = engine.chat_prompt_tokens(item.messages)
-        steps: list[TokenEvent] = []
         request = GenerationRequest(f"eval-{index}", tokens, closed_params)
-        async for event in engine.generate(request):
-            if isinstance(event, TokenEvent):
-                steps.append(event)
-            elif isinstance(event, FinishEvent) and event.finish_reason == "error":
-                raise RuntimeError(f"generation failed on {item.question!r}: {event.error}")
+        steps = await token_steps(engine, request, f"on {item.question!r}")
         result = _result(item, "".join(s.text for s in steps), "chat")
         if room and result.passed:
             result.room = await room_of(
