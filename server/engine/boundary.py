@@ -74,27 +74,26 @@ def field_path(parts: Iterable[object]) -> str:
     return path
 
 
-def lone_surrogate_path(value: object, path: str = "") -> str | None:
+def lone_surrogate_path(value: object) -> str | None:
     """Path (``messages[0].content``) of the first string or key with a lone surrogate, or None.
 
     JSON may spell ``"\\ud800"``; Python decodes it into a str that cannot be encoded as UTF-8,
     so it must be refused before any code (tokenizer, log, database) tries to encode it.
     """
-    stack: list[tuple[str, object]] = [(path, value)]
+    stack: list[tuple[tuple[object, ...], object]] = [((), value)]
     while stack:
         where, item = stack.pop()
         if isinstance(item, str):
             if not encodes_as_utf8(item):
-                return where or "body"
+                return field_path(where) or "body"
         elif isinstance(item, dict):
             for key, child in reversed(list(item.items())):
-                child_path = f"{where}.{key}" if where else str(key)
                 if isinstance(key, str) and not encodes_as_utf8(key):
-                    return where or "body"
-                stack.append((child_path, child))
+                    return field_path(where) or "body"
+                stack.append(((*where, str(key)), child))
         elif isinstance(item, list | tuple):
             for index in reversed(range(len(item))):
-                stack.append((f"{where}[{index}]", item[index]))
+                stack.append(((*where, index), item[index]))
     return None
 
 
