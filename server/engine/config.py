@@ -33,7 +33,7 @@ class EngineConfig:
     n_threads: int = 0  # decode threads; 0 = physical cores
     n_threads_batch: int = 0  # prompt threads; 0 = n_threads
     n_gpu_layers: int = 0  # -1 = all layers
-    flash_attn: bool = False
+    flash_attn: bool = True  # where the backend has it; greedy output stays batch-invariant
     kv_cache_type: KVCacheType = "f16"
     max_queue: int = 64  # requests waiting for a slot before QueueFullError
     request_timeout_s: float = 300.0  # wall clock from submission to finish

@@ -18,6 +18,7 @@ from server.engine.types import Engine, FinishEvent, GenerationRequest, Sampling
 from server.registry.activation import ModelActivator
 from server.registry.deployment import Deployment
 from server.registry.store import ModelRegistry, RegistryError
+from server.runtime.engine_config import engine_config
 from server.runtime.model_file import ModelFile
 from server.runtime.services import UNREGISTERED, ModelMeta, ServedModel, Services
 from server.settings import Settings
@@ -25,31 +26,14 @@ from server.settings import Settings
 
 def create_engine(settings: Settings) -> tuple[Engine, ModelMeta]:
     """Load the model described by ``settings``; blocking, run it in a thread."""
-    from server.engine.llama_engine import EngineConfig, LlamaEngine
+    from server.engine.llama_engine import LlamaEngine
 
     path = settings.model_path
     # The manifest format is shared with the converter: the one allowed server→convert import.
     found = manifest_for_model(path) if path.is_file() else None
     if settings.verify_sha256:
         verify_model_sha256(path)
-    config = EngineConfig(
-        model_path=path,
-        n_slots=settings.n_slots,
-        n_ctx=settings.n_ctx,
-        n_batch=settings.n_batch,
-        n_ubatch=settings.n_ubatch,
-        n_threads=settings.n_threads,
-        n_threads_batch=settings.n_threads_batch,
-        n_gpu_layers=settings.n_gpu_layers,
-        flash_attn=settings.flash_attn,
-        kv_cache_type=settings.kv_cache_type,
-        max_queue=settings.max_queue,
-        request_timeout_s=settings.request_timeout_s,
-        lora_path=settings.lora_path,
-        lora_scale=settings.lora_scale,
-        use_mmap=settings.model_mmap,
-    )
-    engine = LlamaEngine(config)
+    engine = LlamaEngine(engine_config(settings))
     info = engine.model_info()
     meta = ModelMeta(
         architecture=info.architecture,
