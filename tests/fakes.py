@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from server.engine.types import (
+    ChatFormat,
     ContextLengthExceededError,
     EngineEvent,
     EngineStats,
@@ -19,6 +19,9 @@ from server.engine.types import (
     TokenEvent,
     Usage,
 )
+
+# "role: content" per message, then "assistant:" (the fake tokenizer counts words).
+FAKE_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
 
 
 @dataclass
@@ -43,8 +46,8 @@ class FakeEngine:
         return 1000
 
     @property
-    def template_source(self) -> str:
-        return "{{ messages }}"
+    def chat_format(self) -> ChatFormat:
+        return ChatFormat(FAKE_TEMPLATE, bos_token="", eos_token="")
 
     def tokenize(
         self, text: str, *, add_special: bool = True, parse_special: bool = True
@@ -56,14 +59,6 @@ class FakeEngine:
 
     def detokenize(self, tokens: list[int]) -> str:
         return " ".join("x" * t for t in tokens)
-
-    def apply_chat_template(
-        self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True
-    ) -> str:
-        return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
-
-    def chat_prompt_tokens(self, messages: list[dict[str, Any]], **template_vars: Any) -> list[int]:
-        return self.tokenize(self.apply_chat_template(messages))
 
     def model_info(self) -> dict[str, object]:
         return {"architecture": "fake"}

@@ -1,9 +1,11 @@
-"""The HTTP-facing generation service: the one path from a request to the engine and back.
+"""The generation pipeline: the one path from a prepared request to the engine and back.
 
-Chat completions, text completions and /v1/ask all come here: prompts are built and counted,
-input and output guardrails run, engine errors become API errors before the first byte, usage
-lands in metrics, the request log and the token rate limit exactly once, and a client that goes
-away cancels its generation. Handlers never reach into the engine themselves.
+Every generation route (chat completions, text completions, the Responses API and /v1/ask)
+prepares its request once (protocol → prompt tokens + ``SamplingParams`` + a
+``ResponseRecord``), then runs it here: admission (engine errors become API errors before the
+first byte), the input and output guardrails, generation, usage (metrics, the request log and
+the token rate limit, exactly once), tracing, the capture record and the drift observation. A
+client that goes away cancels its generation. Handlers only format what comes out.
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, S
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from loguru import logger
 from starlette.requests import Request
 
 from server.api.errors import BadRequestError, ServiceUnavailableError
+from server.chat.prompt import ChatPrompt
+from server.drift.monitor import DriftMonitor
+from server.drift.observation import observation
 from server.engine.types import (
     ContextLengthExceededError,
     Engine,
@@ -38,6 +44,7 @@ from server.feedback.records import Interaction, ModelVersion
 from server.feedback.service import FeedbackService
 from server.observability.metrics import Metrics
 from server.observability.tracing import Tracing
+from server.rag.embedder import Vectors
 from server.runtime.drain import Drain
 from server.runtime.services import ServedModel, Services
 from server.security.guardrails import REFUSAL, Guardrails
@@ -57,15 +64,27 @@ _NO_TIMINGS = Timings(0, 0, 0, 0, 0, 0)
 
 
 @dataclass
-class CaptureDraft:
-    """What the handler knows of a response for its capture record; the generation adds the
-    answer, usage and finish reason when it ends (``GenerationService.stream``)."""
+class ResponseRecord:
+    """What a handler knows of its response, for the capture record and the drift observation.
+
+    The pipeline adds the answer, usage and finish reason when the response ends
+    (``GenerationService.stream``), so every generation route is captured and observed the
+    same way; a handler only fills in what its protocol carries.
+    """
 
     response_id: str  # the id the client sees, and sends back to /v1/feedback
+    kind: str  # the route as drift names it: "chat", "completions", "responses", "ask"
+    query: str  # what drift reads of the request: the last user message, the prompt, …
     messages: list[dict[str, str]] | None = None
     prompt: str | None = None  # text completions: the raw prompt
     sources: list[dict[str, Any]] | None = None
-    per_answer: bool = False  # the handler calls ``GenerationService.capture`` itself
+    # Retrieval, where it ran (/v1/ask): drift's relevance signals and the query's embedding.
+    top_score: float | None = None
+    no_context: bool | None = None
+    query_vector: Vectors | None = None
+    # The handler calls ``GenerationService.record`` itself, once, with the final answer
+    # (/v1/ask's agents may call the model several times, or not at all).
+    per_answer: bool = False
 
 
 @dataclass
@@ -77,7 +96,7 @@ class RequestContext:
     route: str
     log_fields: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
-    capture: CaptureDraft | None = None  # set by handlers whose responses are captured
+    record: ResponseRecord | None = None  # set by handlers of generation routes
 
 
 @dataclass(frozen=True)
@@ -155,8 +174,11 @@ class GenerationService:
         tracing: Tracing | None = None,
         feedback: FeedbackService | None = None,
         model_version: ModelVersion | None = None,
+        chat: ChatPrompt | None = None,
+        drift: DriftMonitor | None = None,
     ) -> None:
         self._engine = engine
+        self._chat = chat or ChatPrompt(engine)
         self._drain = drain
         self.metrics = metrics
         self.tracing = tracing or Tracing()
@@ -166,6 +188,7 @@ class GenerationService:
         self.max_tokens_limit = max_tokens_limit
         self.feedback = feedback
         self.model_version = model_version or ModelVersion("unknown")
+        self.drift = drift
 
     @classmethod
     def for_services(cls, services: Services, served: ServedModel) -> GenerationService:
@@ -183,6 +206,8 @@ class GenerationService:
             tracing=services.tracing,
             feedback=services.feedback,
             model_version=served.capture_version,
+            chat=served.chat,
+            drift=services.drift,
         )
 
     # --- prompts ---------------------------------------------------------------------------
@@ -197,12 +222,12 @@ class GenerationService:
 
         ``template_vars`` are extra template variables, e.g. ``tools``.
         """
-        return self._engine.chat_prompt_tokens([dict(m) for m in messages], **template_vars)
+        return self._chat.tokens(messages, **template_vars)
 
     @property
     def template_source(self) -> str:
         """The chat template in use (whether it renders tools itself decides how tools go in)."""
-        return self._engine.template_source
+        return self._chat.source
 
     @property
     def n_vocab(self) -> int:
@@ -303,7 +328,7 @@ class GenerationService:
                 choice_finish_reasons=("content_filter",) * n,
             )
             await self._account(ctx, done)
-            self._capture(ctx, params, REFUSAL, done)
+            self._record(ctx, params, REFUSAL, done)
             for index in range(n):
                 yield TextDelta(REFUSAL, index=index)
             yield done
@@ -348,7 +373,7 @@ class GenerationService:
                     if len(finished) == n:
                         done = _completed(finished)
                         await self._account(ctx, done)
-                        self._capture(ctx, params, "".join(texts[0]), done)
+                        self._record(ctx, params, "".join(texts[0]), done)
                         yield done
                         return
                 else:
@@ -366,7 +391,7 @@ class GenerationService:
                                 choice_finish_reasons=("content_filter",) * n,
                             )
                             await self._account(ctx, done)
-                            self._capture(ctx, params, "".join(texts[0][:-1]), done)
+                            self._record(ctx, params, "".join(texts[0][:-1]), done)
                             yield done
                             return
                     if event.text or event.logprob is not None:
@@ -413,13 +438,13 @@ class GenerationService:
         if self.limiter is not None and usage.completion_tokens:
             await self.limiter.charge_tokens(ctx.key_id, usage.completion_tokens)
 
-    def _capture(
+    def _record(
         self, ctx: RequestContext, params: SamplingParams, answer: str, done: Completed
     ) -> None:
-        if ctx.capture is not None and not ctx.capture.per_answer:
-            self.capture(ctx, answer, done.usage, done.finish_reason, params)
+        if ctx.record is not None and not ctx.record.per_answer:
+            self.record(ctx, answer, done.usage, done.finish_reason, params)
 
-    def capture(
+    def record(
         self,
         ctx: RequestContext,
         answer: str,
@@ -427,18 +452,22 @@ class GenerationService:
         finish_reason: str,
         params: SamplingParams | None,
     ) -> None:
-        """Queue the capture record of the response ``ctx`` answers; never blocks or fails.
+        """The end of the response ``ctx`` answers: its capture record (when capture is on)
+        and its drift observation (when drift is on). Never blocks or fails the request.
 
         Generations call this when they end; a handler whose response is built from several
-        generations (or none), as /v1/ask's agents may, sets ``per_answer`` on its draft and
+        generations (or none), as /v1/ask's agents may, sets ``per_answer`` on its record and
         calls it once with the final answer.
         """
-        draft = ctx.capture
-        if self.feedback is None or draft is None or self.feedback.level == "off":
+        record = ctx.record
+        if record is None:
+            return
+        self._observe_drift(record, finish_reason, usage)
+        if self.feedback is None or self.feedback.level == "off":
             return
         self.feedback.submit_capture(
             Interaction(
-                response_id=draft.response_id,
+                response_id=record.response_id,
                 key_id=ctx.key_id,
                 route=ctx.route,
                 model=self.model_version,
@@ -447,13 +476,32 @@ class GenerationService:
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
                 finish_reason=finish_reason,
-                messages=draft.messages,
-                prompt=draft.prompt,
+                messages=record.messages,
+                prompt=record.prompt,
                 answer=answer,
-                sources=draft.sources,
+                sources=record.sources,
                 params=None if params is None else _sampling_record(params),
             )
         )
+
+    def _observe_drift(self, record: ResponseRecord, finish_reason: str, usage: Usage) -> None:
+        if self.drift is None:
+            return
+        try:
+            self.drift.observe(
+                observation(
+                    at=time.time(),
+                    route=record.kind,
+                    query=record.query,
+                    finish_reason=finish_reason,
+                    answer_tokens=usage.completion_tokens,
+                    top_score=record.top_score,
+                    no_context=record.no_context,
+                ),
+                record.query_vector,
+            )
+        except Exception as exc:  # drift is advisory: a bug here must not cost the user the answer
+            logger.opt(exception=exc).warning("drift observation dropped")
 
 
 def _sampling_record(params: SamplingParams) -> dict[str, Any]:
@@ -491,6 +539,14 @@ def _completed(finished: Mapping[int, FinishEvent]) -> Completed:
             total_ms=max(e.timings.total_ms for e in events),
         )
     return Completed(reasons[0], usage, timings, choice_finish_reasons=reasons)
+
+
+def last_user_message(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The question a chat asks: its last user message (empty when it has none)."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return str(message.get("content") or "")
+    return ""
 
 
 def _context_error(prompt_tokens: int, max_tokens: int, n_ctx: int) -> BadRequestError:

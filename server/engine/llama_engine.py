@@ -24,12 +24,11 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from server.engine.boundary import check_token_ids
-from server.engine.chat_template import ChatTemplate
 from server.engine.config import EngineConfig, check_batch_holds_slots
 from server.engine.detokenizer import IncrementalDetokenizer
 from server.engine.executor import Slot, StepExecutor
@@ -47,6 +46,7 @@ from server.engine.sampling import SamplerChain
 from server.engine.scheduling import AdmissionQueue
 from server.engine.stop_strings import StopStringMatcher
 from server.engine.types import (
+    ChatFormat,
     ContextLengthExceededError,
     Engine,
     EngineEvent,
@@ -219,7 +219,11 @@ class LlamaEngine:
         self.config = config
         self._model = LoadedModel(config)
         self._info = self._model.info()
-        self._template = self._load_template()
+        self._chat_format = ChatFormat(
+            self._info.chat_template,
+            bos_token=self._model.token_text(self._model.bos_token),
+            eos_token=self._model.token_text(self._model.eos_token),
+        )
         self._slots = [_Slot(seq_id=i) for i in range(config.n_slots)]
         self._queue: AdmissionQueue[_Generation] = AdmissionQueue(config.n_slots, config.max_queue)
         self._running: dict[int, _Generation] = {}  # key -> choice holding a slot
@@ -241,15 +245,6 @@ class LlamaEngine:
             self._model.n_ctx_per_slot,
             self._model.n_batch,
         )
-
-    def _load_template(self) -> ChatTemplate:
-        bos = self._model.token_text(self._model.bos_token)
-        eos = self._model.token_text(self._model.eos_token)
-        try:
-            return ChatTemplate(self._info.chat_template, bos_token=bos, eos_token=eos)
-        except ValueError as exc:
-            logger.warning("%s; falling back to ChatML", exc)
-            return ChatTemplate(None, bos_token=bos, eos_token=eos)
 
     # --- the Engine protocol -------------------------------------------------------------------
 
@@ -285,42 +280,9 @@ class LlamaEngine:
         return self._model.token_to_piece(token, special=True)
 
     @property
-    def template_source(self) -> str:
-        """The Jinja source of the chat template in use (ChatML when the GGUF has none)."""
-        return self._template.source
-
-    def apply_chat_template(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        *,
-        add_generation_prompt: bool = True,
-        **template_vars: Any,
-    ) -> str:
-        """Render ``messages`` with the model's own chat template (ChatML if it has none).
-
-        ``template_vars`` are extra template variables, e.g. ``tools``.
-        """
-        return self._template.render(
-            messages, add_generation_prompt=add_generation_prompt, **template_vars
-        )
-
-    def chat_prompt_tokens(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        *,
-        add_generation_prompt: bool = True,
-        **template_vars: Any,
-    ) -> list[int]:
-        """Template and tokenize ``messages``: the prompt tokens for a chat request.
-
-        The BOS token is added only when the template did not already write it, so models whose
-        template starts with ``{{ bos_token }}`` do not get two.
-        """
-        text = self.apply_chat_template(
-            messages, add_generation_prompt=add_generation_prompt, **template_vars
-        )
-        bos = self._template.bos_token
-        return self.tokenize(text, add_special=not (bos and text.startswith(bos)))
+    def chat_format(self) -> ChatFormat:
+        """The GGUF's chat template and its BOS/EOS token texts (``server.chat`` renders)."""
+        return self._chat_format
 
     def model_info(self) -> ModelInfo:
         """Architecture, size, parameters and metadata of the loaded GGUF."""

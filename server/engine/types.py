@@ -6,7 +6,7 @@ Nothing here knows about HTTP or llama.cpp; the HTTP layer and the tests speak o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 FinishReason = Literal["stop", "length", "cancelled", "timeout", "error"]
 LoadState = Literal["loading", "ready", "failed"]
@@ -203,6 +203,16 @@ class HistogramSnapshot:
     total: float  # sum of observations
 
 
+@dataclass(frozen=True)
+class ChatFormat:
+    """What a model file says about its chat format: the Jinja template (None when it has
+    none) and the text of its BOS and EOS tokens, which templates may write."""
+
+    template: str | None
+    bos_token: str
+    eos_token: str
+
+
 class EventStream(Protocol):
     """One request's events; ``aclose()`` (client gone) cancels the request and frees its slot."""
 
@@ -225,8 +235,9 @@ class Engine(Protocol):
         ...
 
     @property
-    def template_source(self) -> str:
-        """The Jinja chat template in use (to see whether it renders tools itself)."""
+    def chat_format(self) -> ChatFormat:
+        """The chat template and special tokens the model file carries (rendering them is
+        ``server.chat``'s job, not the engine's)."""
         ...
 
     def tokenize(
@@ -237,15 +248,6 @@ class Engine(Protocol):
 
     def token_piece(self, token: int) -> bytes:
         """The raw bytes of one (range-checked) token."""
-        ...
-
-    def apply_chat_template(
-        self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True
-    ) -> str: ...
-
-    def chat_prompt_tokens(self, messages: list[dict[str, Any]], **template_vars: Any) -> list[int]:
-        """Template and tokenize a chat (BOS added only if the template did not write it);
-        ``template_vars`` are extra template variables such as ``tools``."""
         ...
 
     def generate(self, request: GenerationRequest) -> EventStream:

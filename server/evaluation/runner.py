@@ -18,6 +18,7 @@ from pathlib import Path
 from server.agents.engine_chat import engine_chat, engine_token_counter
 from server.agents.rag_agent import RagAgent
 from server.agents.types import AgentContext, Searcher
+from server.chat.prompt import ChatPrompt
 from server.engine.config import EngineConfig
 from server.engine.types import Engine, GenerationRequest, SamplingParams
 from server.evaluation.generate import token_steps
@@ -83,6 +84,7 @@ async def run_model(
 ) -> ModelResult:
     """Answer ``items`` closed-book, and through the RAG agent when a retriever is given."""
     started = time.perf_counter()
+    chat = ChatPrompt(engine)
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     # The runner-up of every token, for the room; the greedy answer itself is the same.
     closed_params = SamplingParams(
@@ -90,7 +92,7 @@ async def run_model(
     )
 
     async def closed_book(index: int, item: EvalItem) -> ItemResult:
-        tokens = engine.chat_prompt_tokens(item.messages)
+        tokens = chat.tokens(item.messages)
         request = GenerationRequest(f"eval-{index}", tokens, closed_params)
         steps = await token_steps(engine, request, f"on {item.question!r}")
         result = _result(item, "".join(s.text for s in steps), "chat")

@@ -14,6 +14,7 @@ from loguru import logger
 
 from convert.manifest import manifest_for_model, sha256_file, verify_model_sha256
 from server.agents.runtime import load_ask_runtime, watch_index
+from server.chat.prompt import ChatPrompt
 from server.engine.types import Engine, FinishEvent, GenerationRequest, SamplingParams
 from server.registry.activation import ModelActivator
 from server.registry.deployment import Deployment
@@ -64,9 +65,9 @@ def _hash_for_capture(settings: Settings) -> str | None:
     return digest
 
 
-async def warm_up(engine: Engine) -> None:
+async def warm_up(engine: Engine, chat: ChatPrompt) -> None:
     """One tiny greedy generation, so the first user does not pay for lazy initialisation."""
-    tokens = engine.chat_prompt_tokens([{"role": "user", "content": "Hi"}])
+    tokens = chat.tokens([{"role": "user", "content": "Hi"}])
     request = GenerationRequest("warmup", tokens, SamplingParams(max_tokens=2, temperature=0.0))
     async for event in engine.generate(request):
         if isinstance(event, FinishEvent) and event.finish_reason == "error":
@@ -82,15 +83,21 @@ async def load_served_model(
         settings = settings.model_copy(update={"model_path": path, "lora_path": None})
     engine, meta = await asyncio.to_thread(create_engine, settings)
     try:
+        model_id = settings.model_alias or meta.manifest_name or path.stem
+        served = ServedModel(
+            engine=engine,
+            meta=meta,
+            model_id=model_id,
+            version=version,
+            path=str(path),
+            sha256=sha256,
+        )
         if settings.warmup:
-            await warm_up(engine)
+            await warm_up(engine, served.chat)
     except BaseException:
         engine.close()
         raise
-    model_id = settings.model_alias or meta.manifest_name or path.stem
-    return ServedModel(
-        engine=engine, meta=meta, model_id=model_id, version=version, path=str(path), sha256=sha256
-    )
+    return served
 
 
 async def _startup_model(services: Services) -> ServedModel:

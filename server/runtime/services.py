@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from loguru import logger
 
 from server.agents.runtime import AskRuntime
+from server.chat.prompt import ChatPrompt
 from server.drift.metrics import DriftCollector
 from server.drift.monitor import DriftMonitor
 from server.engine.types import Engine, EngineStats
@@ -64,6 +66,11 @@ class ServedModel:
     version: str  # "v2" from the registry, or UNREGISTERED
     path: str  # the GGUF file
     sha256: str | None = None  # of the GGUF: the registry's, else the manifest's or hashed
+
+    @cached_property
+    def chat(self) -> ChatPrompt:
+        """Its chat template over its tokenizer, compiled once (the warm-up does it at load)."""
+        return ChatPrompt(self.engine)
 
     @property
     def capture_version(self) -> ModelVersion:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from server.chat.json_grammar import json_schema_grammar
 from server.engine.config import EngineConfig
-from server.engine.grammar import json_schema_grammar
 from server.engine.llama_engine import LlamaEngine
 from server.engine.types import (
     FinishEvent,

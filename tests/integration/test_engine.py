@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from server.chat.json_grammar import json_schema_grammar
+from server.chat.prompt import ChatPrompt
 from server.engine.config import EngineConfig
-from server.engine.grammar import json_schema_grammar
 from server.engine.llama_engine import LlamaEngine
 from server.engine.types import (
     ContextLengthExceededError,
@@ -68,7 +69,7 @@ class Result:
 def chat(engine: LlamaEngine, question: str, system: str | None = None) -> list[int]:
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": question})
-    return engine.tokenize(engine.apply_chat_template(messages))
+    return engine.tokenize(ChatPrompt(engine).render(messages))
 
 
 async def collect(stream: AsyncIterator[EngineEvent], submitted_at: float = 0.0) -> Result:
@@ -417,8 +418,9 @@ async def test_gguf_lora_is_applied_at_load_time(tmp_path: Path) -> None:
 
 def test_chat_prompt_tokens_are_the_tokenized_template(tiny: LlamaEngine) -> None:
     messages = [{"role": "user", "content": "Hi there"}]
-    tokens = tiny.chat_prompt_tokens(messages)
-    assert tokens == tiny.tokenize(tiny.apply_chat_template(messages))
+    prompt = ChatPrompt(tiny)
+    tokens = prompt.tokens(messages)
+    assert tokens == tiny.tokenize(prompt.render(messages))
     assert tiny.detokenize(tokens).endswith("Hi there\nassistant\n")  # control tokens render ''
 
 

@@ -12,11 +12,12 @@ import llama_cpp
 import numpy as np
 import pytest
 
+from server.chat.prompt import ChatPrompt
+from server.chat.tools.parser import parse_output
+from server.chat.tools.plan import plan_tools
+from server.chat.tools.spec import ToolSpec
 from server.engine.config import EngineConfig
 from server.engine.llama_engine import LlamaEngine
-from server.engine.tools.parser import parse_output
-from server.engine.tools.plan import plan_tools
-from server.engine.tools.spec import ToolSpec
 from server.engine.types import (
     EngineEvent,
     FinishEvent,
@@ -55,7 +56,7 @@ def _run(engine: LlamaEngine, prompt: list[int], params: SamplingParams) -> list
 
 
 def test_greedy_token_has_the_highest_logprob(engine: LlamaEngine) -> None:
-    prompt = engine.chat_prompt_tokens([{"role": "user", "content": "Name a fruit."}])
+    prompt = ChatPrompt(engine).tokens([{"role": "user", "content": "Name a fruit."}])
     events = _run(engine, prompt, SamplingParams(max_tokens=8, temperature=0, logprobs=5))
     tokens = [e for e in events if isinstance(e, TokenEvent) and e.logprob is not None]
     assert len(tokens) == 8
@@ -95,7 +96,7 @@ def test_prompt_scoring_matches_llama_cpp_llama(engine: LlamaEngine) -> None:
 def test_named_tool_grammar_forces_a_valid_call(engine: LlamaEngine) -> None:
     chat = [{"role": "user", "content": "What's the weather in Paris?"}]
     plan = plan_tools(chat, [WEATHER], "get_weather", parallel=False, template_source="")
-    prompt = engine.chat_prompt_tokens(plan.messages, **plan.template_vars)
+    prompt = ChatPrompt(engine).tokens(plan.messages, **plan.template_vars)
     params = SamplingParams(max_tokens=80, temperature=0.7, seed=3, grammar=plan.grammar)
     text = "".join(e.text for e in _run(engine, prompt, params) if isinstance(e, TokenEvent))
     calls = parse_output(text).calls
@@ -107,7 +108,7 @@ def test_named_tool_grammar_forces_a_valid_call(engine: LlamaEngine) -> None:
 def test_lazy_grammar_leaves_plain_answers_alone(engine: LlamaEngine) -> None:
     chat = [{"role": "user", "content": "Say hello."}]
     plan = plan_tools(chat, [WEATHER], "auto", parallel=True, template_source="")
-    prompt = engine.chat_prompt_tokens(plan.messages, **plan.template_vars)
+    prompt = ChatPrompt(engine).tokens(plan.messages, **plan.template_vars)
     free = _run(engine, prompt, SamplingParams(max_tokens=24, temperature=0))
     lazy = _run(
         engine,
@@ -126,7 +127,7 @@ def test_lazy_grammar_leaves_plain_answers_alone(engine: LlamaEngine) -> None:
 def test_lazy_grammar_constrains_a_call_once_the_marker_appears(engine: LlamaEngine) -> None:
     chat = [{"role": "user", "content": "What is the weather in Oslo?"}]
     plan = plan_tools(chat, [WEATHER], "auto", parallel=True, template_source="")
-    prompt = engine.chat_prompt_tokens(plan.messages, **plan.template_vars)
+    prompt = ChatPrompt(engine).tokens(plan.messages, **plan.template_vars)
     # SmolLM2-135M never calls on its own; nudge the marker's tokens so the trigger fires.
     marker_tokens = engine.tokenize("<tool_call>", add_special=False)
     params = SamplingParams(

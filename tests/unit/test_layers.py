@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVER = ROOT / "server"
 HTTP_LIBRARIES = ("fastapi", "starlette", "sse_starlette", "fastapi_offline")
 DOMAIN = (
+    "chat",
     "agents",
     "rag",
     "security",
@@ -30,7 +31,9 @@ ALLOWED: dict[str, set[str]] = {
     "app": {"api", "runtime", "settings", *DOMAIN},
     "api": {"runtime", "settings", *DOMAIN},
     "runtime": {"settings", *DOMAIN},
-    "agents": {"rag", "engine", "settings"},
+    # Chat shaping (templates, tools, JSON grammars) sits on the engine, which knows tokens only.
+    "chat": {"engine"},
+    "agents": {"rag", "chat", "engine", "settings"},
     "rag": set(),
     "drift": set(),
     "security": set(),
@@ -38,7 +41,7 @@ ALLOWED: dict[str, set[str]] = {
     "engine": set(),
     "feedback": set(),
     "registry": set(),
-    "evaluation": {"agents", "engine", "settings"},
+    "evaluation": {"agents", "chat", "engine", "settings"},
     # The engine's config types and the capture level, so each has one definition.
     "settings": {"engine", "feedback"},
 }

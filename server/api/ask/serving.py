@@ -34,14 +34,13 @@ from server.agents.types import (
     answer_from_stream,
 )
 from server.agents.types import Source as AgentSource
-from server.api import observe
 from server.api.ask.protocol import AskRequest, AskResponse, AskTimings, AskUsage, Source
 from server.api.errors import BadRequestError, ServiceUnavailableError
 from server.api.generation import (
-    CaptureDraft,
     Completed,
     GenerationService,
     RequestContext,
+    ResponseRecord,
     TextDelta,
     until_disconnected,
 )
@@ -128,7 +127,7 @@ class AskServing:
     ) -> AskResponse | SseResponse:
         started = time.perf_counter()
         # An agent may call the model several times, or not at all: the record is the answer.
-        ctx.capture = CaptureDraft(ctx.request_id, per_answer=True)
+        ctx.record = ResponseRecord(ctx.request_id, "ask", body.question, per_answer=True)
         if violation := generation.input_violation(body.question):
             ctx.log_fields["guardrail"] = violation
             events: AsyncIterator[AnswerEvent] = _refusal()
@@ -140,8 +139,7 @@ class AskServing:
             top_p=body.top_p,
             seed=body.seed,
         )
-        events = _capturing(ctx, generation, body.question, sampling, events)
-        events = observe.answers(self.services, ctx, body.question, events)
+        events = _recording(ctx, generation, body.question, sampling, events)
         if body.stream:
             fmt = AskEventFormat(ctx, started)
             return await open_stream(
@@ -268,25 +266,44 @@ async def _api_errors(events: AsyncIterator[AnswerEvent]) -> AsyncIterator[Answe
             raise _as_api_error(exc) from exc
 
 
-async def _capturing(
+async def _recording(
     ctx: RequestContext,
     generation: GenerationService,
     question: str,
     params: SamplingParams,
     events: AsyncIterator[AnswerEvent],
 ) -> AsyncIterator[AnswerEvent]:
-    """The agent's events; the sources and the final answer go into the capture record."""
-    draft = ctx.capture
+    """The agent's events as they are; retrieval goes into the trace and the response record,
+    and the final answer ends the record (capture and drift) once."""
+    record = ctx.record
     async with closing(events):
         async for event in events:
-            if draft is not None and isinstance(event, Retrieved):
-                draft.sources = [s.model_dump() for s in ask_sources(event.sources)]
-            elif draft is not None and isinstance(event, Done):
-                if draft.messages is None:  # answered without the model (refusal, no context)
-                    draft.messages = [{"role": "user", "content": question}]
+            if isinstance(event, Retrieved):
+                _trace_retrieval(generation, ctx, event)
+                if record is not None:
+                    record.sources = [s.model_dump() for s in ask_sources(event.sources)]
+                    record.query_vector = event.query_vector
+            elif record is not None and isinstance(event, Done):
+                if record.messages is None:  # answered without the model (refusal, no context)
+                    record.messages = [{"role": "user", "content": question}]
                 answer = event.answer
-                generation.capture(ctx, answer.text, answer.usage, answer.finish_reason, params)
+                record.top_score = answer.top_score
+                record.no_context = answer.no_context if _retrieved(answer) else None
+                generation.record(ctx, answer.text, answer.usage, answer.finish_reason, params)
             yield event
+
+
+def _trace_retrieval(generation: GenerationService, ctx: RequestContext, event: Retrieved) -> None:
+    if generation.tracing.enabled:
+        generation.tracing.stages(
+            [("retrieval.embed", event.embed_ms), ("retrieval.search", event.search_ms)],
+            {"ggserve.request_id": ctx.request_id, "ggserve.sources": len(event.sources)},
+        )
+
+
+def _retrieved(answer: Answer) -> bool:
+    """Whether retrieval ran for this answer (otherwise no_context means nothing)."""
+    return answer.top_score is not None or answer.no_context or answer.grounded
 
 
 def _generation_chat(
@@ -297,8 +314,8 @@ def _generation_chat(
     async def chat(
         messages: Messages, params: SamplingParams, request_id: str
     ) -> AsyncIterator[EngineEvent]:
-        if ctx.capture is not None:  # what the model saw: system prompt, passages, question
-            ctx.capture.messages = [dict(m) for m in messages]
+        if ctx.record is not None:  # what the model saw: system prompt, passages, question
+            ctx.record.messages = [dict(m) for m in messages]
         prompt = generation.chat_prompt(messages)
         max_tokens = generation.resolve_max_tokens(requested_max_tokens, len(prompt))
         items = generation.stream(ctx, prompt, replace(params, max_tokens=max_tokens))

@@ -18,9 +18,9 @@ from server.api.openai.protocol import (
     tool_choice_value,
     tool_specs,
 )
-from server.engine.grammar import json_object_grammar, json_schema_grammar
-from server.engine.tools import ToolSpecError
-from server.engine.tools.plan import plan_tools
+from server.chat.json_grammar import json_object_grammar, json_schema_grammar
+from server.chat.tools import ToolSpecError
+from server.chat.tools.plan import plan_tools
 from server.engine.types import InvalidRequestError, SamplingParams
 
 

@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from server.chat.tools import ToolChoice, ToolSpec
 from server.engine.boundary import MAX_TOP_LOGPROBS
-from server.engine.tools import ToolChoice, ToolSpec
 
 MAX_COMPLETION_LOGPROBS = 5  # the legacy completions API allows top 0..5
 

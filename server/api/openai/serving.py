@@ -17,17 +17,17 @@ from typing import Any
 import numpy as np
 from starlette.requests import Request
 
-from server.api import observe
 from server.api.errors import BadRequestError, ServiceUnavailableError
 from server.api.generation import (
-    CaptureDraft,
     Completed,
     GenerationItem,
     GenerationService,
     PromptScores,
     RequestContext,
+    ResponseRecord,
     TextDelta,
     collect_all,
+    last_user_message,
     until_disconnected,
 )
 from server.api.openai.chat_request import prepare_chat, sampling_params
@@ -60,8 +60,8 @@ from server.api.openai.protocol import (
     UsageInfo,
 )
 from server.api.streaming import Frame, SseResponse, open_stream
-from server.engine.tools import ToolCall
-from server.engine.tools.parser import (
+from server.chat.tools import ToolCall
+from server.chat.tools.parser import (
     CallStart,
     ContentDelta,
     StreamItem,
@@ -105,13 +105,14 @@ class OpenAIServing:
     ) -> ChatCompletionResponse | SseResponse:
         generation.check_choices(request.n)
         chat = prepare_chat(request, generation)
-        ctx.capture = CaptureDraft(f"chatcmpl-{ctx.request_id}", messages=chat.transcript)
-        items = observe.generations(
-            self.services,
-            observe.last_user_message(chat.transcript),
-            generation.stream(
-                ctx, chat.prompt, chat.params, input_text=chat.input_text, n=request.n
-            ),
+        ctx.record = ResponseRecord(
+            f"chatcmpl-{ctx.request_id}",
+            "chat",
+            last_user_message(chat.transcript),
+            messages=chat.transcript,
+        )
+        items = generation.stream(
+            ctx, chat.prompt, chat.params, input_text=chat.input_text, n=request.n
         )
         model = self.services.model_id
         if request.stream:
@@ -183,7 +184,9 @@ class OpenAIServing:
             logprobs=request.logprobs,
             prompt_logprobs=request.logprobs if scoring else None,
         )
-        ctx.capture = CaptureDraft(f"cmpl-{ctx.request_id}", prompt=prompt_text)
+        ctx.record = ResponseRecord(
+            f"cmpl-{ctx.request_id}", "completions", prompt_text, prompt=prompt_text
+        )
         items = generation.stream(ctx, prompt, params, input_text=prompt_text, n=request.n)
         echo = prompt_text if request.echo else ""
         piece_of = generation.token_piece if request.logprobs is not None else None

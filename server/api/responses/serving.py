@@ -19,14 +19,15 @@ from starlette.requests import Request
 
 from server.api.errors import BadRequestError
 from server.api.generation import (
-    CaptureDraft,
     Completed,
     GenerationItem,
     GenerationService,
     PromptScores,
     RequestContext,
+    ResponseRecord,
     TextDelta,
     collect_all,
+    last_user_message,
     until_disconnected,
 )
 from server.api.openai.chat_request import prepare_chat
@@ -44,7 +45,7 @@ from server.api.responses.protocol import (
     new_id,
 )
 from server.api.streaming import Frame, SseResponse, open_stream
-from server.engine.tools.parser import (
+from server.chat.tools.parser import (
     ArgumentsDelta,
     CallStart,
     ContentDelta,
@@ -118,7 +119,9 @@ class ResponsesServing:
             exc.param = responses_param(exc.param, origin)
             raise
         response_id = f"resp_{ctx.request_id}"
-        ctx.capture = CaptureDraft(response_id, messages=chat.transcript)
+        ctx.record = ResponseRecord(
+            response_id, "responses", last_user_message(chat.transcript), messages=chat.transcript
+        )
         items = generation.stream(ctx, chat.prompt, chat.params, input_text=chat.input_text)
         response = _envelope(request, self.services.model_id, response_id)
         if request.stream:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from server.engine.types import (
+    ChatFormat,
     FinishEvent,
     GenerationRequest,
     Timings,
@@ -54,7 +55,9 @@ class ScriptedEngine:
     def __init__(self) -> None:
         self.requests: list[GenerationRequest] = []
 
-    def chat_prompt_tokens(self, messages: list[dict[str, Any]], **_: Any) -> list[int]:
+    chat_format = ChatFormat(None, bos_token="", eos_token="")
+
+    def tokenize(self, text: str, **_: Any) -> list[int]:
         return list(PROMPT)
 
     def detokenize(self, tokens: list[int]) -> str:

@@ -1,8 +1,7 @@
 import pytest
 
-from server.engine.chat_template import CHATML_TEMPLATE, ChatTemplate
-from server.engine.config import EngineConfig
-from server.engine.grammar import json_object_grammar, json_schema_grammar
+from server.chat.json_grammar import json_object_grammar, json_schema_grammar
+from server.chat.template import CHATML_TEMPLATE, ChatTemplate
 from server.engine.types import InvalidRequestError
 
 
@@ -61,10 +60,3 @@ def test_messages_without_content_are_rejected_with_the_index() -> None:
         template.render([{"role": "user", "content": "a"}, {"role": "user"}])
     with pytest.raises(InvalidRequestError, match="empty"):
         template.render([])
-
-
-def test_config_validation_names_the_field() -> None:
-    with pytest.raises(ValueError, match="n_slots"):
-        EngineConfig(model_path="m.gguf", n_slots=0).validate()  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="kv_cache_type"):
-        EngineConfig(model_path="m.gguf", kv_cache_type="q5").validate()  # type: ignore[arg-type]

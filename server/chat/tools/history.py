@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from server.engine.tools.spec import ToolSpecError
+from server.chat.tools.spec import ToolSpecError
 
 
 def _check_calls(index: int, calls: Any) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from llama_cpp.llama_grammar import SchemaConverter
 
-from server.engine.tools.spec import CALL_CLOSE, CALL_OPEN, ToolSpec, ToolSpecError
+from server.chat.tools.spec import CALL_CLOSE, CALL_OPEN, ToolSpec, ToolSpecError
 
 # llama.cpp's lazy grammar matches the whole text generated so far against this pattern; the
 # grammar is then fed the text from the first capture group on, so the marker is part of it.

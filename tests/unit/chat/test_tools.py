@@ -6,20 +6,20 @@ import json
 
 import pytest
 
-from server.engine.chat_template import CHATML_TEMPLATE, ChatTemplate
-from server.engine.sampling import LazyTriggerGuard
-from server.engine.tools.grammar import tool_call_grammar
-from server.engine.tools.history import check_tool_history
-from server.engine.tools.parser import (
+from server.chat.template import CHATML_TEMPLATE, ChatTemplate
+from server.chat.tools.grammar import tool_call_grammar
+from server.chat.tools.history import check_tool_history
+from server.chat.tools.parser import (
     ArgumentsDelta,
     CallStart,
     ContentDelta,
     ToolCallStream,
     parse_output,
 )
-from server.engine.tools.plan import plan_tools
-from server.engine.tools.render import prepare_chat, template_supports_tools, tool_preamble
-from server.engine.tools.spec import ToolSpec, ToolSpecError, check_tools, resolve_choice
+from server.chat.tools.plan import plan_tools
+from server.chat.tools.render import prepare_chat, template_supports_tools, tool_preamble
+from server.chat.tools.spec import ToolSpec, ToolSpecError, check_tools, resolve_choice
+from server.engine.sampling import LazyTriggerGuard
 
 WEATHER = ToolSpec(
     "get_weather",

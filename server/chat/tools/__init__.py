@@ -10,6 +10,6 @@ Nothing here knows HTTP; the OpenAI layer turns requests into ``ToolSpec`` value
 calls back into ``tool_calls``.
 """
 
-from server.engine.tools.spec import ToolCall, ToolChoice, ToolSpec, ToolSpecError
+from server.chat.tools.spec import ToolCall, ToolChoice, ToolSpec, ToolSpecError
 
 __all__ = ["ToolCall", "ToolChoice", "ToolSpec", "ToolSpecError"]

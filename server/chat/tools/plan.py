@@ -7,10 +7,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from server.engine.tools.grammar import tool_call_grammar
-from server.engine.tools.history import check_tool_history
-from server.engine.tools.render import prepare_chat, template_supports_tools
-from server.engine.tools.spec import CALL_OPEN, ToolChoice, ToolSpec, check_tools, resolve_choice
+from server.chat.tools.grammar import tool_call_grammar
+from server.chat.tools.history import check_tool_history
+from server.chat.tools.render import prepare_chat, template_supports_tools
+from server.chat.tools.spec import CALL_OPEN, ToolChoice, ToolSpec, check_tools, resolve_choice
 from server.engine.types import GrammarTrigger
 
 

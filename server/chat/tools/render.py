@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from server.engine.tools.spec import CALL_CLOSE, CALL_OPEN, ToolSpec
+from server.chat.tools.spec import CALL_CLOSE, CALL_OPEN, ToolSpec
 
 _USES_TOOLS = re.compile(r"\btools\b")
 
