@@ -25,6 +25,7 @@ from server.api.errors import BadRequestError, ServiceUnavailableError
 from server.chat.prompt import ChatPrompt
 from server.drift.monitor import DriftMonitor
 from server.drift.observation import observation
+from server.engine.boundary import check_token_id
 from server.engine.types import (
     ContextLengthExceededError,
     Engine,
@@ -256,12 +257,10 @@ class GenerationService:
         """
         n_vocab = self._engine.n_vocab
         for index, token in enumerate(tokens):
-            if not 0 <= token < n_vocab:
-                raise BadRequestError(
-                    f"token id {token} is out of range: this model's ids are 0..{n_vocab - 1}.",
-                    code="invalid_value",
-                    param=f"{param}[{index}]",
-                )
+            try:
+                check_token_id(token, n_vocab, f"{param}[{index}]")
+            except InvalidRequestError as exc:
+                raise BadRequestError(str(exc), code="invalid_value", param=exc.param) from exc
 
     def detokenize(self, tokens: list[int], *, param: str = "tokens") -> str:
         """Token ids → text; ids are range-checked first (400 naming ``param``)."""

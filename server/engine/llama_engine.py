@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from server.engine.boundary import check_token_ids
+from server.engine.boundary import check_token_id, check_token_ids
 from server.engine.config import EngineConfig, check_batch_holds_slots
 from server.engine.detokenizer import IncrementalDetokenizer
 from server.engine.executor import Slot, StepExecutor
@@ -272,11 +272,7 @@ class LlamaEngine:
     def token_piece(self, token: int) -> bytes:
         """The raw bytes of one token (maybe part of a UTF-8 character; control tokens as their
         text, e.g. ``<|im_end|>``); ids are range-checked."""
-        if not 0 <= token < self._model.n_vocab:
-            raise InvalidRequestError(
-                f"token id {token} is out of range: this model's ids are "
-                f"0..{self._model.n_vocab - 1}."
-            )
+        check_token_id(token, self._model.n_vocab, "token")
         return self._model.token_to_piece(token, special=True)
 
     @property
