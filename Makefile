@@ -22,7 +22,7 @@ help:
 	@echo "make run    set up and serve the embedded default model on $(HOST):$(PORT)"
 	@echo "make test   set up and run the whole test suite"
 	@echo "make lint   ruff, mypy, hadolint"
-	@echo "make bench  benchmarks against peers (slow)"
+	@echo "make bench  benchmarks against peers (slow); python -m bench --help lists them all"
 	@echo "make soak   mixed traffic with disconnects for SOAK_MINUTES (10) minutes (slow)"
 
 $(BIN)/python:
@@ -69,7 +69,7 @@ test-fast: setup
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy server cli convert
+	$(BIN)/mypy server cli convert bench
 	$(BIN)/hadolint Dockerfile.cpu Dockerfile.cuda
 
 fmt: $(STAMP)
@@ -77,15 +77,15 @@ fmt: $(STAMP)
 	$(BIN)/ruff format .
 
 bench: setup
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python -m bench all
 
-# Not part of CI: 10 minutes of mixed traffic at 2x the slot count (see README, Reliability).
+# Not part of CI: 10 minutes of mixed traffic at 2x the slot count (see docs/reliability.md).
 SOAK_MINUTES ?= 10
 soak: setup
-	flock /tmp/ggserve-heavy.lock $(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES)
+	flock /tmp/ggserve-heavy.lock $(BIN)/python -m bench soak --minutes $(SOAK_MINUTES)
 
 eval: setup
-	$(BIN)/python bench/rag_eval.py
+	$(BIN)/python -m bench rag_eval
 
 # Images (need a Docker engine; none runs on the development machines: see docs/deploy.md).
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)

@@ -9,21 +9,35 @@ End-of-generation tokens are biased away in both so every run produces exactly
 ``--max-tokens`` tokens. Runs alternate engine/raw ``--repeats`` times and report the best of
 each, because the machine may be shared. No HTTP here: see the HTTP benchmarks for that.
 
-    .venv/bin/python bench/engine_inprocess.py [--model PATH] [--threads N] [--repeats 3]
+    python -m bench engine_inprocess [--model PATH] [--threads N] [--repeats 3]
+
+llama_cpp and the engine are imported in ``main``, after ``--gomp-spincount`` has set
+``GOMP_SPINCOUNT``: OpenMP reads its environment when llama_cpp loads libgomp.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
-import sys
+import platform
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.harness.prompts import TOPICS
+from bench.harness.server import ROOT
+
+if TYPE_CHECKING:
+    import llama_cpp
+
+    from server.engine.llama_engine import LlamaEngine
+    from server.engine.types import FinishEvent
+
+PROMPTS = list(TOPICS[:8])  # the same long-answer topics the HTTP benchmark sends
 
 
-def _parse() -> argparse.Namespace:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -48,27 +62,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--skip-raw", action="store_true")
     parser.add_argument("--skip-aggregate", action="store_true")
     parser.add_argument("--skip-prefix", action="store_true")
-    return parser.parse_args()
-
-
-ARGS = _parse()
-# OpenMP reads its environment when llama_cpp loads libgomp: set it before that import.
-if ARGS.gomp_spincount is not None:
-    os.environ["GOMP_SPINCOUNT"] = ARGS.gomp_spincount
-
-import asyncio  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
-
-import llama_cpp  # noqa: E402
-from http_prompts import TOPICS  # noqa: E402  (bench/ is on sys.path when run as a script)
-
-from server.engine.config import EngineConfig  # noqa: E402
-from server.engine.llama_engine import LlamaEngine  # noqa: E402
-from server.engine.threads import resolve_threads  # noqa: E402
-from server.engine.types import FinishEvent, GenerationRequest, SamplingParams  # noqa: E402
-
-PROMPTS = list(TOPICS[:8])  # the same long-answer topics the HTTP benchmark sends
+    return parser.parse_args(argv)
 
 
 def messages(prompt: str) -> list[dict[str, str]]:
@@ -84,6 +78,8 @@ async def engine_stream(
     engine: LlamaEngine, prompt: str, max_tokens: int
 ) -> tuple[int, float, float]:
     """Returns (tokens, seconds from submit to first token, seconds first → last token)."""
+    from server.engine.types import FinishEvent, GenerationRequest, SamplingParams
+
     tokens = engine.tokenize(engine.apply_chat_template(messages(prompt)))
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, logit_bias=eog_bias(engine))
     start = time.perf_counter()
@@ -111,7 +107,7 @@ def raw_stream(
         max_tokens=max_tokens,
         temperature=0.0,
         stream=True,
-        logit_bias=bias,
+        logit_bias=bias,  # type: ignore[arg-type]  # llama-cpp-python takes str keys too
     ):
         now = time.perf_counter()
         if count == 0:
@@ -122,8 +118,19 @@ def raw_stream(
     return count - 2, first - start, last - first
 
 
-def main() -> None:
-    threads, threads_batch = resolve_threads(ARGS.threads, ARGS.threads_batch)
+def main(argv: list[str] | None = None) -> None:
+    """Run the three parts and print their tables."""
+    args = _parse(argv)
+    # OpenMP reads its environment when llama_cpp loads libgomp: set it before that import.
+    if args.gomp_spincount is not None:
+        os.environ["GOMP_SPINCOUNT"] = args.gomp_spincount
+    import llama_cpp
+
+    from server.engine.config import EngineConfig
+    from server.engine.llama_engine import LlamaEngine
+    from server.engine.threads import resolve_threads
+
+    threads, threads_batch = resolve_threads(args.threads, args.threads_batch)
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
         f"threads={threads}/{threads_batch} (decode/batch), "
@@ -131,10 +138,10 @@ def main() -> None:
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
         f"llama-cpp-python {llama_cpp.__version__}"
     )
-    print(f"model: {ARGS.model.name}, greedy, {ARGS.max_tokens} new tokens, streaming chat")
-    concurrency = [int(c) for c in ARGS.concurrency.split(",")]
+    print(f"model: {args.model.name}, greedy, {args.max_tokens} new tokens, streaming chat")
+    concurrency = [int(c) for c in args.concurrency.split(",")]
     config = EngineConfig(
-        model_path=ARGS.model,
+        model_path=args.model,
         n_slots=max(concurrency),
         n_ctx=2048,
         n_threads=threads,
@@ -143,9 +150,9 @@ def main() -> None:
     engine = LlamaEngine(config)
     engine.warmup()
     llm = None
-    if not ARGS.skip_raw:
+    if not args.skip_raw:
         llm = llama_cpp.Llama(
-            str(ARGS.model),
+            str(args.model),
             n_ctx=2048,
             n_threads=threads,
             n_threads_batch=threads_batch,
@@ -156,13 +163,13 @@ def main() -> None:
 
     prompt = PROMPTS[0]
     best_engine = best_raw = 0.0
-    for run in range(ARGS.repeats):
-        n, ttft, decode = asyncio.run(engine_stream(engine, prompt, ARGS.max_tokens))
+    for run in range(args.repeats):
+        n, ttft, decode = asyncio.run(engine_stream(engine, prompt, args.max_tokens))
         engine_tps = (n - 1) / decode
         best_engine = max(best_engine, engine_tps)
         line = f"run {run + 1}: engine {engine_tps:6.1f} tok/s (ttft {ttft * 1000:.0f} ms)"
         if llm is not None:
-            n_raw, ttft_raw, decode_raw = raw_stream(llm, prompt, ARGS.max_tokens, bias)
+            n_raw, ttft_raw, decode_raw = raw_stream(llm, prompt, args.max_tokens, bias)
             raw_tps = (n_raw - 1) / decode_raw
             best_raw = max(best_raw, raw_tps)
             line += f" | raw Llama {raw_tps:6.1f} tok/s (ttft {ttft_raw * 1000:.0f} ms)"
@@ -177,14 +184,14 @@ def main() -> None:
     else:
         print()
 
-    if not ARGS.skip_aggregate:
+    if not args.skip_aggregate:
         print("\nconcurrent sequences | aggregate tok/s | mean TTFT ms | wall s")
 
         async def burst(n: int) -> tuple[int, float, float]:
             start = time.perf_counter()
             results = await asyncio.gather(
                 *(
-                    engine_stream(engine, PROMPTS[i % len(PROMPTS)], ARGS.max_tokens)
+                    engine_stream(engine, PROMPTS[i % len(PROMPTS)], args.max_tokens)
                     for i in range(n)
                 )
             )
@@ -193,7 +200,7 @@ def main() -> None:
 
         for n in concurrency:
             best = None
-            for _ in range(max(1, ARGS.repeats - 1)):
+            for _ in range(max(1, args.repeats - 1)):
                 tokens, wall, ttft = asyncio.run(burst(n))
                 if best is None or tokens / wall > best[0] / best[1]:
                     best = (tokens, wall, ttft)
@@ -202,13 +209,15 @@ def main() -> None:
                 f"{n:20d} | {best[0] / best[1]:15.1f} | {best[2] * 1000:12.0f} | {best[1]:6.2f}",
                 flush=True,
             )
-    if not ARGS.skip_prefix:
+    if not args.skip_prefix:
         prefix_reuse(engine)
     engine.close()
 
 
 def prefix_reuse(engine: LlamaEngine) -> None:
     """Cold vs warm TTFT for two questions sharing a ~1,000-token system preamble."""
+    from server.engine.types import FinishEvent, GenerationRequest, SamplingParams
+
     facts = " ".join(
         f"Fact {i}: the warehouse in city {i} stores {i * 7} crates." for i in range(60)
     )

@@ -5,7 +5,7 @@ the ratio shows what ggserve's wrapper (batching, normalisation, locking) costs.
 Passages are ~200-token windows cut by ggserve's chunker from the evaluation documents,
 i.e. the size ``ggserve index build`` embeds.
 
-    .venv/bin/python bench/rag_embed.py [--passages 1024] [--embedder models/all-MiniLM-L6-v2]
+    python -m bench rag_embed [--passages 1024] [--embedder models/all-MiniLM-L6-v2]
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ import platform
 import time
 from pathlib import Path
 
+from bench.harness.server import ROOT
 from server.rag.builder import effective_chunk_tokens
 from server.rag.chunking import chunk_document
 from server.rag.embedder import Embedder
 from server.rag.loaders import Document, Section, collect_files, load_documents
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def sentences(count: int) -> list[str]:
@@ -52,12 +51,12 @@ def passages(embedder: Embedder, count: int) -> list[str]:
     return out[:count]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--passages", type=int, default=256)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--embedder", type=Path, default=ROOT / "models" / "all-MiniLM-L6-v2")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     import torch
 
     embedder = Embedder(args.embedder, batch_size=args.batch)

@@ -6,8 +6,8 @@ Answers (when the LLM is available): the share of answers containing the expecte
 for ggserve's RagAgent and for the same model asked closed-book (the peer: no retrieval),
 with the mean embed / search / generate time per question.
 
-    .venv/bin/python bench/rag_eval.py            # `make eval`
-    .venv/bin/python bench/rag_eval.py --no-llm   # retrieval only
+    python -m bench rag_eval            # `make eval`
+    python -m bench rag_eval --no-llm   # retrieval only
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from bench.harness.server import ROOT
 from server.agents import AgentContext, RagAgent
 from server.agents.engine_chat import engine_chat, engine_token_counter
 from server.engine.types import Engine, SamplingParams
@@ -29,7 +30,6 @@ from server.rag.embedder import Embedder
 from server.rag.retriever import Retriever
 from server.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
 EVAL = ROOT / "eval" / "rag"
 
 
@@ -94,14 +94,14 @@ async def answers(
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--no-llm", action="store_true", help="Retrieval recall only.")
     parser.add_argument("--embedder", type=Path, default=ROOT / "models" / "all-MiniLM-L6-v2")
     parser.add_argument(
         "--model", type=Path, default=ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     questions = [json.loads(line) for line in (EVAL / "questions.jsonl").read_text().splitlines()]
     embedder = Embedder(args.embedder)
     print(f"# ggserve RAG evaluation — {platform.machine()}, {os.cpu_count()} CPUs")
@@ -120,7 +120,7 @@ def main() -> None:
             return
         from server.runtime.loading import create_engine
 
-        settings = Settings(_env_file=None, model_path=args.model, n_slots=1, warmup=False)  # type: ignore[call-arg]
+        settings = Settings(_env_file=None, model_path=args.model, n_slots=1, warmup=False)
         engine, _ = create_engine(settings)
         try:
             asyncio.run(answers(engine, retriever, questions, settings))

@@ -6,8 +6,8 @@ random cluster centres (as sentence embeddings are), normalised; queries come fr
 distribution but are not in the corpus. The indexes are built with ggserve's own
 ``VectorIndex`` (the same parameters ``ggserve index build`` uses).
 
-    .venv/bin/python bench/rag_search.py                 # 10k, 100k, 1M
-    .venv/bin/python bench/rag_search.py --sizes 10000   # quick
+    python -m bench rag_search                 # 10k, 100k, 1M
+    python -m bench rag_search --sizes 10000   # quick
 """
 
 from __future__ import annotations
@@ -110,14 +110,14 @@ def run(size: int, n_queries: int, n_flat_queries: int, efs: list[int], k: int) 
         )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--flat-queries-1m", type=int, default=200)
     parser.add_argument("--ef", type=int, nargs="+", default=[32, 64, 96, 128, 256])
     parser.add_argument("-k", type=int, default=10)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     import faiss
 
     print(

@@ -8,21 +8,20 @@ closed after a few chunks, or a non-streaming request abandoned after a short ti
 Prints requests by status, p50/p95 latency of the first and the last minute, server RSS at the
 start and the end, and the slots still active once traffic stops, then checks the targets:
 0 responses >= 500 other than 503 overload, RSS growth < 5 %, last-minute p95 within 20 % of
-the first, 0 slots held at the end. Exit status 1 when a target is missed.
+the first, 0 slots held at the end. Exit status 1 when a target is missed; then the run's
+folder (server log, index) is kept and its path printed, and every ERROR record of the server
+log is printed whole, with its traceback.
 
-    flock /tmp/ggserve-heavy.lock python bench/soak.py --minutes 10
+    flock /tmp/ggserve-heavy.lock python -m bench soak --minutes 10     # make soak
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import os
 import random
-import signal
-import socket
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,11 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.harness import server_log
+from bench.harness.server import ROOT, RunningServer, ServerSpec, ggserve, running
+from bench.harness.stats import percentile
+from server.security.api_keys import hash_key
+
 KEY = "ggs-soak-key"
 DOCS = {
     "travel.md": "# Travel\n\nTravel expenses above 200 euros need a receipt and the approval "
@@ -76,24 +79,11 @@ class Soak:
     samples: list[Sample] = field(default_factory=list)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _body(kind: str, rng: random.Random) -> tuple[str, dict[str, object]]:
@@ -149,41 +139,17 @@ async def client_loop(soak: Soak) -> None:
             await one_request(client, soak)
 
 
-def start_server(port: int, n_slots: int, index: Path, log: Path) -> subprocess.Popen[bytes]:
-    sys.path.insert(0, str(ROOT))
-    from server.security.api_keys import hash_key
-
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "GGSERVE_HOST": "127.0.0.1",
-        "GGSERVE_PORT": str(port),
-        "GGSERVE_API_KEYS": f"soak:{hash_key(KEY)}",
-        "GGSERVE_N_SLOTS": str(n_slots),
-        "GGSERVE_INDEX_PATH": str(index),
-        "GGSERVE_LOG_FORMAT": "json",
-        "GGSERVE_MAX_QUEUE": str(4 * n_slots),
-    }
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "serve"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return
-        time.sleep(0.5)
-    raise TimeoutError("server not ready")
+def soak_server(n_slots: int, index: Path) -> ServerSpec:
+    """ggserve with ``n_slots`` slots, the soak's key, ``index`` for /v1/ask and a short queue."""
+    return ggserve(
+        {
+            "GGSERVE_API_KEYS": f"soak:{hash_key(KEY)}",
+            "GGSERVE_N_SLOTS": str(n_slots),
+            "GGSERVE_INDEX_PATH": str(index),
+            "GGSERVE_MAX_QUEUE": str(4 * n_slots),
+        },
+        name="ggserve-soak",
+    )
 
 
 def build_index(work: Path) -> Path:
@@ -201,14 +167,19 @@ def build_index(work: Path) -> Path:
     return index
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
 def report(soak: Soak, minutes: float, rss: tuple[float, float], slots_end: int) -> bool:
+    """Print the counts, latencies and memory of the run; True when every target is met."""
     by_status = Counter(s.status for s in soak.samples)
     by_kind = Counter(s.kind for s in soak.samples)
     ok = [s for s in soak.samples if s.status == "200"]
     first = [s.latency for s in ok if s.started < 60]
     last_start = minutes * 60 - 60
     last = [s.latency for s in ok if s.started >= last_start]
-    p95_first, p95_last = percentile(first, 0.95), percentile(last, 0.95)
+    p95_first, p95_last = percentile(first, 95), percentile(last, 95)
     growth = (rss[1] - rss[0]) / rss[0] * 100
     server_errors = sum(
         n for status, n in by_status.items() if status[0] == "5" and status != "503"
@@ -216,24 +187,37 @@ def report(soak: Soak, minutes: float, rss: tuple[float, float], slots_end: int)
     print(f"requests: {len(soak.samples)} in {minutes:g} min; by kind: {dict(by_kind)}")
     print("by status: " + ", ".join(f"{k}: {v}" for k, v in sorted(by_status.items())))
     print(
-        f"latency first minute: p50 {percentile(first, 0.5):.2f} s, p95 {p95_first:.2f} s "
-        f"({len(first)} requests)"
+        f"latency first minute: p50 {_seconds(percentile(first, 50))}, "
+        f"p95 {_seconds(p95_first)} ({len(first)} requests)"
     )
     print(
-        f"latency last minute:  p50 {percentile(last, 0.5):.2f} s, p95 {p95_last:.2f} s "
-        f"({len(last)} requests)"
+        f"latency last minute:  p50 {_seconds(percentile(last, 50))}, "
+        f"p95 {_seconds(p95_last)} ({len(last)} requests)"
     )
     print(f"RSS: after the first minute {rss[0]:.0f} MB, end {rss[1]:.0f} MB ({growth:+.1f} %)")
     print(f"slots active at the end: {slots_end}")
     checks = {
         "no 5xx other than 503": server_errors == 0,
         "RSS growth < 5 %": growth < 5,
-        "last-minute p95 within 20 % of the first": p95_last <= 1.2 * p95_first,
+        "last-minute p95 within 20 % of the first": p95_first is not None
+        and p95_last is not None
+        and p95_last <= 1.2 * p95_first,
         "0 slots held at the end": slots_end == 0,
     }
     for name, passed in checks.items():
         print(f"  [{'ok' if passed else 'MISSED'}] {name}")
     return all(checks.values())
+
+
+def print_errors(log: Path, limit: int = 20) -> int:
+    """Print the server log's ERROR records whole (traceback included); returns their number."""
+    errors = server_log.error_records(log) if log.exists() else []
+    print(f"server log ERROR records: {len(errors)}")
+    for record in errors[:limit]:
+        print(server_log.format_record(record))
+    if len(errors) > limit:
+        print(f"... and {len(errors) - limit} more in {log}")
+    return len(errors)
 
 
 async def soak_traffic(
@@ -253,51 +237,50 @@ async def soak_traffic(
     return soak, rss
 
 
-def main() -> int:
+def measure(server: RunningServer, args: argparse.Namespace) -> bool:
+    """Run the traffic against ``server``, print the report; True when every target is met."""
+    rss_ready = rss_mb(server.proc.pid)
+    soak, samples = asyncio.run(
+        soak_traffic(
+            server.url, 2 * args.slots, args.minutes, args.disconnect_rate, server.proc.pid
+        )
+    )
+    time.sleep(2)  # cancelled requests free their slot within one engine step
+    health = httpx.get(server.url + "/health", timeout=5).json()
+    rss_end = rss_mb(server.proc.pid)
+    alive = server.proc.poll() is None
+    # Growth is measured from the end of the first minute: the first requests fault in the KV
+    # cache, the embedder's buffers and allocator arenas once (a one-off step).
+    warm = [mb for at, mb in samples if at >= 60] or [rss_end]
+    print(f"load average (1, 5, 15 min): {os.getloadavg()}")
+    print(f"RSS when ready (before traffic): {rss_ready:.0f} MB")
+    passed = report(soak, args.minutes, (warm[0], rss_end), health["slots_active"])
+    print(f"server alive at the end: {alive}")
+    return passed and alive
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Soak one server; exit status 1 (and the run's folder kept) when a target is missed."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="traffic duration")
     parser.add_argument("--slots", type=int, default=4, help="GGSERVE_N_SLOTS of the server")
     parser.add_argument("--disconnect-rate", type=float, default=0.2)
-    args = parser.parse_args()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory(prefix="ggserve-soak-") as tmp:
-        work = Path(tmp)
-        index = build_index(work)
-        log = work / "server.log"
-        proc = start_server(port, args.slots, index, log)
-        try:
-            wait_ready(url, proc)
-            rss_ready = rss_mb(proc.pid)
-            soak, samples = asyncio.run(
-                soak_traffic(url, 2 * args.slots, args.minutes, args.disconnect_rate, proc.pid)
-            )
-            time.sleep(2)  # cancelled requests free their slot within one engine step
-            health = httpx.get(url + "/health", timeout=5).json()
-            rss_end = rss_mb(proc.pid)
-            alive = proc.poll() is None
-            # Growth is measured from the end of the first minute: the first requests fault in
-            # the KV cache, the embedder's buffers and allocator arenas once (a one-off step).
-            warm = [mb for at, mb in samples if at >= 60] or [rss_end]
-            print(f"load average (1, 5, 15 min): {os.getloadavg()}")
-            print(f"RSS when ready (before traffic): {rss_ready:.0f} MB")
-            passed = report(soak, args.minutes, (warm[0], rss_end), health["slots_active"])
-            print(f"server alive at the end: {alive}")
-            errors = [
-                line
-                for line in log.read_text(errors="replace").splitlines()
-                if '"level": "ERROR"' in line
-            ]
-            print(f"server log ERROR lines: {len(errors)}")
-            for line in errors[:5]:
-                print("  " + json.loads(line).get("message", line)[:200])
-            return 0 if passed and alive else 1
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="ggserve-soak-"))
+    log = work / "server.log"
+    passed = False
+    try:
+        spec = soak_server(args.slots, build_index(work))
+        with running(spec, work, timeout=300, log_name="server", stop_timeout=60) as server:
+            passed = measure(server, args)
+    finally:
+        # After the server stopped, so records of its shutdown are there too.
+        errors = print_errors(log)
+        if passed and errors == 0:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"kept the run's folder: {work} (server log: {log})")
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

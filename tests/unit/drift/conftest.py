@@ -1,6 +1,6 @@
 """Drift fixtures: observations from two topics and a hashing bag-of-words embedder.
 
-The embedder is a stand-in for the real one (tests/integration and bench/drift_bench.py use
+The embedder is a stand-in for the real one (tests/integration and bench/drift.py use
 all-MiniLM-L6-v2): it maps words to fixed random directions, so questions that share words
 land close together and two topics with different vocabularies land apart.
 """

@@ -1,15 +1,17 @@
-"""``make bench``: every benchmark, one after another, so none competes with another for the CPU.
+"""Run the maintained benchmarks one after another (``make bench``), so none competes for the CPU.
 
-1. ``bench/engine_inprocess.py`` — the engine vs raw ``llama_cpp.Llama`` in one process;
-2. ``bench/http_bench.py`` — ggserve vs llama_cpp.server vs llama-server over HTTP, then
-   ``bench/burst_bench.py`` — the RAG burst (8 requests sharing a context) vs llama-server;
-3. ``bench/rag_*.py`` — the retrieval benchmarks, when present.
+1. ``engine``: ``engine_inprocess``, the engine vs raw ``llama_cpp.Llama`` in one process;
+2. ``http``: ``http_serving``, ggserve vs llama_cpp.server vs llama-server over HTTP, then
+   ``burst``, the RAG burst (8 requests sharing a context) vs llama-server;
+3. ``rag``: ``rag_embed``, ``rag_eval``, ``rag_search``, the retrieval benchmarks.
+
+Which benchmark belongs to which step is in :mod:`bench.catalog`.
 
 Each step's output is shown and also saved next to the results (``bench/results/`` for a full
 run, ``.cache/bench/quick/`` for ``--quick``). The exit status is non-zero if any step failed.
 
-    .venv/bin/python bench/run_all.py            # full (~20 min on 2 idle cores)
-    .venv/bin/python bench/run_all.py --quick    # smoke run of every step
+    python -m bench all            # full (~20 min on 2 idle cores)
+    python -m bench all --quick    # smoke run of every step
 """
 
 from __future__ import annotations
@@ -22,14 +24,13 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "bench"
+from bench.catalog import COMMANDS, STEPS
+from bench.harness.server import ROOT
+
 BUSY_LOAD = 1.5
-# Smoke-run arguments of benchmarks that have no --quick flag of their own.
-QUICK_FALLBACK = {"rag_search": ["--sizes", "10000"]}
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -39,27 +40,12 @@ def parse_args() -> argparse.Namespace:
         default="engine,http,rag",
         help="comma list of steps to run: engine, http, rag (default: all)",
     )
-    return parser.parse_args()
-
-
-def accepts_quick(script: Path) -> bool:
-    """Whether a script's --help mentions --quick (the RAG benches may or may not have it)."""
-    help_text = subprocess.run(
-        [sys.executable, str(script), "--help"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=_env(),
-        timeout=120,
-        check=False,
-    ).stdout
-    return "--quick" in help_text
+    return parser.parse_args(argv)
 
 
 def _env() -> dict[str, str]:
-    """Offline, unbuffered, and the project root importable (``server.*``) without install."""
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+    """Offline and unbuffered; each step runs as ``python -m bench NAME`` from the root."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def run_step(name: str, command: list[str], out_dir: Path) -> tuple[str, int, float]:
@@ -95,13 +81,22 @@ def run_step(name: str, command: list[str], out_dir: Path) -> tuple[str, int, fl
     return name, code, time.monotonic() - started
 
 
-def main() -> int:
+def plan(steps: set[str], quick: bool) -> list[tuple[str, list[str]]]:
+    """The commands of the selected steps, in catalog order, with their quick arguments."""
+    return [
+        (c.name, [sys.executable, "-m", "bench", c.name, *(c.quick if quick else ())])
+        for c in COMMANDS
+        if c.step in steps
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
     """Run the selected steps and print one line per step; non-zero exit if any failed."""
-    args = parse_args()
+    args = parse_args(argv)
     steps = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = steps - {"engine", "http", "rag"}
+    unknown = steps - set(STEPS)
     if unknown:
-        print(f"unknown step(s) {sorted(unknown)}; choose from engine, http, rag", file=sys.stderr)
+        print(f"unknown step(s) {sorted(unknown)}; choose from {', '.join(STEPS)}", file=sys.stderr)
         return 2
     out_dir = ROOT / (".cache/bench/quick" if args.quick else "bench/results")
     load = os.getloadavg()[0]
@@ -111,29 +106,7 @@ def main() -> int:
             "machine, so the figures will be low and noisy; rerun when it is idle.",
             flush=True,
         )
-    python = sys.executable
-    plan: list[tuple[str, list[str]]] = []
-    if "engine" in steps:
-        engine_args = ["--repeats", "1", "--concurrency", "1,8"] if args.quick else []
-        plan.append(
-            ("engine_inprocess", [python, str(BENCH / "engine_inprocess.py"), *engine_args])
-        )
-    if "http" in steps:
-        plan.append(
-            ("http_bench", [python, str(BENCH / "http_bench.py")] + ["--quick"] * args.quick)
-        )
-        plan.append(
-            ("burst_bench", [python, str(BENCH / "burst_bench.py")] + ["--quick"] * args.quick)
-        )
-    if "rag" in steps:
-        for script in sorted(BENCH.glob("rag_*.py")):
-            quick: list[str] = []
-            if args.quick:
-                quick = (
-                    ["--quick"] if accepts_quick(script) else QUICK_FALLBACK.get(script.stem, [])
-                )
-            plan.append((script.stem, [python, str(script), *quick]))
-    outcomes = [run_step(name, command, out_dir) for name, command in plan]
+    outcomes = [run_step(name, command, out_dir) for name, command in plan(steps, args.quick)]
     print("\n#### summary")
     for name, code, seconds in outcomes:
         status = "ok" if code == 0 else f"FAILED (exit {code})"

@@ -287,14 +287,24 @@ RESULTS_START = "<!-- http_bench results: start -->"
 RESULTS_END = "<!-- http_bench results: end -->"
 
 
+def replace_section(text: str, start: str, end: str, block: str) -> str:
+    """``text`` with what lies between the ``start`` and ``end`` marker lines replaced by ``block``.
+
+    Raises ValueError when a marker is missing or they are out of order.
+    """
+    first, last = text.find(start), text.find(end)
+    if first < 0 or last < first:
+        raise ValueError(f"the markers {start!r} and {end!r} are not both there, in that order")
+    return text[:first] + f"{start}\n{block.rstrip()}\n" + text[last:]
+
+
 def update_doc(doc: Path, markdown: str, image: str) -> bool:
     """Replace the text between the result markers of ``doc``; False if it has no markers."""
     if not doc.exists():
         return False
-    text = doc.read_text()
-    start, end = text.find(RESULTS_START), text.find(RESULTS_END)
-    if start < 0 or end < start:
+    block = f"{markdown}\n![throughput and p95 latency vs concurrency]({image})\n"
+    try:
+        doc.write_text(replace_section(doc.read_text(), RESULTS_START, RESULTS_END, block))
+    except ValueError:
         return False
-    block = f"{RESULTS_START}\n{markdown}\n![throughput and p95 latency vs concurrency]({image})\n"
-    doc.write_text(text[:start] + block + text[end:])
     return True

@@ -5,29 +5,21 @@
 - ``llama-server``: llama.cpp's C++ server, built here from the ``vendor/llama.cpp`` tree of the
   same pinned llama-cpp-python sdist, so the three run the same kernels on the same model file.
 
-Every server gets the same model, the same thread count and the same context per slot; each
-runs as a subprocess whose output goes to a log file, and is stopped (SIGTERM, then SIGKILL)
-when its context manager exits.
+Every server gets the same model, the same thread count and the same context per slot;
+``bench.harness.server.running`` starts each of these specs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
+import shutil
 import subprocess
 import sys
 import tarfile
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import httpx
+from bench.harness.server import ServerSpec, ServerStartError, ggserve
 
-ROOT = Path(__file__).resolve().parents[1]
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 DEFAULT_CACHE = Path(os.environ.get("GGSERVE_BENCH_CACHE", Path.home() / ".cache" / "ggserve"))
 # Options of the llama-server build (besides Release); the UI is off because its assets would
@@ -44,7 +36,7 @@ LLAMA_SERVER_CMAKE_FLAGS = (
 )
 
 
-class PeerError(RuntimeError):
+class PeerError(ServerStartError):
     """A peer could not be built or started; the message says why and what to do."""
 
 
@@ -149,69 +141,28 @@ def build_llama_server(cache: Path = DEFAULT_CACHE) -> Path:
 
 
 def _which(tool: str) -> str | None:
-    import shutil
-
     return shutil.which(tool)
 
 
-# --- running servers ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServerSpec:
-    """How to start one server: the command, its environment and the URL that says 'ready'."""
-
-    name: str
-    command: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    ready_path: str = "/health"
-    # ggserve takes its address from GGSERVE_HOST/PORT; the peers from --host/--port.
-    address_in_env: bool = False
-    # Extra fields merged into every chat request (a peer's own way to ask for something).
-    extra_body: dict[str, Any] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class RunningServer:
-    """A started server: where it listens and where its output goes."""
-
-    spec: ServerSpec
-    url: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log_tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def free_port() -> int:
-    """An unused TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# --- the servers compared -----------------------------------------------------------------
 
 
 def ggserve_spec(
     model: Path, threads: int, n_slots: int, n_ctx: int, name: str = "ggserve"
 ) -> ServerSpec:
     """ggserve with ``n_slots`` parallel sequences of ``n_ctx`` tokens, auth off (loopback)."""
-    return ServerSpec(
-        name=name,
-        command=[sys.executable, "-m", "cli.main", "serve"],
-        env={
+    return ggserve(
+        {
             "GGSERVE_MODEL_PATH": str(model),
             "GGSERVE_N_SLOTS": str(n_slots),
             "GGSERVE_N_CTX": str(n_ctx),
             "GGSERVE_N_THREADS": str(threads),
             "GGSERVE_N_THREADS_BATCH": str(threads),
             "GGSERVE_AUTH_DISABLED": "true",
-            "GGSERVE_LOG_FORMAT": "json",
             "GGSERVE_LOG_LEVEL": "WARNING",
             "GGSERVE_MAX_QUEUE": "256",
         },
-        ready_path="/ready",
-        address_in_env=True,
+        name=name,
         settings={"n_slots": n_slots, "n_ctx_per_slot": n_ctx, "threads": threads},
     )
 
@@ -271,68 +222,3 @@ def llama_server_spec(
         ready_path="/health",
         settings={"n_parallel": n_parallel, "n_ctx_per_slot": n_ctx, "threads": threads},
     )
-
-
-def _wait_ready(server: RunningServer, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    url = server.url + server.spec.ready_path
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise PeerError(
-                f"{server.spec.name} exited with code {server.proc.returncode} while starting; "
-                f"last lines of {server.log_path}:\n{server.log_tail()}"
-            )
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        time.sleep(0.25)
-    raise PeerError(
-        f"{server.spec.name} did not answer 200 on {url} within {timeout:.0f}s; "
-        f"last lines of {server.log_path}:\n{server.log_tail()}"
-    )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@contextlib.contextmanager
-def running(spec: ServerSpec, log_dir: Path, *, timeout: float = 180.0) -> Iterator[RunningServer]:
-    """Start ``spec`` on a free loopback port, wait until it is ready, stop it on exit."""
-    port = free_port()
-    command = [*spec.command]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **spec.env}
-    if spec.address_in_env:
-        env |= {"GGSERVE_HOST": "127.0.0.1", "GGSERVE_PORT": str(port)}
-    else:
-        command += ["--host", "127.0.0.1", "--port", str(port)]
-    log_dir.mkdir(parents=True, exist_ok=True)
-    safe = "".join(c if c.isalnum() else "_" for c in spec.name)
-    log_path = log_dir / f"{safe}-{port}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = RunningServer(spec, f"http://127.0.0.1:{port}", proc, log_path)
-    try:
-        _wait_ready(server, timeout)
-        yield server
-    finally:
-        _stop(proc)
-
-
-def physical_cores() -> int:
-    """Physical cores usable here: the thread count every server gets (SMT does not help)."""
-    import psutil
-
-    return max(1, min(psutil.cpu_count(logical=False) or 1, len(os.sched_getaffinity(0))))
-
-
-def exit_on_signal(signum: int, _frame: object) -> None:
-    """SIGTERM handler: exit through SystemExit so ``running`` stops the servers it started."""
-    raise SystemExit(128 + signum)

@@ -12,8 +12,8 @@ Reported per scenario: p50/p95 time to first token, wall time, prompt tokens the
 from its cache; and the ggserve / llama-server ratio of the p50 TTFT. Servers are measured in
 turn, ``--rounds`` times with the order rotated; the round with the lowest p50 counts.
 
-    .venv/bin/python bench/burst_bench.py            # ~5 min on 2 cores once llama-server exists
-    .venv/bin/python bench/burst_bench.py --quick    # one round
+    python -m bench burst            # ~5 min on 2 cores once llama-server exists
+    python -m bench burst --quick    # one round
 
 Results: bench/results/burst.json (quick runs: .cache/bench/quick/burst.json).
 """
@@ -33,20 +33,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from http_load import ChatRequest, RequestResult, chat_body, percentile, stream_one
-from http_prompts import QUESTIONS, preamble, preamble_request
-from peers import (
+
+from bench.harness.load import ChatRequest, RequestResult, chat_body, stream_one
+from bench.harness.peers import build_llama_server, ggserve_spec, llama_server_spec
+from bench.harness.prompts import QUESTIONS, preamble, preamble_request
+from bench.harness.server import (
     ROOT,
-    PeerError,
     RunningServer,
     ServerSpec,
-    build_llama_server,
+    ServerStartError,
     exit_on_signal,
-    ggserve_spec,
-    llama_server_spec,
     physical_cores,
     running,
 )
+from bench.harness.stats import percentile
 
 N_CLIENTS = 8
 N_CTX_PER_SLOT = 2048
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 specs.append(
                     llama_server_spec(binary, args.model, threads, N_CLIENTS, N_CTX_PER_SLOT)
                 )
-        except PeerError as exc:
+        except ServerStartError as exc:
             report["failures"][key] = str(exc)
             print(f"{key}: not measured: {exc}", file=sys.stderr)
     with contextlib.ExitStack() as stack:
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for spec in specs:
             try:
                 servers.append(stack.enter_context(running(spec, logs)))
-            except PeerError as exc:
+            except ServerStartError as exc:
                 report["failures"][spec.name] = str(exc)
                 print(f"{spec.name}: not measured: {exc}", file=sys.stderr)
         results: dict[str, list[dict[str, Any]]] = {s.spec.name: [] for s in servers}

@@ -1,6 +1,6 @@
 """How much capture costs: submit() on the event loop, and the writer thread's throughput.
 
-    python bench/capture_overhead.py [--records 20000]
+    python -m bench capture_overhead [--records 20000]
 
 Records are full-level /v1/ask-sized (a 600-character prompt with an email and a phone number
 to redact, a 400-character answer, two sources). Prints one line per figure.
@@ -44,10 +44,10 @@ def record(i: int) -> Interaction:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=20_000)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     records = [record(i) for i in range(args.records)]
     with tempfile.TemporaryDirectory() as folder:
         store = FeedbackStore(Path(folder) / "feedback.db")
@@ -79,11 +79,11 @@ def main() -> None:
             if i % 4:
                 store.label(f"r{i}", "accepted", by="bench")
         for fmt in ("sft", "dpo", "kto"):
-            t0 = time.perf_counter()
-            report = export_dataset(store, fmt, Path(folder) / fmt)  # type: ignore[arg-type]
+            started = time.perf_counter()
+            report = export_dataset(store, fmt, Path(folder) / fmt)
             print(
                 f"export {fmt}: {sum(report.counts.values())} examples from "
-                f"{args.records // 2} rated responses in {time.perf_counter() - t0:.2f} s"
+                f"{args.records // 2} rated responses in {time.perf_counter() - started:.2f} s"
             )
 
 

@@ -6,7 +6,7 @@ across streams copies the whole stream buffer at the next decode; we measure tha
 runs over the shared buffer. We check whether greedy output then still equals the output of
 the same prompt decoded alone.
 
-    .venv/bin/python bench/kv_share_probe.py
+    python -m bench kv_share_probe
 
 Prints one line per measurement; the figures are quoted in docs/engine.md.
 """
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import llama_cpp
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.harness.server import ROOT
+
 N_SEQ = 4
 N_CTX = 2048
 
@@ -95,13 +96,13 @@ def tokenize(vocab: object, text: str) -> list[int]:
     return list(buf[:n])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--model", type=Path, default=ROOT / "models/SmolLM2-135M-Instruct.Q4_1.gguf"
     )
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     llama_cpp.llama_backend_init()
     model = llama_cpp.llama_model_load_from_file(
         str(args.model).encode(), llama_cpp.llama_model_default_params()

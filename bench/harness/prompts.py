@@ -6,7 +6,7 @@ import random
 from functools import lru_cache
 from pathlib import Path
 
-from http_load import ChatRequest
+from bench.harness.load import ChatRequest
 
 TOPICS = (
     "Write a long story about a lighthouse keeper and a storm.",

@@ -10,9 +10,9 @@ Scenarios, per server:
   (c) shared 1,000-token preamble: TTFT of its first (cold) request vs later (warm) ones.
 Plus a demonstration that llama_cpp.server's default ``interrupt_requests`` cuts streams short.
 
-    .venv/bin/python bench/http_bench.py            # full run (~15 min on 2 cores)
-    .venv/bin/python bench/http_bench.py --quick    # smoke run (~3 min once llama-server is built)
-    .venv/bin/python bench/http_bench.py --servers ggserve,llama-server
+    python -m bench http_serving            # full run (~15 min on 2 cores)
+    python -m bench http_serving --quick    # smoke run (~3 min once llama-server is built)
+    python -m bench http_serving --servers ggserve,llama-server
 
 Results: bench/results/latest.json, latest.md and concurrency.png (quick runs write to
 .cache/bench/quick/ instead, so they never replace the committed full results).
@@ -34,19 +34,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import http_report as report_mod
-from http_load import ChatRequest, LoadResult, raw_results, run_load, summarize
-from http_prompts import QUESTIONS, chat_requests, preamble, preamble_request
-from peers import (
-    ROOT,
-    PeerError,
-    RunningServer,
-    ServerSpec,
+from bench.harness import report as report_mod
+from bench.harness.load import ChatRequest, LoadResult, raw_results, run_load, summarize
+from bench.harness.peers import (
     build_llama_server,
-    exit_on_signal,
     ggserve_spec,
     llama_cpp_server_spec,
     llama_server_spec,
+)
+from bench.harness.prompts import QUESTIONS, chat_requests, preamble, preamble_request
+from bench.harness.server import (
+    ROOT,
+    RunningServer,
+    ServerSpec,
+    ServerStartError,
+    exit_on_signal,
     physical_cores,
     running,
 )
@@ -217,7 +219,7 @@ def bench_servers(
         for spec in specs:
             try:
                 servers.append(stack.enter_context(running(spec, logs)))
-            except PeerError as exc:
+            except ServerStartError as exc:
                 print(f"\n{spec.name}: not measured: {exc}", file=sys.stderr)
                 failures[spec.name] = str(exc)
         for server in servers:
@@ -353,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 )
             else:
                 specs.append(llama_cpp_server_spec(args.model, threads, N_CTX_PER_SLOT))
-        except PeerError as exc:
+        except ServerStartError as exc:
             print(f"\n{key}: not measured: {exc}", file=sys.stderr)
             report["failures"][key] = str(exc)
     servers, failures = bench_servers(specs, plan, args, logs)
@@ -362,7 +364,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "llama_cpp.server" in args.servers:
         try:
             report["interrupt_demo"] = interrupt_demo(args.model, threads, plan, logs)
-        except PeerError as exc:
+        except ServerStartError as exc:
             report["failures"]["llama_cpp.server (defaults)"] = str(exc)
     report["load_after"] = load_average()
     report["duration_s"] = round(time.monotonic() - started, 1)

@@ -1,12 +1,12 @@
 """Drift detector, measured: power on topic shifts, false alarms on random splits, cost.
 
-Questions come from ``bench/drift_questions.py`` (reference topics: cooking, gardening,
+Questions come from ``bench/harness/drift_questions.py`` (reference topics: cooking, gardening,
 travel; shifted: networking, finance, cars) and are embedded with the real embedder. Every
 evaluation is the server's own ``server.drift.evaluate.evaluate`` at the default settings,
 with synthetic answer outputs drawn from one distribution in both windows, so only the
 questions differ and the Bonferroni threshold is the one the server uses (6 signals).
 
-    flock /tmp/ggserve-heavy.lock .venv/bin/python bench/drift_bench.py \
+    flock /tmp/ggserve-heavy.lock python -m bench drift \
         [--embedder models/all-MiniLM-L6-v2] [--splits 100] [--trials 20]
 """
 
@@ -16,23 +16,19 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import drift_questions as dq
-
+from bench.harness import drift_questions as dq
+from bench.harness.server import ROOT
 from server.drift.config import DriftConfig
 from server.drift.evaluate import WindowSample, evaluate
 from server.drift.observation import Observation
 from server.rag.embedder import Embedder
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = DriftConfig()
 SHARES = (1.0, 0.5, 0.3, 0.2, 0.1)
 SIZES = (25, 50, 100, 200, 300, 500)
@@ -229,14 +225,14 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--embedder", type=Path, default=ROOT / "models" / "all-MiniLM-L6-v2")
     parser.add_argument("--splits", type=int, default=100)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "drift.json")
     parser.add_argument("--markdown", type=Path, help="Only print the tables of a result file.")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())))
         return

@@ -5,7 +5,7 @@ Run it once from this tree and once with ``PYTHONPATH`` pointing at an older tre
 without logprobs use only fields every version has) to check that requests without logprobs
 did not get slower:
 
-    flock /tmp/ggserve-heavy.lock .venv/bin/python bench/logprobs_overhead.py
+    flock /tmp/ggserve-heavy.lock python -m bench logprobs_overhead
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ import asyncio
 import time
 from pathlib import Path
 
+from bench.harness.server import ROOT
 from server.engine.config import EngineConfig
 from server.engine.llama_engine import LlamaEngine
 from server.engine.types import GenerationRequest, SamplingParams, TokenEvent
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 async def _decode_rate(engine: LlamaEngine, prompt: list[int], params: SamplingParams) -> float:
@@ -34,7 +33,7 @@ async def _decode_rate(engine: LlamaEngine, prompt: list[int], params: SamplingP
     return (count - 1) / (last - first)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--model", type=Path, default=ROOT / "models/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -42,7 +41,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--baseline-only", action="store_true", help="for trees without logprobs")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     engine = LlamaEngine(EngineConfig(model_path=args.model, n_slots=1, n_ctx=2048))
     engine.warmup()
     prompt = engine.tokenize("Write a long story about a lighthouse keeper and the sea.")

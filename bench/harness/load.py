@@ -1,26 +1,35 @@
-"""Closed-loop load generator for OpenAI-style streaming chat completions on loopback.
+"""Load on loopback: measured streaming chat runs (benchmarks) and background traffic (tests).
 
-``concurrency`` clients each take the next request from a shared list and send the next one as
-soon as their stream ends, until the list is empty or the time budget runs out. Per request it
-records TTFT (send → first non-empty content delta), total latency, completion tokens (the
-server's ``usage`` when it sends one, otherwise the number of content chunks) and whether the
-stream ended properly (``[DONE]`` and a finish_reason). Requests are greedy with a fixed
-``max_tokens``; the caller biases end-of-generation tokens away so every request generates the
-same number of tokens on every server, and :func:`summarize` reports whether that held.
+:func:`run_load`: ``concurrency`` clients each take the next request from a shared list and
+send the next one as soon as their stream ends, until the list is empty or the time budget
+runs out. Per request it records TTFT (send → first non-empty content delta), total latency,
+completion tokens (the server's ``usage`` when it sends one, otherwise the number of content
+chunks) and whether the stream ended properly (``[DONE]`` and a finish_reason). Requests are
+greedy with a fixed ``max_tokens``; the caller biases end-of-generation tokens away so every
+request generates the same number of tokens on every server, and :func:`summarize` reports
+whether that held.
+
+:class:`LoadGenerator`: clients sending chat completions (half streamed) and a ``/ready`` probe
+in the background until the block ends, every outcome counted, through the same request code
+(:func:`stream_one`, :func:`post_one`): what the integration tests use to prove that a model
+swap or a promotion drops nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
+import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+
+from bench.harness.stats import percentile
 
 # SmolLM2's end-of-generation tokens: <|endoftext|> (0) and <|im_end|> (2).
 SMOLLM2_EOS_BIAS = {"0": -100.0, "2": -100.0}
@@ -49,6 +58,7 @@ class RequestResult:
     done: bool = False
     error: str | None = None
     text: str = ""
+    model: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -100,6 +110,8 @@ def _apply_usage(result: RequestResult, usage: dict[str, Any]) -> None:
 def _apply_chunk(result: RequestResult, chunk: dict[str, Any], t0: float) -> bool:
     """Fold one SSE chunk into ``result``; returns True when usage was reported."""
     saw_usage = False
+    if chunk.get("model"):
+        result.model = str(chunk["model"])
     if chunk.get("usage"):
         _apply_usage(result, chunk["usage"])
         saw_usage = True
@@ -160,6 +172,34 @@ async def stream_one(
     return result
 
 
+async def post_one(
+    client: httpx.AsyncClient,
+    url: str,
+    body: dict[str, Any],
+    run_start: float,
+    limit_s: float,
+) -> RequestResult:
+    """Send one non-streamed chat completion; ``done`` when it answered 200 with a choice."""
+    t0 = time.perf_counter()
+    result = RequestResult(started=t0 - run_start)
+    try:
+        resp = await client.post(url + "/v1/chat/completions", json=body, timeout=limit_s)
+        if resp.status_code != 200:
+            result.error = f"HTTP {resp.status_code}: {resp.text[:300]}"
+        else:
+            data = resp.json()
+            result.model = data.get("model")
+            _apply_usage(result, data.get("usage") or {})
+            choice = (data.get("choices") or [{}])[0]
+            result.text = (choice.get("message") or {}).get("content") or ""
+            result.finish_reason = choice.get("finish_reason")
+            result.done = True
+    except (httpx.HTTPError, json.JSONDecodeError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    result.latency = time.perf_counter() - t0
+    return result
+
+
 async def run_load(
     url: str,
     requests: Sequence[ChatRequest],
@@ -200,16 +240,6 @@ async def run_load(
     return out
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The ``q``-th percentile (0–100) by linear interpolation; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
 def summarize(load: LoadResult) -> dict[str, Any]:
     """Aggregate tok/s (completed tokens / wall time), p50/p95 TTFT and latency, failures."""
     done = [r for r in load.results if r.complete]
@@ -248,3 +278,107 @@ def _round(value: float | None, digits: int = 4) -> float | None:
 def raw_results(load: LoadResult) -> list[dict[str, Any]]:
     """Per-request records for the JSON output (text dropped: it is the same everywhere)."""
     return [{k: v for k, v in asdict(r).items() if k != "text"} for r in load.results]
+
+
+# --- background traffic ---------------------------------------------------------------------
+
+SHORT_CHAT: dict[str, Any] = {
+    "messages": [{"role": "user", "content": "Say hello."}],
+    "max_tokens": 12,
+}
+
+
+@dataclass
+class LoadReport:
+    """What the background clients saw."""
+
+    ok: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    ready_not_200: int = 0
+    models_seen: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def total_ok(self) -> int:
+        return sum(self.ok.values())
+
+
+class LoadGenerator:
+    """``with LoadGenerator(url, headers) as load: ...`` runs clients until the block ends.
+
+    Each client alternates streamed and plain chat completions (:data:`SHORT_CHAT`); a request
+    fails on any non-200 status, a transport error, or a stream without its ``[DONE]`` and
+    finish_reason or with an error event. A probe meanwhile counts ``/ready`` answers other
+    than 200. The clients run on their own event loop in a background thread.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        headers: dict[str, str],
+        clients: int = 4,
+        body: dict[str, Any] | None = None,
+        request_timeout: float = 120.0,
+    ) -> None:
+        _check_loopback(url)
+        self.url = url
+        self.headers = headers
+        self.clients = clients
+        self.body = body or SHORT_CHAT
+        self.request_timeout = request_timeout
+        self.report = LoadReport()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> LoadGenerator:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.request_timeout + 10)
+
+    def wait_for(self, successes: int, timeout: float = 120) -> None:
+        """Block until the clients have ``successes`` more successful requests."""
+        target = self.report.total_ok + successes
+        deadline = time.monotonic() + timeout
+        while self.report.total_ok < target:
+            if not self._thread.is_alive():
+                raise RuntimeError("the load generator's thread stopped")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"load made {self.report.total_ok}/{target} requests")
+            time.sleep(0.05)
+
+    async def _run(self) -> None:
+        timeout = httpx.Timeout(self.request_timeout, connect=10.0)
+        async with httpx.AsyncClient(headers=self.headers, timeout=timeout) as client:
+            await asyncio.gather(
+                self._probe(client), *(self._client(client, i) for i in range(self.clients))
+            )
+
+    async def _client(self, client: httpx.AsyncClient, index: int) -> None:
+        count = 0
+        start = time.perf_counter()
+        while not self._stop.is_set():
+            streamed = (index + count) % 2 == 0
+            count += 1
+            if streamed:
+                body = {**self.body, "stream": True}
+                result = await stream_one(client, self.url, body, start, self.request_timeout)
+            else:
+                result = await post_one(client, self.url, self.body, start, self.request_timeout)
+            if result.complete:
+                self.report.ok["stream" if streamed else "plain"] += 1
+                self.report.models_seen[result.model or "?"] += 1
+            else:
+                kind = "stream" if streamed else "plain"
+                self.report.failures.append(f"{kind}: {result.error or 'no [DONE]'}")
+
+    async def _probe(self, client: httpx.AsyncClient) -> None:
+        while not self._stop.is_set():
+            try:
+                status = (await client.get(self.url + "/ready", timeout=30)).status_code
+            except httpx.HTTPError:
+                status = 0
+            if status != 200:
+                self.report.ready_not_200 += 1
+            await asyncio.sleep(0.05)
