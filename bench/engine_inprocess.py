@@ -78,9 +78,10 @@ async def engine_stream(
     engine: LlamaEngine, prompt: str, max_tokens: int
 ) -> tuple[int, float, float]:
     """Returns (tokens, seconds from submit to first token, seconds first → last token)."""
+    from server.chat.prompt import ChatPrompt
     from server.engine.types import FinishEvent, GenerationRequest, SamplingParams
 
-    tokens = engine.tokenize(engine.apply_chat_template(messages(prompt)))
+    tokens = ChatPrompt(engine).tokens(messages(prompt))
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, logit_bias=eog_bias(engine))
     start = time.perf_counter()
     first = last = start
@@ -126,9 +127,10 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["GOMP_SPINCOUNT"] = args.gomp_spincount
     import llama_cpp
 
-    from server.engine.config import EngineConfig
     from server.engine.llama_engine import LlamaEngine
     from server.engine.threads import resolve_threads
+    from server.runtime.engine_config import engine_config
+    from server.settings import Settings
 
     threads, threads_batch = resolve_threads(args.threads, args.threads_batch)
     print(
@@ -140,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"model: {args.model.name}, greedy, {args.max_tokens} new tokens, streaming chat")
     concurrency = [int(c) for c in args.concurrency.split(",")]
-    config = EngineConfig(
+    config = engine_config(
+        Settings(),
         model_path=args.model,
         n_slots=max(concurrency),
         n_ctx=2048,
@@ -216,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def prefix_reuse(engine: LlamaEngine) -> None:
     """Cold vs warm TTFT for two questions sharing a ~1,000-token system preamble."""
+    from server.chat.prompt import ChatPrompt
     from server.engine.types import FinishEvent, GenerationRequest, SamplingParams
 
     facts = " ".join(
@@ -223,10 +227,12 @@ def prefix_reuse(engine: LlamaEngine) -> None:
     )
     system = f"You answer questions about warehouses. {facts}"
 
+    chat = ChatPrompt(engine)
+
     async def ask(question: str) -> FinishEvent:
         msgs = [{"role": "system", "content": system}, {"role": "user", "content": question}]
         params = SamplingParams(max_tokens=8, temperature=0.0)
-        request = GenerationRequest("prefix", engine.chat_prompt_tokens(msgs), params)
+        request = GenerationRequest("prefix", chat.tokens(msgs), params)
         async for event in engine.generate(request):
             if isinstance(event, FinishEvent):
                 return event
