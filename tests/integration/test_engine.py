@@ -42,7 +42,12 @@ GREEDY = SamplingParams(max_tokens=32, temperature=0.0)
 def engine() -> Iterator[LlamaEngine]:
     if not MODEL.is_file():
         pytest.fail(f"{MODEL} missing: run 'make setup' (ggserve models fetch) first")
-    eng = LlamaEngine(EngineConfig(model_path=MODEL, n_slots=4, n_ctx=2048, max_queue=32))
+    # Flash attention off: the bit-exact comparisons below (a prefix copied or forked vs a fresh
+    # prefill) hold only then; with it on, a token's attention depends on how many rows its
+    # batch has (docs/engine.md, "Flash attention"). Serving defaults to on.
+    eng = LlamaEngine(
+        EngineConfig(model_path=MODEL, n_slots=4, n_ctx=2048, max_queue=32, flash_attn=False)
+    )
     eng.warmup()
     yield eng
     eng.close()
@@ -51,7 +56,13 @@ def engine() -> Iterator[LlamaEngine]:
 @pytest.fixture(scope="module")
 def tiny() -> Iterator[LlamaEngine]:
     config = EngineConfig(
-        model_path=MODEL, n_slots=1, n_ctx=256, max_queue=1, request_timeout_s=1.5, n_gpu_layers=-1
+        model_path=MODEL,
+        n_slots=1,
+        n_ctx=256,
+        max_queue=1,
+        request_timeout_s=1.5,
+        n_gpu_layers=-1,
+        flash_attn=False,
     )
     eng = LlamaEngine(config)
     yield eng

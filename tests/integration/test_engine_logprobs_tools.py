@@ -43,7 +43,10 @@ WEATHER = ToolSpec(
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[LlamaEngine]:
-    eng = LlamaEngine(EngineConfig(model_path=MODEL, n_slots=2, n_ctx=1024, max_queue=8))
+    # Flash attention off, as llama_cpp.Llama's default: prompt scores are compared with it.
+    eng = LlamaEngine(
+        EngineConfig(model_path=MODEL, n_slots=2, n_ctx=1024, max_queue=8, flash_attn=False)
+    )
     yield eng
     eng.close()
 
