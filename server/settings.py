@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     kv_cache_type: KVCacheType = Field(
         "f16", description="KV cache element type; q8_0/q4_0 turn flash attention on."
     )
+    prompt_cache_mb: int = Field(
+        2048,
+        ge=0,
+        description="Host RAM (MiB) for the KV states of evicted slots, restored when their "
+        "conversation returns instead of prefilled again; 0 = off.",
+    )
     max_queue: int = Field(64, ge=0, description="Requests waiting for a slot before 503.")
     request_timeout_s: float = Field(300.0, gt=0, description="Wall-clock limit per request.")
     max_tokens_default: int = Field(256, ge=1, description="max_tokens when a request has none.")

@@ -45,6 +45,8 @@ class EngineConfig:
     # A prompt prefix held by another slot is copied (whole-stream KV copy, ~10 ms for 2,048
     # tokens of SmolLM2) rather than recomputed when it saves at least this many tokens.
     prefix_copy_min_tokens: int = 32
+    # Host RAM for the states of evicted slots (the prompt cache's second tier); 0 = off.
+    prompt_cache_mb: int = 2048
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field and its allowed range."""
@@ -67,6 +69,10 @@ class EngineConfig:
             (
                 self.prefix_copy_min_tokens >= 1,
                 f"prefix_copy_min_tokens must be >= 1, got {self.prefix_copy_min_tokens}",
+            ),
+            (
+                self.prompt_cache_mb >= 0,
+                f"prompt_cache_mb must be >= 0 (0 = off), got {self.prompt_cache_mb}",
             ),
             (
                 self.request_timeout_s > 0,

@@ -11,10 +11,17 @@ process). It resets the destination's cell metadata to a copy of the source's at
 queues a copy of the stream's buffers, performed at the start of the next ``llama_decode``,
 before that batch writes anything. The tail past the shared prefix is then dropped from the
 destination with ``llama_memory_seq_rm(dst, keep, -1)``, which edits metadata only.
+
+The RAM prompt cache moves a sequence's state in and out of llama.cpp with
+``llama_state_seq_get_data_ext`` / ``llama_state_seq_set_data_ext`` (host memory, no flags).
+The blob's sequence id is informational: a state restores into any slot. llama.cpp reports a
+state it cannot read (another model's, truncated) as a zero return, never an exception, and
+leaves the sequence empty.
 """
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +29,8 @@ from typing import Any
 import llama_cpp
 
 from server.engine.planner import DecodeToken, PromptChunk, StepPlan
+
+_STATE_FLAGS = 0  # LLAMA_STATE_SEQ_FLAGS_NONE: the whole state, in host memory
 
 
 @dataclass(eq=False)
@@ -76,6 +85,31 @@ class StepExecutor:
         target.cached_tokens = source.cached_tokens[:keep]
         if keep < len(source.cached_tokens):
             llama_cpp.llama_memory_seq_rm(self._memory, dst, keep, -1)
+
+    def save(self, seq_id: int) -> tuple[Any, int] | None:
+        """Slot ``seq_id``'s state as (ctypes buffer, size), or None if llama.cpp gave none."""
+        size = int(llama_cpp.llama_state_seq_get_size_ext(self._ctx, seq_id, _STATE_FLAGS))
+        if size <= 0:
+            return None
+        buffer = (ctypes.c_uint8 * size)()
+        written = int(
+            llama_cpp.llama_state_seq_get_data_ext(self._ctx, buffer, size, seq_id, _STATE_FLAGS)
+        )
+        return (buffer, written) if written == size else None
+
+    def restore(self, seq_id: int, tokens: Sequence[int], data: Any, size: int, keep: int) -> int:
+        """Make slot ``seq_id`` hold the first ``keep`` of ``tokens`` from a saved state;
+        returns what it holds after (0 when llama.cpp refused the state: the slot is empty)."""
+        slot = self._slots[seq_id]
+        self.clear(seq_id)
+        read = int(
+            llama_cpp.llama_state_seq_set_data_ext(self._ctx, data, size, seq_id, _STATE_FLAGS)
+        )
+        if read != size:
+            self.clear(seq_id)
+            return 0
+        slot.cached_tokens = list(tokens)
+        return self.keep_prefix(seq_id, keep)
 
     def clear(self, seq_id: int) -> None:
         """Forget everything slot ``seq_id`` holds."""

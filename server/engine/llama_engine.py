@@ -41,7 +41,8 @@ from server.engine.logprobs import (
 )
 from server.engine.model import LoadedModel, ModelInfo
 from server.engine.outbox import Outbox
-from server.engine.planner import Phase, PlanState, StepPlan, plan
+from server.engine.planner import Phase, PlanState, Restore, StepPlan, plan
+from server.engine.prompt_cache import PromptCache
 from server.engine.sampling import SamplerChain
 from server.engine.scheduling import AdmissionQueue
 from server.engine.stop_strings import StopStringMatcher
@@ -233,6 +234,7 @@ class LlamaEngine:
         self._outbox: Outbox[EngineEvent] = Outbox()
         self._closing = False
         self._reset_cache_requested = False
+        self._prompt_cache = PromptCache(config.prompt_cache_mb * 2**20)
         self._executor = StepExecutor(
             self._model.ctx, self._model.memory, self._model.n_batch, self._slots
         )
@@ -314,6 +316,7 @@ class LlamaEngine:
     def stats(self) -> EngineStats:
         """Slot use, queue depth and monotonic counters for /metrics."""
         c = self._counters
+        ram = self._prompt_cache.stats
         return EngineStats(
             slots_total=len(self._slots),
             slots_active=sum(1 for s in self._slots if s.generation is not None),
@@ -330,6 +333,15 @@ class LlamaEngine:
             prefix_cache_tokens_saved_total=c.prompt_tokens_cached,
             prefix_copies_total=c.prefix_copies,
             prefix_copy_tokens_total=c.prefix_copy_tokens,
+            prompt_cache_hits_total=ram.restores,
+            prompt_cache_misses_total=ram.misses,
+            prompt_cache_restore_failures_total=ram.restore_failures,
+            prompt_cache_restored_tokens_total=ram.restored_tokens,
+            prompt_cache_restore_seconds_total=ram.restore_seconds,
+            prompt_cache_saves_total=ram.saves,
+            prompt_cache_evictions_total=ram.evictions,
+            prompt_cache_bytes=ram.bytes,
+            prompt_cache_entries=ram.entries,
             ttft_seconds=c.ttft.snapshot(),
             inter_token_seconds=c.inter_token.snapshot(),
         )
@@ -355,7 +367,8 @@ class LlamaEngine:
             raise RuntimeError(f"warmup generation failed: {finish.error}")
 
     def reset_prefix_cache(self) -> None:
-        """Forget the prompt prefixes kept in idle slots (e.g. after changing a system prompt).
+        """Forget the prompt prefixes kept in idle slots and in RAM (e.g. after changing a
+        system prompt).
 
         Takes effect at the loop's next step; running requests keep their cache.
         """
@@ -454,6 +467,8 @@ class LlamaEngine:
                         batch_capacity=self._model.n_batch,
                         min_copy_tokens=self.config.prefix_copy_min_tokens,
                         score_chunk=PROMPT_LOGPROB_CHUNK,
+                        ram=self._prompt_cache.entries(),
+                        keep_evicted=self._prompt_cache.enabled,
                     )
                 )
                 if step.is_empty:
@@ -470,6 +485,7 @@ class LlamaEngine:
         self._outbox.flush()
 
     def _drop_idle_caches(self) -> None:
+        self._prompt_cache.clear()
         for slot in self._slots:
             if slot.generation is None:
                 self._executor.clear(slot.seq_id)
@@ -493,6 +509,8 @@ class LlamaEngine:
         """Apply the plan: admissions, prefix copies, then one decode and the sampling."""
         now = time.perf_counter()
         slots = self._slots
+        for save in step.saves:
+            self._save(slots[save.seq_id])
         replan = False
         for admission in step.admissions:
             generation = self._queue.take(_has_key(admission.key))
@@ -509,6 +527,10 @@ class LlamaEngine:
             c = self._counters
             c.requests_admitted += 1
             c.queue_wait_s += now - generation.submitted
+        for restore in step.restores:
+            replan |= not self._restore(self._running[restore.key], restore)
+        if self._prompt_cache.enabled:
+            self._prompt_cache.stats.misses += len(step.admissions) - len(step.restores)
         if replan:
             return
         for copy in step.copies:
@@ -545,6 +567,39 @@ class LlamaEngine:
             self._sample(generation, result.sample_rows[fork.leader])  # choice 0's logits
         for key, row in result.sample_rows.items():
             self._sample(running[key], row)
+
+    def _save(self, slot: _Slot) -> None:
+        """Keep an evicted slot's state in the RAM prompt cache (best effort: a state llama.cpp
+        does not give, or one larger than the whole cache, is simply not kept)."""
+        started = time.perf_counter()
+        saved = self._executor.save(slot.seq_id)
+        if saved is not None and self._prompt_cache.put(slot.cached_tokens, *saved) is not None:
+            stats = self._prompt_cache.stats
+            stats.saves += 1
+            stats.save_seconds += time.perf_counter() - started
+
+    def _restore(self, generation: _Generation, restore: Restore) -> bool:
+        """Give ``generation``'s slot the planned RAM state; False when it could not be (the
+        slot is then empty and the prompt is prefilled: the caller plans the step again)."""
+        cache = self._prompt_cache
+        entry = cache.take(restore.entry_id)
+        started = time.perf_counter()
+        kept = 0
+        if entry is not None:
+            kept = self._executor.restore(
+                restore.seq_id, entry.tokens, entry.data, entry.size, restore.keep
+            )
+        generation.prompt_pos = kept
+        if kept != restore.keep:
+            cache.stats.restore_failures += 1
+            if entry is not None:
+                cache.drop(entry.entry_id)
+            logger.warning("prompt cache entry %d not restored; prefilling", restore.entry_id)
+            return False
+        cache.stats.restores += 1
+        cache.stats.restored_tokens += kept
+        cache.stats.restore_seconds += time.perf_counter() - started
+        return True
 
     def _count_prefix_use(self, generation: _Generation) -> None:
         """Once a prompt is fully in the cache: how much of it was not evaluated."""

@@ -5,6 +5,8 @@ and the sequences (their named phase, prompt and progress) and decides, without 
 llama.cpp,
 
 - which waiting sequences get which free slot, and how much of that slot's cache they keep;
+- which evicted slot states go to the host-RAM prompt cache first (``Save``), and which
+  admitted sequences take a longer prefix back from it (``Restore``) instead of prefilling it;
 - which prompt prefixes are copied from another slot, idle or busy, instead of recomputed
   (``llama_memory_seq_cp`` of the whole stream, then ``llama_memory_seq_rm`` of the tail);
 - which sequences wait one step for an older sequence that is prefilling the same prefix, so a
@@ -22,7 +24,7 @@ progress, so no stream of sharing requests can starve another request.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
@@ -79,6 +81,16 @@ class SequenceView(Protocol):
     def fork_of(self) -> int | None: ...  # choices 1..n-1: the key of choice 0
 
 
+class CachedView(Protocol):
+    """What the planner reads about one entry of the host-RAM prompt cache."""
+
+    @property
+    def entry_id(self) -> int: ...
+
+    @property
+    def tokens(self) -> Sequence[int]: ...
+
+
 @dataclass(frozen=True)
 class PlanState:
     """Everything one step's decisions depend on."""
@@ -89,6 +101,8 @@ class PlanState:
     batch_capacity: int  # most tokens one llama_decode may take
     min_copy_tokens: int = 32  # a shorter gain is cheaper to recompute than to copy
     score_chunk: int = 64  # most prompt tokens per step for a prompt-scoring sequence
+    ram: Sequence[CachedView] = ()  # the host-RAM prompt cache's entries
+    keep_evicted: bool = False  # the RAM tier is on: save slot states before dropping them
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,27 @@ class Admission:
 
     key: int
     seq_id: int
+    keep: int
+
+
+@dataclass(frozen=True)
+class Save:
+    """Before anything else this step, keep slot ``seq_id``'s state (its first ``length``
+    cached tokens, i.e. all of them) in the RAM prompt cache: an admission is about to drop
+    tokens no other slot or entry holds."""
+
+    seq_id: int
+    length: int
+
+
+@dataclass(frozen=True)
+class Restore:
+    """After its admission, slot ``seq_id`` (of ``key``) takes RAM entry ``entry_id``'s state
+    and keeps its first ``keep`` tokens: a longer prefix than any slot can give."""
+
+    key: int
+    seq_id: int
+    entry_id: int
     keep: int
 
 
@@ -157,7 +192,8 @@ class PromptChunk:
 
 @dataclass(frozen=True)
 class StepPlan:
-    """One step, in execution order: admissions, copies, one batch of decodes + chunks, forks."""
+    """One step, in execution order: saves, admissions, restores, copies, one batch of decodes
+    and prompt chunks, forks."""
 
     admissions: tuple[Admission, ...] = ()
     copies: tuple[PrefixCopy, ...] = ()
@@ -165,6 +201,8 @@ class StepPlan:
     decodes: tuple[DecodeToken, ...] = ()
     chunks: tuple[PromptChunk, ...] = ()
     forks: tuple[Fork, ...] = ()
+    saves: tuple[Save, ...] = ()
+    restores: tuple[Restore, ...] = ()
 
     @property
     def is_empty(self) -> bool:
@@ -221,29 +259,83 @@ class _Progress:
     prompt_pos: int
 
 
-def _admit(state: PlanState, caches: dict[int, _Cache]) -> tuple[list[Admission], list[_Progress]]:
+@dataclass
+class _Admitted:
+    """What admission decided: the admissions, the saves and restores around them, and the
+    admitted sequences as this step leaves them."""
+
+    admissions: list[Admission] = field(default_factory=list)
+    saves: list[Save] = field(default_factory=list)
+    restores: list[Restore] = field(default_factory=list)
+    progress: list[_Progress] = field(default_factory=list)
+
+
+def _held_elsewhere(cache: _Cache, caches: dict[int, _Cache], state: PlanState) -> bool:
+    """Whether evicting ``cache`` loses nothing: it is short, or a RAM entry or a busy slot
+    (which is not evicted this step) holds all of its tokens."""
+    tokens = cache.view()
+    n = len(tokens)
+    if n < state.min_copy_tokens:
+        return True
+    holders = [e.tokens for e in state.ram] + [
+        c.view() for c in caches.values() if c is not cache and c.occupied
+    ]
+    return any(len(h) >= n and common_prefix_length(h, tokens) == n for h in holders)
+
+
+def _best_entry(seq: SequenceView, state: PlanState) -> tuple[int, int]:
+    """The RAM entry holding the longest usable prefix of ``seq``'s prompt: (entry_id, length)."""
+    best_id, best_len = -1, 0
+    for entry in state.ram:
+        length = usable_prefix(seq.prompt, entry.tokens)
+        if length > best_len:
+            best_id, best_len = entry.entry_id, length
+    return best_id, best_len
+
+
+def _admit(state: PlanState, caches: dict[int, _Cache]) -> _Admitted:
     """Give free slots to waiting sequences, oldest first; keep the longest own prefix.
 
-    Among free slots the one sharing the longest prefix wins; ties go to the least recently used,
-    so the idle cache evicted first is the one touched longest ago.
+    Among free slots the one sharing the longest prefix wins; then one whose eviction loses
+    nothing (its tokens are short or held elsewhere); then the least recently used. With the
+    RAM tier on, a slot whose tokens would be lost is saved first, and a sequence whose prompt
+    a RAM entry holds longer than any slot (by ``min_copy_tokens``) restores it.
     """
-    admissions: list[Admission] = []
-    admitted: list[_Progress] = []
+    out = _Admitted()
+    safe = {seq_id: _held_elsewhere(c, caches, state) for seq_id, c in caches.items()}
     for seq in state.waiting:
         free = [c for c in caches.values() if not c.occupied]
         if not free:
             break
         best = max(
             free,
-            key=lambda c: (usable_prefix(seq.prompt, c.view()), -c.slot.last_used),
+            key=lambda c: (
+                usable_prefix(seq.prompt, c.view()),
+                safe[c.slot.seq_id],
+                -c.slot.last_used,
+            ),
         )
         # A scoring sequence evaluates its whole prompt: cached tokens have no logits.
         keep = 0 if seq.scores_prompt else usable_prefix(seq.prompt, best.view())
+        if state.keep_evicted and keep < best.length and not safe[best.slot.seq_id]:
+            out.saves.append(Save(best.slot.seq_id, best.length))
         best.occupied = True
         best.length = keep
-        admissions.append(Admission(seq.key, best.slot.seq_id, keep))
-        admitted.append(_Progress(seq, best.slot.seq_id, keep))
-    return admissions, admitted
+        out.admissions.append(Admission(seq.key, best.slot.seq_id, keep))
+        progress = _Progress(seq, best.slot.seq_id, keep)
+        if not seq.scores_prompt:
+            entry_id, from_ram = _best_entry(seq, state)
+            from_slots = max(
+                [keep]
+                + [usable_prefix(seq.prompt, c.view()) for c in caches.values() if c is not best]
+            )
+            if from_ram - from_slots >= state.min_copy_tokens:
+                out.restores.append(Restore(seq.key, best.slot.seq_id, entry_id, from_ram))
+                entry = next(e for e in state.ram if e.entry_id == entry_id)
+                best.tokens, best.length, best.copy_dst = entry.tokens, from_ram, True
+                progress.prompt_pos = from_ram
+        out.progress.append(progress)
+    return out
 
 
 def _best_source(seq: SequenceView, own: int, caches: dict[int, _Cache]) -> tuple[int, int]:
@@ -283,7 +375,7 @@ def plan(state: PlanState) -> StepPlan:
     for seq in state.running:
         if seq.seq_id is not None:
             caches[seq.seq_id].occupied = True
-    admissions, admitted = _admit(state, caches)
+    admitted = _admit(state, caches)
 
     decodes: list[DecodeToken] = []
     prefilling: list[_Progress] = []
@@ -294,7 +386,7 @@ def plan(state: PlanState) -> StepPlan:
             decodes.append(DecodeToken(seq.key, seq.seq_id, seq.next_token, pos))
         elif seq.phase is Phase.PREFILLING:
             prefilling.append(_Progress(seq, seq.seq_id, seq.prompt_pos))
-    prefilling.extend(admitted)
+    prefilling.extend(admitted.progress)
     prefilling.sort(key=lambda p: p.seq.key)  # oldest first: fairness for copies and chunks
 
     copies: list[PrefixCopy] = []
@@ -360,10 +452,12 @@ def plan(state: PlanState) -> StepPlan:
         else:
             waits.append(Wait(progress.seq.key, first, len(progress.seq.prompt)))
     return StepPlan(
-        tuple(admissions),
+        tuple(admitted.admissions),
         tuple(copies),
         tuple(waits),
         tuple(decodes),
         tuple(chunks),
         tuple(forks),
+        tuple(admitted.saves),
+        tuple(admitted.restores),
     )

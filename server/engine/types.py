@@ -190,6 +190,16 @@ class EngineStats:
     prefix_cache_tokens_saved_total: int = 0
     prefix_copies_total: int = 0  # cross-slot KV copies (llama_memory_seq_cp)
     prefix_copy_tokens_total: int = 0  # prompt tokens those copies provided
+    # The RAM tier of the prompt cache: states of evicted slots, restored when they return.
+    prompt_cache_hits_total: int = 0  # admissions that restored a state from RAM
+    prompt_cache_misses_total: int = 0  # admissions that did not (the tier on)
+    prompt_cache_restore_failures_total: int = 0  # refused by llama.cpp: prefilled instead
+    prompt_cache_restored_tokens_total: int = 0
+    prompt_cache_restore_seconds_total: float = 0.0
+    prompt_cache_saves_total: int = 0
+    prompt_cache_evictions_total: int = 0
+    prompt_cache_bytes: int = 0  # held now
+    prompt_cache_entries: int = 0  # held now
     ttft_seconds: HistogramSnapshot | None = None  # submission -> first token, per choice
     inter_token_seconds: HistogramSnapshot | None = None  # gap between a choice's tokens
 

@@ -35,7 +35,16 @@ class _LiveCollector(Collector):
             queue.add_metric([], stats.queue_depth)
             active.add_metric([], stats.slots_active)
             total.add_metric([], stats.slots_total)
-        yield from (queue, active, total)
+        ram_bytes = GaugeMetricFamily(
+            "ggserve_prompt_cache_bytes", "Host RAM held by saved slot states (prompt cache)."
+        )
+        ram_entries = GaugeMetricFamily(
+            "ggserve_prompt_cache_entries", "Saved slot states in the RAM prompt cache."
+        )
+        if stats is not None:
+            ram_bytes.add_metric([], stats.prompt_cache_bytes)
+            ram_entries.add_metric([], stats.prompt_cache_entries)
+        yield from (queue, active, total, ram_bytes, ram_entries)
         if stats is not None:
             for name, help_text, value in (
                 (
@@ -83,6 +92,41 @@ class _LiveCollector(Collector):
                     "prefix_cache_copied_tokens",
                     "Prompt tokens provided by cross-slot copies.",
                     stats.prefix_copy_tokens_total,
+                ),
+                (
+                    "prompt_cache_hits",
+                    "Admissions that restored a saved state from RAM instead of prefilling it.",
+                    stats.prompt_cache_hits_total,
+                ),
+                (
+                    "prompt_cache_misses",
+                    "Admissions that restored nothing from RAM (the RAM tier on).",
+                    stats.prompt_cache_misses_total,
+                ),
+                (
+                    "prompt_cache_restore_failures",
+                    "Saved states llama.cpp refused; those prompts were prefilled instead.",
+                    stats.prompt_cache_restore_failures_total,
+                ),
+                (
+                    "prompt_cache_restored_tokens",
+                    "Prompt tokens restored from RAM.",
+                    stats.prompt_cache_restored_tokens_total,
+                ),
+                (
+                    "prompt_cache_restore_seconds",
+                    "Time spent writing saved states back into slots.",
+                    stats.prompt_cache_restore_seconds_total,
+                ),
+                (
+                    "prompt_cache_saves",
+                    "Evicted slot states saved to RAM.",
+                    stats.prompt_cache_saves_total,
+                ),
+                (
+                    "prompt_cache_evictions",
+                    "Saved states dropped to stay within GGSERVE_PROMPT_CACHE_MB.",
+                    stats.prompt_cache_evictions_total,
                 ),
             ):
                 counter = CounterMetricFamily("ggserve_" + name, help_text)
