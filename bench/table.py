@@ -1,9 +1,10 @@
 """Write the README's benchmark section from the committed results in bench/results/.
 
 The section between :data:`START` and :data:`END` in README.md is generated, never edited by
-hand: the HTTP tables from ``latest.json`` (what ``http_serving`` wrote last) and the RAG
-burst from ``burst.json``. ``--check`` changes nothing and exits 1 when the README differs from
-what the results give (``tests/unit/bench/test_table.py`` runs the same comparison).
+hand: the HTTP tables from ``latest.json`` (what ``http_serving`` wrote last), the RAG burst
+from ``burst.json`` and the returning conversations from ``returning.json``. ``--check``
+changes nothing and exits 1 when the README differs from what the results give
+(``tests/unit/bench/test_table.py`` runs the same comparison).
 
     python -m bench table            # rewrite the section
     python -m bench table --check    # is it up to date?
@@ -49,6 +50,20 @@ def burst_table(burst: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def returning_table(returning: dict[str, Any]) -> list[list[str]]:
+    """Rows (header first) of returning conversations: open / return p50 TTFT per server."""
+    rows = [["server", "open p50 / p95 TTFT s", "return p50 / p95 TTFT s", "return / open"]]
+    for name, data in returning["servers"].items():
+        best = data["best"]
+        cells = [
+            f"{_seconds(best[p]['ttft_p50_s'])} / {_seconds(best[p]['ttft_p95_s'])}"
+            for p in ("open", "return")
+        ]
+        ratio = (returning.get("ratios") or {}).get(f"{name}: return/open")
+        rows.append([name, *cells, "-" if ratio is None else f"{ratio:.2f}x"])
+    return rows
+
+
 def readme_section(results: Path = RESULTS) -> str:
     """The Markdown the README holds between the markers, from the files in ``results``.
 
@@ -87,6 +102,21 @@ def readme_section(results: Path = RESULTS) -> str:
             "(ratio = ggserve / llama-server):",
             "",
             report.markdown_table(burst_table(burst)),
+        ]
+    returning_path = results / "returning.json"
+    if returning_path.exists():
+        back = json.loads(returning_path.read_text())
+        versus = (back.get("ratios") or {}).get("ggserve/llama-server return")
+        parts += [
+            "",
+            f"**Returning conversations** (run {back['date']}, load before "
+            f"{back['load_before']}): {back['chats']} chats on {back['slots']} slots, "
+            f"~{back['history_tokens']}-token histories, {back['concurrency']} at a time; each "
+            "comes back for a second turn with its history resent"
+            + ("" if versus is None else f" (return p50 ggserve / llama-server: {versus:.2f}x)")
+            + ":",
+            "",
+            report.markdown_table(returning_table(back)),
         ]
     return "\n".join(parts) + "\n"
 

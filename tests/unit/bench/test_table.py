@@ -43,3 +43,29 @@ def test_check_fails_on_a_stale_readme_and_the_rewrite_fixes_it(tmp_path: Path) 
 def test_a_readme_without_the_markers_is_an_error() -> None:
     with pytest.raises(ValueError, match="markers"):
         table.render("# no markers here\n")
+
+
+def test_section_shows_returning_conversations_when_measured(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "bench" / "results", results)
+    phase = {"ttft_p50_s": 0.5, "ttft_p95_s": 0.9}
+    (results / "returning.json").write_text(
+        json.dumps(
+            {
+                "date": "2099-01-02 03:04 UTC",
+                "load_before": [0.1, 0.2, 0.3],
+                "chats": 16,
+                "slots": 8,
+                "history_tokens": 1200,
+                "concurrency": 4,
+                "servers": {
+                    "ggserve": {"best": {"open": {**phase, "ttft_p50_s": 5.0}, "return": phase}}
+                },
+                "ratios": {"ggserve: return/open": 0.1, "ggserve/llama-server return": 0.8},
+            }
+        )
+    )
+    section = table.readme_section(results)
+    assert "**Returning conversations** (run 2099-01-02 03:04 UTC" in section
+    assert "| ggserve | 5.00 / 0.90 | 0.50 / 0.90 | 0.10x |" in section
+    assert "return p50 ggserve / llama-server: 0.80x" in section
