@@ -224,6 +224,7 @@ class LlamaEngine:
             self._info.chat_template,
             bos_token=self._model.token_text(self._model.bos_token),
             eos_token=self._model.token_text(self._model.eos_token),
+            control_tokens=self._model.control_token_texts(),
         )
         self._slots = [_Slot(seq_id=i) for i in range(config.n_slots)]
         self._queue: AdmissionQueue[_Generation] = AdmissionQueue(config.n_slots, config.max_queue)

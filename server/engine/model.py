@@ -268,6 +268,17 @@ class LoadedModel:
         raw = llama_cpp.llama_vocab_get_text(self.vocab, token)
         return raw.decode("utf-8", errors="replace") if raw else ""
 
+    def control_token_texts(self) -> tuple[str, ...]:
+        """The texts that ``parse_special`` turns into control tokens (``<|im_start|>`` …),
+        longest first; one pass over the vocabulary, at load."""
+        texts = {
+            self.token_text(token)
+            for token in range(self.n_vocab)
+            if int(llama_cpp.llama_vocab_get_attr(self.vocab, token))
+            & (llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN)
+        }
+        return tuple(sorted((t for t in texts if t), key=lambda t: (-len(t), t)))
+
     @property
     def bos_token(self) -> int | None:
         token = int(llama_cpp.llama_vocab_bos(self.vocab))

@@ -216,11 +216,13 @@ class HistogramSnapshot:
 @dataclass(frozen=True)
 class ChatFormat:
     """What a model file says about its chat format: the Jinja template (None when it has
-    none) and the text of its BOS and EOS tokens, which templates may write."""
+    none), the text of its BOS and EOS tokens, which templates may write, and the texts the
+    tokenizer turns into control tokens (which message text must never become)."""
 
     template: str | None
     bos_token: str
     eos_token: str
+    control_tokens: tuple[str, ...] = ()
 
 
 class EventStream(Protocol):
