@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import signal
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,16 +33,13 @@ from typing import Any
 import httpx
 
 from bench.harness.load import ChatRequest, RequestResult, chat_body, stream_one
-from bench.harness.peers import build_llama_server, ggserve_spec, llama_server_spec
 from bench.harness.prompts import QUESTIONS, preamble, preamble_request
+from bench.harness.rounds import measure_in_rounds, peer_specs
 from bench.harness.server import (
     ROOT,
     RunningServer,
-    ServerSpec,
-    ServerStartError,
     exit_on_signal,
     physical_cores,
-    running,
 )
 from bench.harness.stats import percentile
 
@@ -192,35 +187,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "servers": {},
         "failures": {},
     }
-    specs: list[ServerSpec] = []
-    for key in args.servers:
-        try:
-            if key == "ggserve":
-                specs.append(ggserve_spec(args.model, threads, N_CLIENTS, N_CTX_PER_SLOT))
-            elif key == "llama-server":
-                binary = build_llama_server()
-                specs.append(
-                    llama_server_spec(binary, args.model, threads, N_CLIENTS, N_CTX_PER_SLOT)
-                )
-        except ServerStartError as exc:
-            report["failures"][key] = str(exc)
-            print(f"{key}: not measured: {exc}", file=sys.stderr)
-    with contextlib.ExitStack() as stack:
-        servers: list[RunningServer] = []
-        for spec in specs:
-            try:
-                servers.append(stack.enter_context(running(spec, logs)))
-            except ServerStartError as exc:
-                report["failures"][spec.name] = str(exc)
-                print(f"{spec.name}: not measured: {exc}", file=sys.stderr)
-        results: dict[str, list[dict[str, Any]]] = {s.spec.name: [] for s in servers}
-        for round_no in range(rounds):
-            print(f"\n-- round {round_no + 1}", flush=True)
-            order = servers[round_no % 2 :] + servers[: round_no % 2]
-            for server in order:
-                # Variants never repeat across servers or rounds: every "cold" context is new.
-                variant = 1000 + 10 * round_no + 3 * servers.index(server)
-                results[server.spec.name].append(measure(server, args.model, variant))
+    failures = report["failures"]
+    specs = peer_specs(args.servers, args.model, threads, N_CLIENTS, N_CTX_PER_SLOT, failures)
+
+    def one(server: RunningServer, round_no: int, index: int) -> dict[str, Any]:
+        # Variants never repeat across servers or rounds: every "cold" context is new.
+        return measure(server, args.model, 1000 + 10 * round_no + 3 * index)
+
+    results = measure_in_rounds(specs, rounds, logs, failures, one)
     for name, runs in results.items():
         report["servers"][name] = {
             "rounds": runs,
