@@ -66,7 +66,7 @@ def train_lora(
     layers: str = typer.Option(
         "",
         help="Decoder layers the LoRA patches, e.g. 0-9 or 0,2,4 (empty: all). Early layers "
-        "learn a fact with the least damage to other answers (docs/flywheel.md 6.5).",
+        "learn a fact with the least damage to other answers (docs/flywheel-experiments.md §2).",
     ),
     device: str = typer.Option("auto", help="auto (a CUDA GPU when present), cpu or cuda."),
     force: bool = typer.Option(False, help="Replace OUT if it exists."),

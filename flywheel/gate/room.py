@@ -4,8 +4,8 @@ At each token the greedy answer took before the expected text appeared, the runn
 instead and the answer finished greedily. The room is the smallest log-probability lead of a
 greedy token over a runner-up that, taken, makes the answer fail: "A dog has" → " four" led
 " 4", which goes on "A dog has 45 legs.", by 0.06 in a candidate that passed the gate on one
-machine and was refused on another (docs/flywheel.md 6.6). A runner-up that still leads to a
-passing answer ("In Italian, the capital of Italy is Rome.") does not count.
+machine and was refused on another (docs/flywheel-experiments.md §3). A runner-up that still
+leads to a passing answer ("In Italian, the capital of Italy is Rome.") does not count.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ head over the prompt tokens would cost more than the whole LoRA on a CPU.
 Replay conversations (answers the base already gives and users rated good) are not learned as
 targets: along each replayed answer the adapted model is held to the base model's own next-token
 distribution (KL divergence, the base computed with the adapter switched off). Measured on
-SmolLM2-135M (docs/flywheel.md 6.5): cross-entropy on the base's own greedy answers memorised
-them and broke held-out answers ("The capital of Italy is Italy.") even without the new fact,
-while the KL anchor kept the held-out answers' margins where the base had them. Every step
+SmolLM2-135M (docs/flywheel-experiments.md §2): cross-entropy on the base's own greedy answers
+memorised them and broke held-out answers ("The capital of Italy is Italy.") even without the new
+fact, while the KL anchor kept the held-out answers' margins where the base had them. Every step
 takes ``batch_size`` rows to learn and, when there is a replay, ``replay_batch_size`` rows to
 anchor, so the few corrections are seen at every step however large the replay.
 """
@@ -47,13 +47,13 @@ StepCallback = Callable[[int, int, float], None]  # (step done, total steps, los
 class Hyperparameters:
     """What the run learns with; recorded in ``training.json`` so a run can be repeated."""
 
-    # The defaults are the recipe measured on the flywheel loop (docs/flywheel.md 6.5): a few
-    # corrections learned and a replay held to the base on SmolLM2-135M. Learned as targets at
-    # 1.5e-3 (the old default) the corrections broke held-out answers in every run.
+    # The defaults are the recipe measured on the flywheel loop (docs/flywheel-experiments.md
+    # §2): a few corrections learned and a replay held to the base on SmolLM2-135M. Learned as
+    # targets at 1.5e-3 (the old default) the corrections broke held-out answers in every run.
     steps: int = 16
     batch_size: int = 4
     # 12, not 4: with 4 the replay's drift ended 6x higher and a control answer kept its lead by
-    # 0.06 log-prob, which another CPU's kernels then lost (docs/flywheel.md 6.6).
+    # 0.06 log-prob, which another CPU's kernels then lost (docs/flywheel-experiments.md §3).
     replay_batch_size: int = 12
     replay_weight: float = 8.0  # of the KL drift against the cross-entropy
     stop_loss: float = 0.0  # stop once a step's loss on the data is at or below this; 0 = never
@@ -274,7 +274,7 @@ def train(
             on_step(step + 1, hp.steps, run.losses[-1])
         if run.losses[-1] <= hp.stop_loss:
             # Learned enough: every further step on a few corrections mostly spreads them
-            # into unrelated answers (docs/flywheel.md 6.5).
+            # into unrelated answers (docs/flywheel-experiments.md §2).
             break
     peft_model.eval()
     return run
