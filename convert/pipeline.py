@@ -23,7 +23,7 @@ from typing import Any
 
 from artifacts.digest import sha256_file
 from artifacts.manifest import Artifact, Manifest, Quality, Source, write_manifest
-from convert import export, imatrix, merge, quality
+from convert import imatrix, merge, quality, to_gguf
 from convert.errors import ConvertError, QualityGateError
 from convert.inputs import (
     AdapterSpec,
@@ -177,7 +177,7 @@ def run_conversion(options: ConvertOptions, reporter: Reporter | None = None) ->
 
     f16_path = staging / f"{name}-f16.gguf"
     with steps("convert to GGUF f16 (llama.cpp)", total=100) as handle:
-        export.export_f16(
+        to_gguf.export_f16(
             converter, merged_dir, f16_path, logs / "convert_hf_to_gguf.log", _bar(handle)
         )
     matrix = given_matrix
