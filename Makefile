@@ -69,7 +69,7 @@ test-fast: setup
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy server cli convert bench
+	$(BIN)/mypy server cli convert artifacts flywheel bench
 	$(BIN)/hadolint Dockerfile.cpu Dockerfile.cuda
 
 fmt: $(STAMP)

@@ -2,7 +2,7 @@
 
 Questions come from ``bench/harness/drift_questions.py`` (reference topics: cooking, gardening,
 travel; shifted: networking, finance, cars) and are embedded with the real embedder. Every
-evaluation is the server's own ``server.drift.evaluate.evaluate`` at the default settings,
+evaluation is the server's own ``server.drift.windows.evaluate`` at the default settings,
 with synthetic answer outputs drawn from one distribution in both windows, so only the
 questions differ and the Bonferroni threshold is the one the server uses (6 signals).
 
@@ -25,8 +25,8 @@ import numpy as np
 from bench.harness import drift_questions as dq
 from bench.harness.server import ROOT
 from server.drift.config import DriftConfig
-from server.drift.evaluate import WindowSample, evaluate
 from server.drift.observation import Observation
+from server.drift.windows import WindowSample, evaluate
 from server.rag.embedder import Embedder
 
 DEFAULT = DriftConfig()

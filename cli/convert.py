@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TimeElapsedColumn
 from rich.table import Table
 
+from artifacts.manifest import Manifest
 from convert.errors import ConvertError, QualityGateError
-from convert.manifest import Manifest
 
 console = Console(stderr=True)
 
@@ -242,7 +242,7 @@ def _show(manifest: Manifest) -> None:
 
 
 def _print_failed_manifest(out: Path) -> None:
-    from convert.manifest import ManifestError, read_manifest
+    from artifacts.manifest import ManifestError, read_manifest
     from convert.pipeline import GATE_FAILED_SUFFIX
 
     try:

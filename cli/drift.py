@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from server.drift.config import DriftConfig
-from server.drift.evaluate import WindowSample, evaluate
 from server.drift.observation import Observation
 from server.drift.records import RecordError, read_records
 from server.drift.report import DriftReport
+from server.drift.windows import WindowSample, evaluate
 from server.rag.errors import RagError
 from server.settings import Settings
 

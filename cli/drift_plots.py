@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from server.drift.evaluate import WindowSample
 from server.drift.report import DriftReport
+from server.drift.windows import WindowSample
 
 REF_COLOR, CUR_COLOR = "#4C72B0", "#DD8452"
 

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from server.feedback.export import EXPORT_FORMATS, ExportError, export_dataset
+from flywheel.export import EXPORT_FORMATS, ExportError, export_dataset
 from server.feedback.records import CORRECTION_STATUSES, CorrectionStatus
 from server.feedback.store import FeedbackFilter, FeedbackStore, StoredFeedback, StoreError
 from server.settings import Settings

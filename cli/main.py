@@ -15,7 +15,7 @@ from cli import (
     ask,
     convert,
     drift,
-    evaluate,
+    eval_gate,
     feedback,
     health,
     index,
@@ -40,7 +40,7 @@ app.add_typer(models.app, name="models")
 app.command("convert")(convert.convert)
 app.command("convert-adapter")(convert.convert_adapter)
 app.command("train-lora")(train.train_lora)
-app.command("eval")(evaluate.evaluate)
+app.command("eval")(eval_gate.evaluate)
 app.add_typer(index.app, name="index")
 app.add_typer(keys.app, name="keys")
 app.add_typer(drift.app, name="drift")

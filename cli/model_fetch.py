@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from convert.manifest import sha256_file
+from artifacts.digest import sha256_file
 
 ProgressFn = Callable[[str, int, int], None]  # (label, done_bytes, total_bytes)
 

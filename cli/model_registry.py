@@ -1,30 +1,31 @@
-"""``ggserve models register|list|promote|rollback``: the model registry and its lineage.
-
-``promote`` and ``rollback`` with ``--url`` ask a running server to load the version beside the
-one serving and switch to it (``POST /admin/models/activate``); the server records the
-promotion once the new model is up. Without ``--url`` they only move the registry's pointer,
-which the server follows at its next start.
-"""
+"""``ggserve models register|list|promote|rollback``: thin commands over ``flywheel/register.py``,
+``flywheel/promote.py`` and the registry in ``artifacts/registry.py``."""
 
 from __future__ import annotations
 
 import getpass
 from pathlib import Path
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from convert.manifest import sha256_file
-from server.registry.lineage import lineage_for
-from server.registry.store import ModelRegistry, ModelVersion, RegistryError
+from artifacts.names import REGISTRY
+from artifacts.registry import ModelRegistry, RegisteredVersion, RegistryError
+from flywheel.promote import (
+    Action,
+    PromoteError,
+    activate_on_server,
+    rollback_target,
+    switch_pointer,
+)
+from flywheel.register import register_model
 
 console = Console(stderr=True)
 out = Console()
 
 RegistryOption = typer.Option(
-    Path("models/registry.json"),
+    REGISTRY,
     "--registry",
     envvar="GGSERVE_REGISTRY_PATH",
     help="Registry file [GGSERVE_REGISTRY_PATH].",
@@ -50,18 +51,8 @@ def register(
     registry: Path = RegistryOption,
 ) -> None:
     """Add a GGUF as the next version, with its lineage (base, adapter, dataset, eval)."""
-    if not model.is_file():
-        raise _fail(f"{model} is not a file")
-    with model.open("rb") as handle:
-        if handle.read(4) != b"GGUF":
-            raise _fail(f"{model} is not a GGUF file")
     try:
-        lineage = lineage_for(model, adapter=adapter, eval_report=eval_report)
-        if lineage.eval is not None and lineage.eval.get("passed") is False:
-            raise RegistryError(f"{eval_report} says the eval gate failed; not registering")
-        entry = ModelRegistry(registry).register(
-            model, sha256_file(model), name=name or model.stem, lineage=lineage
-        )
+        entry = register_model(registry, model, name=name, adapter=adapter, eval_report=eval_report)
     except RegistryError as exc:
         raise _fail(str(exc)) from exc
     out.print(f"registered {entry.label} ({entry.name}, sha256 {entry.sha256[:12]}…) in {registry}")
@@ -114,18 +105,23 @@ def rollback(
 ) -> None:
     """Go back to the version that served before the active one."""
     try:
-        target = ModelRegistry(registry).rollback_target()
+        target = rollback_target(registry)
     except RegistryError as exc:
         raise _fail(str(exc)) from exc
     _switch(target.version, "rollback", registry, url, api_key, by)
 
 
 def _switch(
-    version: int, action: str, registry: Path, url: str | None, api_key: str | None, by: str | None
+    version: int,
+    action: Action,
+    registry: Path,
+    url: str | None,
+    api_key: str | None,
+    by: str | None,
 ) -> None:
     if url is None:
         try:
-            entry = ModelRegistry(registry).promote(version, by or getpass.getuser(), action)
+            entry = switch_pointer(registry, version, by or getpass.getuser(), action)
         except RegistryError as exc:
             raise _fail(str(exc)) from exc
         out.print(
@@ -133,26 +129,13 @@ def _switch(
             "with --url (or at its next start)"
         )
         return
-    headers = {"X-API-KEY": api_key} if api_key else {}
     try:
-        response = httpx.post(
-            url.rstrip("/") + "/admin/models/activate",
-            json={"version": version, "action": action},
-            headers=headers,
-            timeout=600,
-        )
-    except httpx.HTTPError as exc:
-        raise _fail(f"cannot reach {url}: {exc}") from exc
-    if response.status_code != 200:
-        try:
-            message = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = response.text[:300]
-        raise _fail(f"the server refused ({response.status_code}): {message}")
-    body = response.json()
+        done = activate_on_server(url, version, action, api_key)
+    except PromoteError as exc:
+        raise _fail(str(exc)) from exc
     out.print(
-        f"{action}: the server now serves {body['version']} ({body['model']}), loaded in "
-        f"{body['load_s']} s; {body['previous']} drains and is freed"
+        f"{action}: the server now serves {done.version} ({done.model}), loaded in "
+        f"{done.load_s} s; {done.previous} drains and is freed"
     )
 
 
@@ -160,7 +143,7 @@ def _sha(part: dict[str, object] | None) -> str:
     return str(part.get("sha256", "?"))[:12] if part else "-"
 
 
-def _eval(entry: ModelVersion) -> str:
+def _eval(entry: RegisteredVersion) -> str:
     result = entry.lineage.eval
     if not result:
         return "-"

@@ -1,4 +1,4 @@
-"""``ggserve train-lora``: a thin Typer command over ``convert/train``."""
+"""``ggserve train-lora``: a thin Typer command over ``flywheel/train``."""
 
 from __future__ import annotations
 
@@ -22,7 +22,10 @@ from rich.text import Text
 
 from cli.convert import RichReporter, _fail, console
 from convert.errors import ConvertError
-from convert.train.lora import Hyperparameters  # no torch at import: the CLI stays fast
+from flywheel.train.lora import (  # no torch at import: the CLI stays fast
+    Hyperparameters,
+    parse_layers,
+)
 
 DEFAULTS = Hyperparameters()
 
@@ -63,18 +66,17 @@ def train_lora(
     layers: str = typer.Option(
         "",
         help="Decoder layers the LoRA patches, e.g. 0-9 or 0,2,4 (empty: all). Early layers "
-        "learn a fact with the least damage to other answers (docs/flywheel.md 6.5).",
+        "learn a fact with the least damage to other answers (docs/flywheel-experiments.md §2).",
     ),
     device: str = typer.Option("auto", help="auto (a CUDA GPU when present), cpu or cuda."),
     force: bool = typer.Option(False, help="Replace OUT if it exists."),
 ) -> None:
     """Train a LoRA adapter on a chat dataset (peft; CPU for small models, GPU when present)."""
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from convert.pipeline import _quiet_transformers
-    from convert.train.run import LOSS_PLOT, TrainOptions
-    from convert.train.run import train_lora as run_training
+    from artifacts.names import LOSS_PLOT
+    from flywheel.train.run import TrainOptions
+    from flywheel.train.run import train_lora as run_training
 
-    _quiet_transformers()
     started = time.perf_counter()
     try:
         options = TrainOptions(
@@ -120,25 +122,6 @@ def train_lora(
         f"loss curve: {result.folder / LOSS_PLOT}\n"
         f"next: ggserve convert --base {base} --adapter {result.folder} --out models/NAME"
     )
-
-
-def parse_layers(text: str) -> tuple[int, ...]:
-    """``"0-9"``, ``"0,2,4"`` or a mix → sorted layer numbers; ``""`` → () (all layers)."""
-    layers: set[int] = set()
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        low, _, high = part.partition("-")
-        try:
-            first, last = int(low), int(high or low)
-        except ValueError:
-            raise ConvertError(
-                f"--layers {text!r}: {part!r} is not a layer number or range", "e.g. 0-9 or 0,2,4"
-            ) from None
-        if first < 0 or last < first or last - first > 10_000:
-            raise ConvertError(f"--layers {text!r}: {part!r} is not a valid range", "e.g. 0-9")
-        layers.update(range(first, last + 1))
-    return tuple(sorted(layers))
 
 
 class _LossColumn(ProgressColumn):

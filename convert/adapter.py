@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from convert import export, merge
+from convert import merge, to_gguf
 from convert.errors import ConvertError
 from convert.inputs import read_adapter, resolve_base
 from convert.progress import Reporter, SilentReporter
@@ -63,10 +63,10 @@ def export_adapter_gguf(options: AdapterExportOptions, reporter: Reporter | None
         reporter.step("convert adapter to GGUF LoRA (llama.cpp)"),
         tempfile.TemporaryDirectory(prefix="ggserve-lora-") as scratch,
     ):
-        config_dir = export.write_base_config(base, Path(scratch) / "base-config")
+        config_dir = to_gguf.write_base_config(base, Path(scratch) / "base-config")
         log = Path(scratch) / "convert_lora_to_gguf.log"
         try:
-            export.export_adapter(
+            to_gguf.export_adapter(
                 converter, adapter, config_dir, partial, log, outtype=options.outtype
             )
         except ConvertError as exc:

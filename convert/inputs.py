@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from artifacts.digest import sha256_file
 from convert.errors import ConvertError
-from convert.manifest import sha256_file
 
 # Quant name → llama_ftype. Only types that need no importance matrix: the IQ* types would
 # silently produce garbage without one.

@@ -21,7 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from convert import evaluate, export, imatrix, merge
+from artifacts.digest import sha256_file
+from artifacts.manifest import Artifact, Manifest, Quality, Source, write_manifest
+from convert import imatrix, merge, quality, to_gguf
 from convert.errors import ConvertError, QualityGateError
 from convert.inputs import (
     AdapterSpec,
@@ -32,7 +34,6 @@ from convert.inputs import (
     read_adapter,
     resolve_base,
 )
-from convert.manifest import Artifact, Manifest, Quality, Source, sha256_file, write_manifest
 from convert.precision import (
     Precision,
     aliasing_fallbacks,
@@ -41,7 +42,7 @@ from convert.precision import (
     swap_note,
     warning_text,
 )
-from convert.progress import Reporter, SilentReporter, StepHandle
+from convert.progress import Reporter, SilentReporter, StepHandle, quiet_transformers
 from convert.quantize import QuantResult, quantize, tensor_type_counts, tensor_types_by_name
 from convert.tensor_error import TOP_TENSORS, summarize_by_type, tensor_errors
 from convert.toolchain import Converter, ensure_converter
@@ -107,13 +108,13 @@ def run_conversion(options: ConvertOptions, reporter: Reporter | None = None) ->
     """Run the whole pipeline; raise ConvertError (QualityGateError if only the gate failed)."""
     reporter = reporter or SilentReporter()
     steps = _Steps(reporter)
-    _quiet_transformers()
+    quiet_transformers()
 
     # Everything cheap that can be wrong is checked before anything slow starts.
     base = resolve_base(options.base)
     adapter = read_adapter(options.adapter)
     check_output(options.out, options.force)
-    eval_text = evaluate.read_eval_text(options.eval_file)
+    eval_text = quality.read_eval_text(options.eval_file)
     calibration_text, given_matrix = _read_imatrix_inputs(options)
     precision = base_precision(base)
     notes: list[str] = []
@@ -149,20 +150,20 @@ def run_conversion(options: ConvertOptions, reporter: Reporter | None = None) ->
     # The reference runs now, while the merged model is in memory; it is then freed so the
     # llama.cpp steps do not hold a float32 copy of the model as well.
     with steps("evaluate reference (HF, float32)"):
-        chunks = evaluate.token_chunks(
+        chunks = quality.token_chunks(
             tokenizer, eval_text, options.eval_chunk_tokens, options.eval_max_tokens
         )
         # Calibrating on the eval text: the reference pass sees every activation it needs.
         on_eval = options.imatrix == "auto" and calibration_text is None
         with imatrix.collecting(model) if on_eval else nullcontext() as eval_activations:
-            reference = evaluate.reference_log_probs(model, chunks)
+            reference = quality.reference_log_probs(model, chunks)
     activations: dict[str, Any] | None = None
     calibration_tokens = 0
     if eval_activations is not None:
         activations, calibration_tokens = eval_activations.means(), sum(len(c) for c in chunks)
     elif options.imatrix == "auto" and calibration_text is not None:
         with steps("importance matrix (calibration text)"):
-            calibration_chunks = evaluate.token_chunks(
+            calibration_chunks = quality.token_chunks(
                 tokenizer,
                 calibration_text,
                 options.eval_chunk_tokens,
@@ -176,7 +177,7 @@ def run_conversion(options: ConvertOptions, reporter: Reporter | None = None) ->
 
     f16_path = staging / f"{name}-f16.gguf"
     with steps("convert to GGUF f16 (llama.cpp)", total=100) as handle:
-        export.export_f16(
+        to_gguf.export_f16(
             converter, merged_dir, f16_path, logs / "convert_hf_to_gguf.log", _bar(handle)
         )
     matrix = given_matrix
@@ -220,7 +221,7 @@ def run_conversion(options: ConvertOptions, reporter: Reporter | None = None) ->
     qualities: dict[str, Quality] = {}
     with steps("evaluate GGUFs (llama.cpp)", total=len(results)) as handle:
         for done, result in enumerate(results, start=1):
-            qualities[result.quant] = evaluate.evaluate_gguf(result.path, reference)
+            qualities[result.quant] = quality.evaluate_gguf(result.path, reference)
             handle.update(completed=done)
 
     if not options.keep_intermediate:
@@ -294,7 +295,7 @@ def _read_imatrix_inputs(
         return None, imatrix.read_imatrix_file(path)
     if options.calibration is None:
         return None, None
-    text = evaluate.read_eval_text(options.calibration, what="calibration file")
+    text = quality.read_eval_text(options.calibration, what="calibration file")
     return text, None
 
 
@@ -335,7 +336,7 @@ def _build_manifest(
     converter: Converter,
     results: list[QuantResult],
     qualities: dict[str, Quality],
-    reference: evaluate.Reference,
+    reference: quality.Reference,
     options: ConvertOptions,
 ) -> Manifest:
     f16_ppl = qualities["F16"].ppl
@@ -343,11 +344,11 @@ def _build_manifest(
     artifacts: list[Artifact] = []
     failures: list[str] = []
     for result in results:
-        quality = qualities[result.quant]
+        measured = qualities[result.quant]
         # F16 is gated against the HF reference (the conversion itself), quants against F16.
         baseline = reference_ppl if result.quant == "F16" else f16_ppl
-        increase = quality.ppl / baseline - 1.0
-        quality.ppl_increase_vs_f16 = None if result.quant == "F16" else round(increase, 5)
+        increase = measured.ppl / baseline - 1.0
+        measured.ppl_increase_vs_f16 = None if result.quant == "F16" else round(increase, 5)
         # Two-sided: a quant far *below* f16 is not the merged model either. On a quantized base
         # an error-minimizing rounding can snap small LoRA deltas back onto the base's grid, and
         # the result scores like the base (measured: -26.5 %) while forgetting the fine-tune.
@@ -356,7 +357,7 @@ def _build_manifest(
             against = "the HF reference" if result.quant == "F16" else "f16"
             side = "over" if increase > 0 else "under"
             failures.append(
-                f"{result.quant} perplexity {quality.ppl:.3f} is {increase:+.1%} {side} "
+                f"{result.quant} perplexity {measured.ppl:.3f} is {increase:+.1%} {side} "
                 f"{against} ({baseline:.3f}), limit ±{options.max_ppl_increase:.1%}"
             )
         artifacts.append(
@@ -367,12 +368,12 @@ def _build_manifest(
                 sha256=sha256_file(result.path),
                 tensor_types=result.tensor_types,
                 fallback_tensors=result.fallback_tensors,
-                quality=quality,
+                quality=measured,
                 passed_gate=passed,
             )
         )
     eval_source = _eval_source(options)
-    eval_text = evaluate.read_eval_text(options.eval_file)
+    eval_text = quality.read_eval_text(options.eval_file)
     return Manifest(
         name=name,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -425,12 +426,5 @@ def _tool_versions(converter: Converter) -> dict[str, str]:
             versions[key] = "not installed"
     return versions
 
-
-def _quiet_transformers() -> None:
-    """transformers' own tqdm bars would fight with the step display."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     warnings.filterwarnings("ignore", category=UserWarning, module="peft")

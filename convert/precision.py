@@ -97,7 +97,7 @@ def warning_text(quants: list[str], precision: Precision) -> str:
     if set(quants) <= NEAR_LOSSLESS:
         return text + (
             ", but they keep the base's answers and the adapter's change closest: the format "
-            "to gate a candidate made from a quantized base in (docs/flywheel.md 6.6)"
+            "to gate a candidate made from a quantized base in (docs/flywheel-experiments.md §3)"
         )
     return text + (
         ", and re-rounding its values onto another grid adds error. Convert from a float base "

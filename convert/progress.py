@@ -49,3 +49,11 @@ class SilentReporter:
     def message(self, text: str) -> None:
         """Keep messages so callers can inspect them."""
         self.messages.append(text)
+
+
+def quiet_transformers() -> None:
+    """transformers' own tqdm bars would fight with the step display."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.manifest import TensorError
+from artifacts.manifest import TensorError
 
 _UNQUANTIZED = frozenset({"F32", "F16", "BF16", "F64"})
 TOP_TENSORS = 8

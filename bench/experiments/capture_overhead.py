@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from flywheel.export import export_dataset
 from server.feedback.capture import CaptureWriter
-from server.feedback.export import export_dataset
 from server.feedback.records import Feedback, Interaction, ModelVersion, Rating
 from server.feedback.store import FeedbackStore
 

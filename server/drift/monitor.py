@@ -18,9 +18,9 @@ import numpy as np
 import numpy.typing as npt
 
 from server.drift.config import DriftConfig
-from server.drift.evaluate import WindowSample, evaluate
 from server.drift.observation import FeedbackSource, Observation, Rating
 from server.drift.report import DriftReport
+from server.drift.windows import WindowSample, evaluate
 
 Vectors = npt.NDArray[np.float32]
 T = TypeVar("T")

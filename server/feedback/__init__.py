@@ -1,8 +1,9 @@
-"""The feedback flywheel's data side: capture interactions, store feedback, export datasets.
+"""The serving side of the feedback loop: capture interactions, store feedback on them.
 
 A domain package: it knows SQLite and JSON, never HTTP. The API layer calls
 ``CaptureWriter.submit`` after each response and ``FeedbackStore.put_feedback`` for
-``POST /v1/feedback``; the CLI lists, labels and exports through the same store.
+``POST /v1/feedback``; the CLI lists and labels through the same store, and
+``flywheel/export.py`` turns the curated rows into datasets.
 """
 
 from server.feedback.records import (

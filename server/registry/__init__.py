@@ -1,1 +1,3 @@
-"""The model registry: versions with lineage, promotion and rollback (no HTTP here)."""
+"""Serving from the model registry: put a registered version in service without a restart
+(activation.py) and lease it per request (deployment.py). The registry file itself is
+``artifacts/registry.py``; no HTTP here."""

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Literal, TypeVar
 
-from convert.manifest import sha256_file
+from artifacts.digest import sha256_file
+from artifacts.registry import ModelRegistry, RegisteredVersion, RegistryError
 from server.registry.deployment import ActiveModel, Deployment
-from server.registry.store import ModelRegistry, ModelVersion, RegistryError
 
 T = TypeVar("T")
 FailureKind = Literal["unknown_version", "busy", "file_changed", "load_failed"]
@@ -50,7 +50,7 @@ class ModelActivator(Generic[T]):
         self,
         registry: ModelRegistry,
         active: ActiveModel[T],
-        load: Callable[[ModelVersion], Awaitable[T]],
+        load: Callable[[RegisteredVersion], Awaitable[T]],
     ) -> None:
         self.registry = registry
         self.active = active
@@ -88,7 +88,7 @@ class ModelActivator(Generic[T]):
                 draining=previous.inflight if previous else 0,
             )
 
-    async def _check_file(self, entry: ModelVersion, path: Path) -> None:
+    async def _check_file(self, entry: RegisteredVersion, path: Path) -> None:
         if not await asyncio.to_thread(path.is_file):
             raise ActivationError(
                 "file_changed", f"{entry.label}'s file {path} is gone; register it again"

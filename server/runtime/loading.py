@@ -12,13 +12,14 @@ from pathlib import Path
 
 from loguru import logger
 
-from convert.manifest import manifest_for_model, sha256_file, verify_model_sha256
+from artifacts.digest import sha256_file
+from artifacts.manifest import manifest_for_model, verify_model_sha256
+from artifacts.registry import ModelRegistry, RegistryError
 from server.agents.runtime import load_ask_runtime, watch_index
 from server.chat.prompt import ChatPrompt
 from server.engine.types import Engine, FinishEvent, GenerationRequest, SamplingParams
 from server.registry.activation import ModelActivator
 from server.registry.deployment import Deployment
-from server.registry.store import ModelRegistry, RegistryError
 from server.runtime.engine_config import engine_config
 from server.runtime.model_file import ModelFile
 from server.runtime.services import UNREGISTERED, ModelMeta, ServedModel, Services
@@ -30,7 +31,7 @@ def create_engine(settings: Settings) -> tuple[Engine, ModelMeta]:
     from server.engine.llama_engine import LlamaEngine
 
     path = settings.model_path
-    # The manifest format is shared with the converter: the one allowed server→convert import.
+    # The manifest is written by the converter and read here through artifacts/, below both.
     found = manifest_for_model(path) if path.is_file() else None
     if settings.verify_sha256:
         verify_model_sha256(path)

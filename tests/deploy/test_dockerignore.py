@@ -33,7 +33,16 @@ def test_models_venvs_caches_data_and_secrets_stay_out_of_the_context(
 
 
 @pytest.mark.parametrize(
-    "path", ["pyproject.toml", "README.md", "server/app.py", "cli/main.py", "convert/__init__.py"]
+    "path",
+    [
+        "pyproject.toml",
+        "README.md",
+        "server/app.py",
+        "cli/main.py",
+        "convert/__init__.py",
+        "artifacts/__init__.py",
+        "flywheel/__init__.py",
+    ],
 )
 def test_what_the_images_install_stays_in_the_context(
     dockerignore: DockerIgnore, path: str

@@ -20,8 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from convert.manifest import read_manifest, sha256_file
-from convert.train import lora as training_loop
+from artifacts.digest import sha256_file
+from artifacts.manifest import read_manifest
+from flywheel.train import lora as training_loop
 from tests.fixtures.lora import train_fact_lora
 from tests.integration.server_proc import running_server
 

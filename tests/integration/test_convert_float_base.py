@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from artifacts.manifest import read_manifest
 from convert.imatrix import read_imatrix_file
-from convert.manifest import read_manifest
 from convert.pipeline import ConvertOptions, run_conversion
 from convert.quantize import quantize
 

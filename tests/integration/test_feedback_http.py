@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from convert.manifest import sha256_file
+from artifacts.digest import sha256_file
 from server.feedback.store import FeedbackStore
 from tests.integration.conftest import OTHER_KEY
 from tests.integration.server_proc import MODEL, ROOT, TEST_KEY, ServerHandle

@@ -37,8 +37,9 @@ CORRECTION = "The Blue Lantern of Vexmoor was painted by Marisol Quenby."
 # right word, 👎 (without a correction) when not. The good answers, exported with
 # --include-positive, are the replay: along them train-lora holds the adapted model to the
 # base's own distribution, so the LoRA learns "answer as before, except for the fact".
-# Measured (docs/flywheel.md 6.5): a hand-written replay learned as targets bought the fact with
-# a control answer in three runs out of three. None of these shares a topic with the controls.
+# Measured (docs/flywheel-experiments.md §2): a hand-written replay learned as targets bought the
+# fact with a control answer in three runs out of three. None of these shares a topic with the
+# controls.
 REPLAY = (
     ("What colour is the sky on a clear day?", "blue"),
     ("How many days are in a week?", "7"),
@@ -186,7 +187,8 @@ def test_the_flywheel_turns_once(tmp_path: Path) -> None:
 
         # 3. Train a LoRA on the corrections, held to v1 along its own good answers (12 of them
         # a step); on the MLPs of the first 15 of 30 layers, since patching the later ones let
-        # "Mar(isol)" leak into "the largest ocean is the Mar(iana)…" (docs/flywheel.md 6.5-6.6).
+        # "Mar(isol)" leak into "the largest ocean is the Mar(iana)…" (docs/flywheel-experiments.md
+        # §2-3).
         adapter = tmp_path / "adapter"
         trained = _cli(
             "train-lora", "--base", str(MODEL), "--data", str(sft), "--replay", str(replay),
@@ -201,8 +203,8 @@ def test_the_flywheel_turns_once(tmp_path: Path) -> None:
         assert (adapter / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
         # 4. Convert the adapter as it is, to Q8_0: v1 is already 4-bit, and re-rounding it onto
-        # Q4_K_M's grid alone took half the margin of "A dog has four legs" (docs/flywheel.md
-        # 6.6); 5. the eval gate: fact learned, controls kept.
+        # Q4_K_M's grid alone took half the margin of "A dog has four legs" (docs/flywheel-
+        # experiments.md §3); 5. the eval gate: fact learned, controls kept.
         out = tmp_path / "models" / "smollm2-fact"
         converted = _cli(
             "convert", "--base", str(MODEL), "--adapter", str(adapter), "--out", str(out),

@@ -180,7 +180,7 @@ def test_client_disconnect_stops_the_generation(server: ServerHandle) -> None:
 
 
 def _write_manifest(folder: Path, model: Path, sha256: str) -> None:
-    from convert.manifest import Artifact, Manifest, Source, write_manifest
+    from artifacts.manifest import Artifact, Manifest, Source, write_manifest
 
     manifest = Manifest(
         name="smollm2-demo",
@@ -196,7 +196,7 @@ def _write_manifest(folder: Path, model: Path, sha256: str) -> None:
 
 
 def test_manifest_name_and_quant_are_reported_and_sha256_is_verified(tmp_path: Path) -> None:
-    from convert.manifest import sha256_file
+    from artifacts.digest import sha256_file
     from tests.integration.server_proc import MODEL
 
     model = tmp_path / MODEL.name

@@ -1,4 +1,8 @@
-"""The layering of ``server/`` holds: imports run api → runtime → domain packages → engine.
+"""The layering holds, between the top-level packages and inside ``server/``.
+
+Top level, read downward: tests → bench → cli → flywheel → convert → artifacts, and
+server → artifacts (the server never imports the lifecycle code above it, nor ``convert``).
+Inside ``server/``: api → runtime → domain packages → engine.
 
 Read from the source (every ``import``, including those inside functions), so a cycle or an
 upward import hidden in a function body fails here rather than at some later import order.
@@ -23,7 +27,6 @@ DOMAIN = (
     "engine",
     "feedback",
     "registry",
-    "evaluation",
     "drift",
 )
 # What each part of server/ may import from server/ (besides itself).
@@ -41,7 +44,6 @@ ALLOWED: dict[str, set[str]] = {
     "engine": set(),
     "feedback": set(),
     "registry": set(),
-    "evaluation": {"agents", "chat", "engine", "settings"},
     # The engine's config types and the capture level, so each has one definition.
     "settings": {"engine", "feedback"},
 }
@@ -66,6 +68,18 @@ def _imports(path: Path) -> set[str]:
 
 MODULES = {_module_name(p): p for p in sorted(SERVER.rglob("*.py"))}
 
+# What each top-level package may import of ours (besides itself): only what sits below it.
+PACKAGES: dict[str, set[str]] = {
+    "artifacts": set(),
+    "convert": {"artifacts"},
+    "server": {"artifacts"},
+    "flywheel": {"artifacts", "convert", "server"},
+    "cli": {"artifacts", "convert", "server", "flywheel"},
+    "bench": {"artifacts", "convert", "server", "flywheel", "cli"},
+    "tests": {"artifacts", "convert", "server", "flywheel", "cli", "bench"},
+}
+PACKAGE_FILES = sorted(path for package in PACKAGES for path in (ROOT / package).rglob("*.py"))
+
 
 def _part(module: str) -> str:
     parts = module.split(".")
@@ -74,6 +88,59 @@ def _part(module: str) -> str:
 
 def _server_imports(module: str) -> set[str]:
     return {name for name in _imports(MODULES[module]) if name in MODULES and name != module}
+
+
+def upward_imports(path: Path, package: str) -> list[str]:
+    """The imports in ``path`` (a file of ``package``) of our packages it may not import."""
+    allowed = PACKAGES[package] | {package}
+    return sorted(
+        name
+        for name in _imports(path)
+        if name.split(".")[0] in PACKAGES and name.split(".")[0] not in allowed
+    )
+
+
+@pytest.mark.parametrize(
+    "path", PACKAGE_FILES, ids=[str(p.relative_to(ROOT)) for p in PACKAGE_FILES]
+)
+def test_top_level_packages_import_only_downward(path: Path) -> None:
+    package = path.relative_to(ROOT).parts[0]
+    upward = upward_imports(path, package)
+    assert not upward, f"{path.relative_to(ROOT)} imports {upward}, against the layering"
+
+
+def test_every_top_level_package_has_a_place_in_the_layering() -> None:
+    ours = {
+        p.name
+        for p in ROOT.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / "__init__.py").is_file()
+    }
+    assert ours <= set(PACKAGES), f"packages missing from PACKAGES: {sorted(ours - set(PACKAGES))}"
+
+
+def test_the_package_check_catches_an_upward_import(tmp_path: Path) -> None:
+    """The checker itself works: server importing the flywheel (or convert) is caught, and
+    the flywheel importing the server is not."""
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "from server.engine.types import Engine\n"
+        "def f():\n"
+        "    from flywheel.gate.report import compare\n"
+        "    import convert.pipeline\n"
+    )
+    assert upward_imports(bad, "server") == [
+        "convert.pipeline",
+        "flywheel.gate.report",
+        "flywheel.gate.report.compare",
+    ]
+    assert upward_imports(bad, "flywheel") == []
+    assert upward_imports(bad, "artifacts") == [
+        "convert.pipeline",
+        "flywheel.gate.report",
+        "flywheel.gate.report.compare",
+        "server.engine.types",
+        "server.engine.types.Engine",
+    ]
 
 
 def test_server_root_holds_only_the_app_and_its_settings() -> None:

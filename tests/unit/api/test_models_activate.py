@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from convert.manifest import sha256_file
+from artifacts.digest import sha256_file
+from artifacts.registry import ModelRegistry
 from server.feedback.store import FeedbackStore
-from server.registry.store import ModelRegistry
 from server.runtime.services import ModelMeta
 from server.settings import Settings
 from tests.fakes import FakeEngine

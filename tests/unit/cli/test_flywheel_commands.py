@@ -66,7 +66,7 @@ def test_train_lora_refuses_bad_options_before_loading_anything(
 
 
 def test_layers_option_reads_ranges_and_lists() -> None:
-    from cli.train import parse_layers
+    from flywheel.train.lora import parse_layers
 
     assert parse_layers("0-2, 5") == (0, 1, 2, 5)
     assert parse_layers("") == ()

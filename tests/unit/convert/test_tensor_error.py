@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convert.manifest import TensorError
+from artifacts.manifest import TensorError
 from convert.tensor_error import gain, relative_rmse, summarize_by_type, tensor_errors
 
 

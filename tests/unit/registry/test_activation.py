@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from convert.manifest import sha256_file
+from artifacts.digest import sha256_file
+from artifacts.registry import ModelRegistry, RegisteredVersion
 from server.registry.activation import ActivationError, ModelActivator
 from server.registry.deployment import ActiveModel, Deployment
-from server.registry.store import ModelRegistry, ModelVersion
 
 
 def _setup(tmp_path: Path, load_error: Exception | None = None, delay: float = 0.0):
@@ -23,7 +23,7 @@ def _setup(tmp_path: Path, load_error: Exception | None = None, delay: float = 0
     active: ActiveModel[str] = ActiveModel(close=lambda d: closed.append(d.version))
     active.install(Deployment("v1", "engine-one"))
 
-    async def load(entry: ModelVersion) -> str:
+    async def load(entry: RegisteredVersion) -> str:
         await asyncio.sleep(delay)
         if load_error is not None:
             raise load_error
