@@ -73,6 +73,14 @@ class RateLimitError(APIError):
     error_type = "rate_limit_error"
 
 
+class OutputRejectedError(APIError):
+    """The model's answer broke the requested ``response_format``. Only ever reported in-band,
+    after a stream's first byte; a whole response carries the reason as ``message.refusal``."""
+
+    status_code = 422
+    error_type = "invalid_output_error"
+
+
 class ServiceUnavailableError(APIError):
     status_code = 503
     error_type = "service_unavailable"

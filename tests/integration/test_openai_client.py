@@ -109,6 +109,42 @@ def test_json_object_response_format(client: openai.OpenAI) -> None:
         assert content.lstrip().startswith("{")
 
 
+@pytest.mark.parametrize("max_tokens", [64, 200])
+def test_the_strict_city_schema_from_issue_21_answers_valid_json_or_length(
+    client: openai.OpenAI, max_tokens: int
+) -> None:
+    """This request answered ``stop`` with raw newlines inside a string (not JSON) when the
+    grammar let control characters into strings. Now ``stop`` means it parses and validates;
+    a budget cut is ``length``; anything else is a refusal, never content."""
+    import json
+
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+        "required": ["city", "country"],
+    }
+    reply = client.chat.completions.create(
+        model="m",
+        messages=[
+            {"role": "user", "content": "Paris is in which country? Answer as city and country."}
+        ],
+        max_tokens=max_tokens,
+        temperature=0,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "City", "strict": True, "schema": schema},
+        },
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason in ("stop", "length")
+    if choice.finish_reason == "stop" and choice.message.refusal is None:
+        jsonschema.validate(json.loads(choice.message.content or ""), schema)
+    if choice.message.refusal is not None:
+        assert choice.message.content is None
+
+
 def test_errors_are_typed_for_the_client(client: openai.OpenAI, server: ServerHandle) -> None:
     bad = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong")
     with pytest.raises(openai.AuthenticationError):

@@ -7,7 +7,9 @@ from collections.abc import Iterable
 
 from starlette.requests import Request
 
+from server.api.errors import OutputRejectedError
 from server.api.generation import (
+    Completed,
     GenerationItem,
     GenerationService,
     PromptScores,
@@ -18,7 +20,7 @@ from server.api.generation import (
     last_user_message,
     until_disconnected,
 )
-from server.api.openai.chat_request import prepare_chat
+from server.api.openai.chat_request import JsonAnswer, prepare_chat
 from server.api.openai.logprobs import PieceOf, chat_logprobs
 from server.api.openai.protocol import (
     ChatChoice,
@@ -52,6 +54,9 @@ from server.chat.tools.parser import (
     parse_output,
 )
 from server.runtime.services import Services
+
+# What a JSON answer that fails its response_format says instead of the answer.
+INVALID_ANSWER = "The model's answer does not satisfy response_format"
 
 
 class ChatServing:
@@ -87,6 +92,7 @@ class ChatServing:
                 parse_calls=chat.parse_calls,
                 piece_of=generation.token_piece if request.logprobs else None,
                 n=request.n,
+                json_answer=chat.json_answer,
             )
             return await open_stream(http_request, ctx, items, fmt)
         whole = await until_disconnected(http_request, collect_all(items))
@@ -104,9 +110,12 @@ class ChatServing:
             if request.logprobs:
                 entries = chat_logprobs(whole.logprobs[index], generation.token_piece)
                 logprobs = ChoiceLogprobs(content=entries)
-            message = ChatResponseMessage(
-                content=content, refusal=text if done.refused else None, tool_calls=calls
-            )
+            refusal = text if done.refused else None
+            problem = _answer_problem(chat.json_answer, text, reason, done.refused or bool(calls))
+            if problem:  # never a success: say why instead
+                ctx.log_fields["invalid_output"] = problem
+                content, refusal = None, f"{INVALID_ANSWER}: {problem}."
+            message = ChatResponseMessage(content=content, refusal=refusal, tool_calls=calls)
             choices.append(
                 ChatChoice(
                     index=index,
@@ -139,6 +148,7 @@ class ChatChunkFormat(OpenAIFormat):
         parse_calls: bool = False,
         piece_of: PieceOf | None = None,
         n: int = 1,
+        json_answer: JsonAnswer | None = None,
     ) -> None:
         self.chunk_id, self.model, self.include_usage = chunk_id, model, include_usage
         self.created = int(time.time())
@@ -147,6 +157,8 @@ class ChatChunkFormat(OpenAIFormat):
         self._calls = [ToolCallStream() for _ in range(n)] if parse_calls else None
         self._piece_of = piece_of
         self._content: dict[int, ContentTemplate] = {}
+        self._json_answer = json_answer
+        self._texts: list[list[str]] = [[] for _ in range(n)]  # kept only for json_answer
 
     def _chunk(
         self,
@@ -185,6 +197,8 @@ class ChatChunkFormat(OpenAIFormat):
             return
         if isinstance(event, TextDelta):
             index = event.index
+            if self._json_answer is not None:
+                self._texts[index].append(event.text)
             if self._calls is None and self._piece_of is None:
                 yield self._plain(event.text, index)
                 return
@@ -202,6 +216,7 @@ class ChatChunkFormat(OpenAIFormat):
                 yield self._chunk(delta, logprobs=logprobs, index=index)
                 logprobs = None  # a delta's logprobs go out once, with its first chunk
             return
+        self._check_answers(event)
         for index, reason in enumerate(event.finish_reasons):
             has_calls = False
             if self._calls is not None:
@@ -211,6 +226,29 @@ class ChatChunkFormat(OpenAIFormat):
             yield self._chunk(ChatDelta(), tool_finish(reason, has_calls), index=index)
         if self.include_usage:
             yield self._chunk(ChatDelta(), usage=usage_info(event))
+
+    def _check_answers(self, done: Completed) -> None:
+        """A stream whose JSON answer is invalid ends with an error, never with ``stop``."""
+        for index, reason in enumerate(done.finish_reasons):
+            called = self._calls is not None and bool(self._calls[index].calls)
+            text = "".join(self._texts[index])
+            problem = _answer_problem(self._json_answer, text, reason, done.refused or called)
+            if problem:
+                raise OutputRejectedError(
+                    f"{INVALID_ANSWER}: {problem}.",
+                    code="invalid_json_answer",
+                    param="response_format",
+                )
+
+
+def _answer_problem(
+    json_answer: JsonAnswer | None, text: str, reason: str, not_an_answer: bool
+) -> str | None:
+    """Why a finished choice's text breaks its JSON ``response_format`` (None: it does not, or
+    there is nothing to check: text format, cut by the budget, refused, or a tool call)."""
+    if json_answer is None or reason != "stop" or not_an_answer:
+        return None
+    return json_answer.problem(text)
 
 
 def _tool_deltas(items: list[StreamItem]) -> list[ChatDelta]:

@@ -18,10 +18,26 @@ from server.api.openai.protocol import (
     tool_choice_value,
     tool_specs,
 )
-from server.chat.json_grammar import json_object_grammar, json_schema_grammar
+from server.chat.json_grammar import (
+    check_answer,
+    json_object_grammar,
+    json_schema_grammar,
+    strict_violations,
+)
 from server.chat.tools import ToolSpecError
 from server.chat.tools.plan import plan_tools
 from server.engine.types import InvalidRequestError, SamplingParams
+
+
+@dataclass(frozen=True)
+class JsonAnswer:
+    """The answer must be JSON: an object (``json_object``) or valid under ``schema``."""
+
+    schema: dict[str, Any] | None
+
+    def problem(self, text: str) -> str | None:
+        """Why ``text`` is not such an answer, or None."""
+        return check_answer(text, self.schema)
 
 
 @dataclass(frozen=True)
@@ -33,6 +49,7 @@ class PreparedChat:
     parse_calls: bool  # read tool calls out of the output
     input_text: str  # for the input guardrail
     transcript: list[dict[str, str]]  # role and text of each message, for the capture record
+    json_answer: JsonAnswer | None = None  # response_format json_object / json_schema
 
 
 def _message_dict(message: ChatMessage) -> dict[str, Any]:
@@ -61,6 +78,15 @@ def format_grammar(request: ChatCompletionRequest) -> str | None:
             "response_format type 'json_schema' needs json_schema.schema",
             param="response_format.json_schema",
         )
+    if fmt.json_schema.strict:
+        unenforced = list(strict_violations(fmt.json_schema.schema_))
+        if unenforced:
+            raise BadRequestError(
+                f"strict: true needs a schema whose every keyword the grammar enforces; "
+                f"{unenforced[0]} is not one (drop it, or set strict: false to have the answer "
+                "checked after generation instead).",
+                param=f"response_format.json_schema.{unenforced[0]}",
+            )
     try:
         return json_schema_grammar(fmt.json_schema.schema_)
     except InvalidRequestError as exc:
@@ -139,4 +165,14 @@ def prepare_chat(request: ChatCompletionRequest, generation: GenerationService) 
     )
     transcript = [{"role": m["role"], "content": str(m["content"])} for m in messages]
     input_text = "\n".join(m["content"] for m in transcript)
-    return PreparedChat(prompt, params, plan.parse_calls, input_text, transcript)
+    return PreparedChat(
+        prompt, params, plan.parse_calls, input_text, transcript, json_answer(request)
+    )
+
+
+def json_answer(request: ChatCompletionRequest) -> JsonAnswer | None:
+    """What a JSON ``response_format`` requires of the answer (None for text)."""
+    fmt = request.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    return JsonAnswer(fmt.json_schema.schema_ if fmt.json_schema else None)

@@ -2,9 +2,10 @@
 
 Each call is fixed to the canonical text ``{"name": "<name>", "arguments": <object>}`` between
 the call markers, with ``<object>`` constrained by that tool's parameter schema (through
-llama-cpp-python's JSON-schema converter). ``required`` / a named tool use the grammar from the
-first token; ``auto`` uses it lazily, from the moment the model writes the opening marker
-(``TRIGGER_PATTERN``), so a plain text answer is never constrained.
+``JsonConverter``: llama-cpp-python's JSON-schema converter with llama.cpp's string rule).
+``required`` / a named tool use the grammar from the first token; ``auto`` uses it lazily, from
+the moment the model writes the opening marker (``TRIGGER_PATTERN``), so a plain text answer is
+never constrained.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import json
 import re
 from typing import Any
 
-from llama_cpp.llama_grammar import SchemaConverter
-
+from server.chat.json_grammar import JsonConverter
 from server.chat.tools.spec import CALL_CLOSE, CALL_OPEN, ToolSpec, ToolSpecError
 
 # llama.cpp's lazy grammar matches the whole text generated so far against this pattern; the
@@ -36,7 +36,7 @@ def tool_call_grammar(tools: list[ToolSpec], *, parallel: bool) -> str:
     """
     if not tools:
         raise ValueError("tool_call_grammar needs at least one tool")
-    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    converter = JsonConverter()
     alternatives: list[str] = []
     for index, tool in enumerate(tools):
         try:

@@ -60,3 +60,54 @@ def test_messages_without_content_are_rejected_with_the_index() -> None:
         template.render([{"role": "user", "content": "a"}, {"role": "user"}])
     with pytest.raises(InvalidRequestError, match="empty"):
         template.render([])
+
+
+def test_schema_strings_exclude_control_characters_as_llama_cpp_does() -> None:
+    """The Python port let a raw newline into a string (not JSON); llama.cpp's C++ does not."""
+    rules = dict(
+        line.split(" ::= ", 1)
+        for line in json_schema_grammar(
+            {"type": "object", "properties": {"a": {"type": "string"}}}
+        ).splitlines()
+        if line
+    )
+    assert rules["char"].startswith('[^"\\\\\\x7F\\x00-\\x1F]')
+
+
+def test_tool_call_grammars_use_the_same_string_rule() -> None:
+    from server.chat.tools.grammar import tool_call_grammar
+    from server.chat.tools.spec import ToolSpec
+
+    spec = ToolSpec("f", "", {"type": "object", "properties": {"q": {"type": "string"}}})
+    assert "\\x00-\\x1F" in tool_call_grammar([spec], parallel=False)
+
+
+def test_strict_violations_name_every_unenforced_keyword() -> None:
+    from server.chat.json_grammar import strict_violations
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "n": {"type": "integer", "minimum": 0},
+            "e": {"type": "string", "format": "email"},
+            "d": {"type": "string", "format": "date"},
+        },
+        "$defs": {"x": {"type": "array", "uniqueItems": True}},
+    }
+    assert sorted(strict_violations(schema)) == [
+        "schema.$defs.x.uniqueItems",
+        "schema.properties.e.format",
+        "schema.properties.n.minimum",
+    ]
+
+
+def test_check_answer_accepts_valid_and_names_what_is_wrong() -> None:
+    from server.chat.json_grammar import check_answer
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    assert check_answer('{"n": 2}', schema) is None
+    assert "not JSON" in (check_answer('{"n": 2', schema) or "")
+    assert "'n' is a required property" in (check_answer("{}", schema) or "")
+    assert "n" in (check_answer('{"n": "two"}', schema) or "")
+    assert check_answer("[1]", None) == "the answer is not a JSON object"
+    assert "not JSON" in (check_answer('{"a": "x\ny"}', None) or "")  # raw newline in a string
