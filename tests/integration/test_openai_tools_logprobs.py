@@ -63,6 +63,43 @@ def test_named_tool_call_returns_arguments_valid_under_the_schema(client: openai
     jsonschema.validate(json.loads(calls[0].function.arguments), WEATHER_SCHEMA)
 
 
+def test_a_named_call_at_a_small_budget_is_a_call_or_length_never_leaked_text(
+    client: openai.OpenAI,
+) -> None:
+    """Issue 21: at ``max_tokens: 24`` the wrapper used to eat the budget and leak, cut, into
+    ``content``. The known part of the call is in the prompt now; the budget is the arguments'."""
+    reply = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "What's the weather in Paris?"}],
+        tools=[
+            {
+                "type": "function",
+                "function": {
+                    "name": "get_weather",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"city": {"type": "string"}},
+                        "required": ["city"],
+                    },
+                },
+            }
+        ],
+        tool_choice=NAMED,
+        max_tokens=24,
+        temperature=0,
+    )
+    choice = reply.choices[0]
+    assert choice.message.content is None
+    if choice.finish_reason == "length":
+        assert choice.message.tool_calls is None
+    else:
+        assert choice.finish_reason == "tool_calls"
+        (call,) = choice.message.tool_calls or []
+        assert call.function.name == "get_weather"
+        assert isinstance(json.loads(call.function.arguments)["city"], str)
+    assert reply.usage is not None and reply.usage.completion_tokens <= 24
+
+
 def test_streamed_tool_call_arrives_as_indexed_fragments(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
         model="m",

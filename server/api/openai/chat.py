@@ -93,6 +93,7 @@ class ChatServing:
                 piece_of=generation.token_piece if request.logprobs else None,
                 n=request.n,
                 json_answer=chat.json_answer,
+                prefill=chat.prefill,
             )
             return await open_stream(http_request, ctx, items, fmt)
         whole = await until_disconnected(http_request, collect_all(items))
@@ -102,10 +103,10 @@ class ChatServing:
             content: str | None = text
             calls: list[ToolCallOut] | None = None
             if chat.parse_calls and not done.refused:
-                parsed = parse_output(text)
-                if parsed.calls:
+                parsed = parse_output(text, prefill=chat.prefill)
+                if parsed.calls or chat.prefill:  # forced and cut short: no content, no call
                     content = parsed.content or None
-                    calls = [tool_call_out(call) for call in parsed.calls]
+                    calls = [tool_call_out(call) for call in parsed.calls] or None
             logprobs = None
             if request.logprobs:
                 entries = chat_logprobs(whole.logprobs[index], generation.token_piece)
@@ -149,12 +150,13 @@ class ChatChunkFormat(OpenAIFormat):
         piece_of: PieceOf | None = None,
         n: int = 1,
         json_answer: JsonAnswer | None = None,
+        prefill: str = "",
     ) -> None:
         self.chunk_id, self.model, self.include_usage = chunk_id, model, include_usage
         self.created = int(time.time())
         self.n = n
         self._started = False
-        self._calls = [ToolCallStream() for _ in range(n)] if parse_calls else None
+        self._calls = [ToolCallStream(prefill=prefill) for _ in range(n)] if parse_calls else None
         self._piece_of = piece_of
         self._content: dict[int, ContentTemplate] = {}
         self._json_answer = json_answer
@@ -193,6 +195,9 @@ class ChatChunkFormat(OpenAIFormat):
             self._started = True
             for index in range(self.n):
                 yield self._chunk(ChatDelta(role="assistant", content=""), index=index)
+                if self._calls is not None:  # a forced call's known start: a named call opens
+                    for delta in _tool_deltas(self._calls[index].start()):
+                        yield self._chunk(delta, index=index)
         if isinstance(event, PromptScores):
             return
         if isinstance(event, TextDelta):

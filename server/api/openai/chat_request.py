@@ -50,6 +50,7 @@ class PreparedChat:
     input_text: str  # for the input guardrail
     transcript: list[dict[str, str]]  # role and text of each message, for the capture record
     json_answer: JsonAnswer | None = None  # response_format json_object / json_schema
+    prefill: str = ""  # a forced call's known start, in the prompt (read back with the output)
 
 
 def _message_dict(message: ChatMessage) -> dict[str, Any]:
@@ -157,6 +158,8 @@ def prepare_chat(request: ChatCompletionRequest, generation: GenerationService) 
             param="response_format",
         )
     prompt = generation.chat_prompt(plan.messages, **plan.template_vars)
+    if plan.prefill:  # the assistant's answer starts with the forced call's known part
+        prompt += generation.tokenize(plan.prefill, add_special=False)
     max_tokens = generation.resolve_max_tokens(request.requested_max_tokens(), len(prompt))
     params = replace(
         sampling_params(request, max_tokens, plan.grammar or response_grammar),
@@ -166,7 +169,13 @@ def prepare_chat(request: ChatCompletionRequest, generation: GenerationService) 
     transcript = [{"role": m["role"], "content": str(m["content"])} for m in messages]
     input_text = "\n".join(m["content"] for m in transcript)
     return PreparedChat(
-        prompt, params, plan.parse_calls, input_text, transcript, json_answer(request)
+        prompt,
+        params,
+        plan.parse_calls,
+        input_text,
+        transcript,
+        json_answer(request),
+        plan.prefill,
     )
 
 

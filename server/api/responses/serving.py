@@ -125,13 +125,13 @@ class ResponsesServing:
         items = generation.stream(ctx, chat.prompt, chat.params, input_text=chat.input_text)
         response = _envelope(request, self.services.model_id, response_id)
         if request.stream:
-            fmt = ResponseEventFormat(response, parse_calls=chat.parse_calls)
+            fmt = ResponseEventFormat(response, parse_calls=chat.parse_calls, prefill=chat.prefill)
             return await open_stream(http_request, ctx, items, fmt)
         whole = await until_disconnected(http_request, collect_all(items))
         output: list[OutputItem] = []
         text, calls = whole.text, []
         if chat.parse_calls and not whole.done.refused:
-            parsed = parse_output(whole.text)
+            parsed = parse_output(whole.text, prefill=chat.prefill)
             text, calls = parsed.content, parsed.calls
         if text or not calls:
             output.append(OutputMessage(id=new_id("msg"), content=[OutputText(text=text)]))
@@ -149,9 +149,9 @@ class ResponsesServing:
 class ResponseEventFormat:
     """Writes a generation as the Responses API's typed server-sent events."""
 
-    def __init__(self, response: ResponseObject, *, parse_calls: bool) -> None:
+    def __init__(self, response: ResponseObject, *, parse_calls: bool, prefill: str = "") -> None:
         self._response = response
-        self._calls = ToolCallStream() if parse_calls else None
+        self._calls = ToolCallStream(prefill=prefill) if parse_calls else None
         self._sequence = 0
         self._started = False
         self._message: OutputMessage | None = None  # the open message item, if any
@@ -171,6 +171,8 @@ class ResponseEventFormat:
             self._started = True
             yield self._event("response.created", response=self._snapshot())
             yield self._event("response.in_progress", response=self._snapshot())
+            for item in self._calls.start() if self._calls is not None else []:
+                yield from self._item_frames(item)
         if isinstance(event, PromptScores):
             return
         if isinstance(event, TextDelta):

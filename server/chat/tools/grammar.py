@@ -29,15 +29,28 @@ def _literal(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def tool_call_grammar(tools: list[ToolSpec], *, parallel: bool) -> str:
+def call_head(tool: ToolSpec) -> str:
+    """The text of a call to ``tool`` up to its arguments object."""
+    return '{"name": ' + json.dumps(tool.name) + ', "arguments": '
+
+
+def tool_call_grammar(tools: list[ToolSpec], *, parallel: bool, prefill: str = "") -> str:
     """GBNF for one call (or, with ``parallel``, one or more calls) to any of ``tools``.
 
+    ``prefill`` is the start of the first call, already written into the prompt (a forced
+    call: ``<tool_call>\n{"name": "`` for ``required``, up to the arguments for a named tool);
+    the grammar then covers only the rest of that call, so the budget goes to what is unknown.
     Raises ``ToolSpecError`` naming the tool whose schema cannot become a grammar.
     """
+    opening = CALL_OPEN + "\n"
+    if prefill and not prefill.startswith(opening):
+        raise ValueError(f"a call prefill starts with {opening!r}")
+    known = prefill[len(opening) :]
     if not tools:
         raise ValueError("tool_call_grammar needs at least one tool")
     converter = JsonConverter()
     alternatives: list[str] = []
+    firsts: list[str] = []  # the rest of the first call, after the prefill
     for index, tool in enumerate(tools):
         try:
             # Round-trip through JSON: the converter rewrites $refs in place, and the schema
@@ -53,12 +66,21 @@ def tool_call_grammar(tools: list[ToolSpec], *, parallel: bool) -> str:
                 "items, enum, const, anyOf, $ref to #/$defs).",
                 f"tools[{index}].function.parameters",
             ) from exc
-        head = _literal('{"name": ' + json.dumps(tool.name) + ', "arguments": ')
-        alternatives.append(converter._add_rule(f"{tool.name}-call", f'{head} {arguments} "}}"'))
+        head = call_head(tool)
+        alternatives.append(
+            converter._add_rule(f"{tool.name}-call", f'{_literal(head)} {arguments} "}}"')
+        )
+        if head.startswith(known):
+            rest = head[len(known) :]
+            firsts.append(f'{_literal(rest) if rest else ""} {arguments} "}}"'.strip())
+    if not firsts:
+        raise ValueError(f"no tool's call starts with the prefill {prefill!r}")
     rules = converter.format_grammar()
-    call = (
-        f"tool-call ::= {_literal(CALL_OPEN + chr(10))} ( {' | '.join(alternatives)} ) "
-        f"{_literal(chr(10) + CALL_CLOSE)}"
-    )
-    root = 'root ::= tool-call ( "\\n" tool-call )*' if parallel else "root ::= tool-call"
-    return "\n".join((root, call, rules))
+    close = _literal(chr(10) + CALL_CLOSE)
+    lines = [f"tool-call ::= {_literal(opening)} ( {' | '.join(alternatives)} ) {close}", rules]
+    first = "tool-call"
+    if prefill:
+        first = "first-call"
+        lines.insert(0, f"first-call ::= ( {' | '.join(firsts)} ) {close}")
+    root = f'root ::= {first} ( "\\n" tool-call )*' if parallel else f"root ::= {first}"
+    return "\n".join((root, *lines))

@@ -51,8 +51,16 @@ class ParsedOutput:
     calls: list[ToolCall]
 
 
-def parse_output(text: str) -> ParsedOutput:
-    """Split a finished generation into its text content and its tool calls."""
+def parse_output(text: str, *, prefill: str = "") -> ParsedOutput:
+    """Split a finished generation into its text content and its tool calls.
+
+    ``prefill`` is the start of a forced call that the prompt held (it was not generated): it is
+    read as the output's start, and a forced output holding no complete call (cut by
+    ``max_tokens``) has no content either: what the model wrote was the unfinished call.
+    """
+    if prefill:
+        whole = parse_output(prefill + text)
+        return whole if whole.calls else ParsedOutput("", [])
     calls: list[ToolCall] = []
     content: list[str] = []
     position = 0
@@ -140,6 +148,11 @@ class ToolCallStream:
     _current: tuple[str, str] | None = None  # id, name
     _arguments: list[str] = field(default_factory=list)
     _after_call: bool = False  # newlines right after a call's end are separators, not content
+    prefill: str = ""  # a forced call's start, in the prompt: ``start()`` reads it
+
+    def start(self) -> list[StreamItem]:
+        """Items for the prefill, read as if generated (a named call starts at once)."""
+        return self.feed(self.prefill) if self.prefill else []
 
     def feed(self, text: str) -> list[StreamItem]:
         """Items for ``text``, the next piece of generated output."""
@@ -216,7 +229,7 @@ class ToolCallStream:
         items: list[StreamItem] = []
         if self._in_call and self._current is not None:
             self._close_call()
-        elif self._in_call:  # a marker never followed by a call: it was text after all
+        elif self._in_call and not self.prefill:  # a marker not followed by a call: it was text
             items.append(ContentDelta(CALL_OPEN + self._buffer))
         elif self._buffer:
             items.append(ContentDelta(self._buffer))

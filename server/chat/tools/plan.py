@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from server.chat.tools.grammar import tool_call_grammar
+from server.chat.tools.grammar import call_head, tool_call_grammar
 from server.chat.tools.history import check_tool_history
 from server.chat.tools.render import prepare_chat, template_supports_tools
 from server.chat.tools.spec import CALL_OPEN, ToolChoice, ToolSpec, check_tools, resolve_choice
@@ -23,6 +23,9 @@ class ToolPlan:
     grammar: str | None  # GBNF; lazy when ``trigger`` is set
     trigger: GrammarTrigger | None
     parse_calls: bool  # read tool calls out of the output
+    # The start of a forced call, put in the prompt after the generation prompt instead of
+    # being generated; the output is read as if the model had written it.
+    prefill: str = ""
 
 
 def plan_tools(
@@ -37,8 +40,10 @@ def plan_tools(
 
     ``required`` and a named function constrain the output from its first token, so it is
     always a well-formed call whose arguments match the schema (one call for a named
-    function; one or more with ``parallel`` for ``required``). ``auto`` constrains lazily, once
-    the model writes the call marker. ``none`` leaves tools out of the prompt.
+    function; one or more with ``parallel`` for ``required``); the part of the call that is
+    known (the marker, and a named function's name) goes into the prompt as ``prefill``.
+    ``auto`` constrains lazily, once the model writes the call marker. ``none`` leaves tools
+    out of the prompt.
     """
     check_tools(tools)
     check_tool_history(messages)
@@ -56,5 +61,9 @@ def plan_tools(
         return ToolPlan(
             rendered, template_vars, grammar, GrammarTrigger(CALL_OPEN, heads), parse_calls=True
         )
-    grammar = tool_call_grammar(usable, parallel=parallel and choice == "required")
-    return ToolPlan(rendered, template_vars, grammar, None, parse_calls=True)
+    # Forced: what is known is not generated. ``required`` knows the call opens, a named
+    # choice knows the name too; the grammar covers the rest.
+    known = '{"name": "' if choice == "required" else call_head(usable[0])
+    prefill = f"{CALL_OPEN}\n{known}"
+    grammar = tool_call_grammar(usable, parallel=parallel and choice == "required", prefill=prefill)
+    return ToolPlan(rendered, template_vars, grammar, None, parse_calls=True, prefill=prefill)

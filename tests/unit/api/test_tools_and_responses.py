@@ -145,3 +145,79 @@ def test_deeply_nested_tool_schema_is_a_4xx_not_a_crash(client: TestClient, dept
         headers={**auth(), "content-type": "application/json"},
     )
     assert 400 <= response.status_code < 500, response.text
+
+
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+PREFILL = '<tool_call>\n{"name": "get_weather", "arguments": '
+
+
+def test_a_named_call_generates_only_its_arguments(
+    client: TestClient, fake_engine: FakeEngine
+) -> None:
+    """The marker and the name are known: they go into the prompt, not the budget (issue 21)."""
+    fake_engine.reply = '{"city": "Paris", "days": 2}}\n</tool_call>'
+    payload = {**CHAT, "tools": TOOLS, "tool_choice": NAMED}
+    body = client.post("/v1/chat/completions", json=payload, headers=auth()).json()
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Paris", "days": 2}
+    request = fake_engine.requests[-1]
+    assert request.prompt_tokens[-len(PREFILL.split()) :] == [len(w) for w in PREFILL.split()]
+    rules = dict(line.split(" ::= ", 1) for line in request.params.grammar.splitlines() if line)
+    assert rules["root"] == "first-call" and "get_weather" not in rules["first-call"]
+
+
+def test_a_forced_call_cut_by_max_tokens_is_length_with_nothing_leaked(
+    client: TestClient, fake_engine: FakeEngine
+) -> None:
+    fake_engine.reply = '{"city": "Paris", "days": 2}}\n</tool_call>'
+    for choice in (NAMED, "required"):
+        payload = {**CHAT, "tools": TOOLS, "tool_choice": choice, "max_tokens": 1}
+        body = client.post("/v1/chat/completions", json=payload, headers=auth()).json()
+        (only,) = body["choices"]
+        assert only["finish_reason"] == "length"
+        assert only["message"]["content"] is None and only["message"]["tool_calls"] is None
+
+
+def test_a_streamed_named_call_opens_at_once_and_a_cut_leaks_no_content(
+    client: TestClient, fake_engine: FakeEngine
+) -> None:
+    fake_engine.reply = '{"city": "Paris", "days": 2}}\n</tool_call>'
+    payload = {**CHAT, "tools": TOOLS, "tool_choice": NAMED, "stream": True, "max_tokens": 2}
+    with client.stream("POST", "/v1/chat/completions", json=payload, headers=auth()) as resp:
+        chunks = _sse(resp.read().decode())
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    calls = [d["tool_calls"][0] for d in deltas if d.get("tool_calls")]
+    assert calls[0]["function"]["name"] == "get_weather"  # before any generated token
+    assert "".join(d.get("content") or "" for d in deltas) == ""
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_required_picks_the_name_from_a_grammar_over_the_tool_names(
+    client: TestClient, fake_engine: FakeEngine
+) -> None:
+    fake_engine.reply = 'get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    payload = {**CHAT, "tools": TOOLS, "tool_choice": "required"}
+    body = client.post("/v1/chat/completions", json=payload, headers=auth()).json()
+    (call,) = body["choices"][0]["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Oslo"}
+
+
+def test_responses_api_reads_a_forced_call_the_same_way(
+    client: TestClient, fake_engine: FakeEngine
+) -> None:
+    fake_engine.reply = '{"city": "Paris"}}\n</tool_call>'
+    tools = [{"type": "function", **TOOLS[0]["function"]}]
+    payload = {
+        "model": "m",
+        "input": "Weather?",
+        "tools": tools,
+        "tool_choice": {"type": "function", "name": "get_weather"},
+    }
+    body = client.post("/v1/responses", json=payload, headers=auth()).json()
+    calls = [item for item in body["output"] if item["type"] == "function_call"]
+    assert [c["name"] for c in calls] == ["get_weather"]
+    assert json.loads(calls[0]["arguments"]) == {"city": "Paris"}
