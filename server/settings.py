@@ -130,6 +130,11 @@ class Settings(BaseSettings):
         default_factory=list, description="Key ids allowed to call /admin/* endpoints."
     )
     metrics_public: bool = Field(True, description="False: /metrics needs an API key.")
+    metrics_vllm_names: bool = Field(
+        False,
+        description="Also publish the router metrics under vLLM's names (vllm:num_requests_waiting"
+        ", vllm:kv_cache_usage_perc, …), so a router configured for vLLM pods picks ggserve.",
+    )
     rate_limit_rpm: int = Field(0, ge=0, description="Requests per minute per key; 0 = unlimited.")
     rate_limit_tpm: int = Field(
         0, ge=0, description="Generated tokens per minute per key; 0 = unlimited."

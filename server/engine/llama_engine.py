@@ -322,6 +322,10 @@ class LlamaEngine:
             slots_total=len(self._slots),
             slots_active=sum(1 for s in self._slots if s.generation is not None),
             queue_depth=self._queue.waiting,
+            kv_cells_used=sum(
+                len(s.cached_tokens) for s in self._slots if s.generation is not None
+            ),
+            kv_cells_total=len(self._slots) * self._model.n_ctx_per_slot,
             requests_admitted_total=c.requests_admitted,
             requests_rejected_total=c.requests_rejected,
             prompt_tokens_evaluated_total=c.prompt_tokens_evaluated,

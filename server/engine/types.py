@@ -175,6 +175,9 @@ class EngineStats:
     slots_total: int
     slots_active: int
     queue_depth: int
+    # KV cells (one per token) held by running sequences, of all slots' cells together.
+    kv_cells_used: int = 0
+    kv_cells_total: int = 0
     # Monotonic counters since the engine started (Prometheus counters).
     requests_admitted_total: int = 0
     requests_rejected_total: int = 0  # QueueFullError

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 from loguru import logger
 
@@ -21,6 +22,7 @@ from server.engine.types import Engine, EngineStats
 from server.feedback.records import ModelVersion
 from server.feedback.service import FeedbackService
 from server.observability.metrics import Metrics
+from server.observability.model_server import ModelServerCollector, ServedInfo
 from server.observability.tracing import Tracing, build_tracing
 from server.registry.activation import ModelActivator
 from server.registry.deployment import ActiveModel, Deployment
@@ -170,7 +172,16 @@ def build_services(settings: Settings) -> Services:
         # was in flight); closing joins the engine thread, so it runs off the event loop.
         close_retired(deployment)
 
+    def served_info() -> ServedInfo:  # read by /metrics at scrape time
+        if services is None:
+            return ServedInfo(settings.model_alias or settings.model_path.stem)
+        lora = services.model_meta.lora_path
+        return ServedInfo(services.model_id, (Path(lora).stem,) if lora else ())
+
     metrics = Metrics(stats=engine_stats, load_state=lambda: readiness.state)
+    metrics.registry.register(
+        ModelServerCollector(engine_stats, served_info, vllm_names=settings.metrics_vllm_names)
+    )
     limiter = None
     if settings.rate_limit_rpm or settings.rate_limit_tpm:
         limiter = RateLimiter(
@@ -183,7 +194,6 @@ def build_services(settings: Settings) -> Services:
         Guardrails.from_file(settings.guardrails_file) if settings.guardrails_file else None
     )
     drift = build_drift(settings)
-    metrics = Metrics(stats=engine_stats, load_state=lambda: readiness.state)
     if drift is not None:
         metrics.registry.register(DriftCollector(drift))
     services = Services(

@@ -252,3 +252,43 @@ def test_full_queue_answers_503_at_once_and_loses_nothing() -> None:
         assert rest[-1] == "data: [DONE]"  # the request in flight finished normally
         texts = [json.loads(line[5:])["choices"] for line in rest[:-1]]
         assert any(c and c[0]["finish_reason"] == "length" for c in texts)
+
+
+def test_router_metrics_follow_a_running_generation(server: ServerHandle) -> None:
+    """What a Gateway API / llm-d router scores by: a streamed generation holds a slot and KV
+    cells while it runs, and gives them back when it ends (4 slots x 2048 tokens here)."""
+
+    def scrape() -> dict[str, float]:
+        values = {}
+        for line in httpx.get(server.url + "/metrics", timeout=10).text.splitlines():
+            name = line.split(" ")[0]
+            if name.startswith(("ggserve_requests_running", "ggserve_kv_cache_usage_ratio")):
+                values[name] = float(line.split(" ")[1])
+            if name.startswith("ggserve_kv_cache_config_info"):
+                values[name] = 1.0
+        return values
+
+    assert 'ggserve_kv_cache_config_info{block_size="64",num_blocks="128",slots="4"}' in scrape()
+    body = {
+        "messages": [{"role": "user", "content": "Count from 1 to 100."}],
+        "max_tokens": 200,
+        "temperature": 0,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST", server.url + "/v1/chat/completions", json=body, headers=server.headers, timeout=120
+    ) as response:
+        lines = response.iter_lines()
+        for line in lines:  # the first tokens are out: the request holds its slot now
+            if line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
+                break
+        during = scrape()
+        for _ in lines:
+            pass
+    assert during["ggserve_requests_running"] >= 1
+    assert 0 < during["ggserve_kv_cache_usage_ratio"] < 1
+    deadline = time.monotonic() + 5
+    while scrape()["ggserve_requests_running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = scrape()
+    assert after["ggserve_requests_running"] == 0 and after["ggserve_kv_cache_usage_ratio"] == 0
