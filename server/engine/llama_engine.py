@@ -24,7 +24,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -44,7 +44,7 @@ from server.engine.outbox import Outbox
 from server.engine.planner import Phase, PlanState, Restore, StepPlan, plan
 from server.engine.prompt_cache import PromptCache
 from server.engine.sampling import SamplerChain
-from server.engine.scheduling import AdmissionQueue
+from server.engine.scheduling import AdmissionQueue, admission_order
 from server.engine.stop_strings import StopStringMatcher
 from server.engine.types import (
     ChatFormat,
@@ -468,7 +468,7 @@ class LlamaEngine:
                     PlanState(
                         slots=self._slots,
                         running=list(self._running.values()),
-                        waiting=self._queue.snapshot() if self._queue.waiting else (),
+                        waiting=self._waiting_in_admission_order(),
                         batch_capacity=self._model.n_batch,
                         min_copy_tokens=self.config.prefix_copy_min_tokens,
                         score_chunk=PROMPT_LOGPROB_CHUNK,
@@ -488,6 +488,16 @@ class LlamaEngine:
                 self._outbox.flush()
         self._shutdown()
         self._outbox.flush()
+
+    def _waiting_in_admission_order(self) -> Sequence[_Generation]:
+        if not self._queue.waiting:
+            return ()
+        return admission_order(
+            self._queue.snapshot(),
+            priority=lambda g: g.request.priority,
+            tenant=lambda g: g.request.tenant,
+            request=lambda g: id(g.request),
+        )
 
     def _drop_idle_caches(self) -> None:
         self._prompt_cache.clear()

@@ -1,6 +1,8 @@
-"""The bounded, fair admission queue in front of the engine's slots.
+"""The bounded, fair admission queue in front of the engine's slots, and the order in which
+waiting requests are offered to them.
 
-Slot choice and prefix sharing are the planner's job (``server/engine/planner.py``).
+Slot choice and prefix sharing are the planner's job (``server/engine/planner.py``); the
+planner admits waiting sequences in the order ``admission_order`` gives.
 """
 
 from __future__ import annotations
@@ -11,6 +13,34 @@ from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+
+def admission_order(
+    waiting: Sequence[T],
+    *,
+    priority: Callable[[T], int],
+    tenant: Callable[[T], str],
+    request: Callable[[T], object],
+) -> list[T]:
+    """``waiting`` (oldest first) in the order slots should go to them.
+
+    Lower ``priority`` first (vLLM's semantics). Within one priority, tenants take turns: each
+    tenant's oldest waiting request, then each one's second, and so on, so a tenant with fifty
+    queued requests delays another's one by at most one request per tenant ahead of it, not by
+    fifty. Ties keep arrival order; the choices of one request (``n > 1``) stay together.
+    """
+    turn: dict[object, int] = {}  # request -> its rank among its tenant's waiting requests
+    counts: dict[tuple[int, str], int] = {}
+    for item in waiting:
+        key = request(item)
+        if key not in turn:
+            group = (priority(item), tenant(item))
+            turn[key] = counts.get(group, 0)
+            counts[group] = turn[key] + 1
+    arrival = {id(item): index for index, item in enumerate(waiting)}
+    return sorted(
+        waiting, key=lambda item: (priority(item), turn[request(item)], arrival[id(item)])
+    )
 
 
 class AdmissionQueue(Generic[T]):

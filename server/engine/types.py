@@ -59,6 +59,10 @@ class GenerationRequest:
     # Choices to generate from one prefill (OpenAI's ``n``). Each gets its own slot, forked
     # from the first choice's prompt cache, and its own seed (``seed + index`` when set).
     n: int = 1
+    # Admission order when requests wait for slots (vLLM's semantics: lower goes first), then
+    # turns between tenants (an API key, or a router's fairness id) within one priority.
+    priority: int = 0
+    tenant: str = ""
 
 
 @dataclass(frozen=True)
