@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,10 +23,13 @@ from fastapi import FastAPI
 from loguru import logger
 from starlette.types import Message
 
+from server.agents.rag_agent import RagAgent
+from server.agents.runtime import AskRuntime
 from server.api.generation import RequestContext
 from server.api.streaming import open_stream
 from server.app import create_app
 from server.engine.types import EngineEvent, GenerationRequest, TokenEvent
+from server.rag.retriever import SearchResult
 from server.runtime.services import ModelMeta, Services
 from server.settings import Settings
 from tests.fakes import FakeEngine
@@ -258,3 +262,42 @@ async def test_a_stream_cancelled_while_admitting_is_closed_once_it_has_stopped(
     with pytest.raises(asyncio.CancelledError):
         await stream
     assert closed == ["closed"]
+
+
+class BlockingSearcher:
+    """/v1/ask retrieval that holds its worker thread (a slow embed or search) until
+    ``release`` is set; ``searching`` is set on the event loop once it has started."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.searching = asyncio.Event()
+        self.release = threading.Event()
+
+    def search(self, query: str, k: int, threshold: float | None = None) -> SearchResult:
+        self.loop.call_soon_threadsafe(self.searching.set)
+        assert self.release.wait(10), "the test never let the search finish"
+        return SearchResult(hits=[], embed_ms=0.0, search_ms=0.0, candidates=0)
+
+
+@dataclass
+class _Holder:
+    current: BlockingSearcher
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_client_gone_during_ask_retrieval_is_logged_as_499(
+    harness: Harness, stream: bool
+) -> None:
+    searcher = BlockingSearcher()
+    harness.services.ask = AskRuntime(RagAgent(), _Holder(searcher))  # type: ignore[arg-type]
+    try:
+        body = {"question": QUESTION, "stream": stream}
+        result = await exchange(harness.app, "/v1/ask", body, searcher.searching)
+    finally:
+        searcher.release.set()
+    assert result.raised is None, f"escaped the app: {result.raised!r}"
+    assert harness.errors() == []
+    [record] = harness.request_records()
+    assert record["extra"]["status"] == 499
+    assert harness.engine.requests == []  # the question never reached the model
+    assert harness.leases_out() == 0
