@@ -434,7 +434,9 @@ class GenerationService:
             finish_reason=done.finish_reason,
         )
         if self.limiter is not None and usage.completion_tokens:
-            await self.limiter.charge_tokens(ctx.key_id, usage.completion_tokens)
+            # Shielded: the tokens were generated, so a client leaving now (which cancels this
+            # generation) must not cut the charge off half-way; it completes on its own.
+            await asyncio.shield(self.limiter.charge_tokens(ctx.key_id, usage.completion_tokens))
 
     def _record(
         self, ctx: RequestContext, params: SamplingParams, answer: str, done: Completed

@@ -47,12 +47,17 @@ ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
 @dataclass
 class HoldingEngine(FakeEngine):
     """Yields ``tokens_before_hold`` tokens, then holds its slot (a long prompt evaluation when
-    0, a long generation otherwise) until cancelled; ``holding`` is set from then on."""
+    0, a long generation otherwise) until cancelled; ``holding`` is set from then on. With
+    None it answers as the plain ``FakeEngine`` does."""
 
-    tokens_before_hold: int = 1
+    tokens_before_hold: int | None = 1
     holding: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]:
+        if self.tokens_before_hold is None:
+            async for event in super().generate(request):
+                yield event
+            return
         self.requests.append(request)
         self.active += 1
         try:
@@ -301,3 +306,38 @@ async def test_a_client_gone_during_ask_retrieval_is_logged_as_499(
     assert record["extra"]["status"] == 499
     assert harness.engine.requests == []  # the question never reached the model
     assert harness.leases_out() == 0
+
+
+class SlowLimiter:
+    """A rate limiter whose token charge waits (a slow Redis) until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.charging = asyncio.Event()
+        self.release = asyncio.Event()
+        self.charged: list[tuple[str, int]] = []
+        self.done = asyncio.Event()
+
+    async def admit(self, key_id: str) -> None:
+        return None  # no limit reached
+
+    async def charge_tokens(self, key_id: str, tokens: int) -> None:
+        self.charging.set()
+        await self.release.wait()
+        self.charged.append((key_id, tokens))
+        self.done.set()
+
+
+@pytest.mark.parametrize("harness", [None], indirect=True)
+async def test_a_client_gone_while_its_tokens_are_charged_is_still_charged(
+    harness: Harness,
+) -> None:
+    limiter = SlowLimiter()
+    harness.services.limiter = limiter  # type: ignore[assignment]
+    path, body = ROUTES["chat"]
+    result = await exchange(harness.app, path, body, limiter.charging)
+    assert result.raised is None, f"escaped the app: {result.raised!r}"
+    [record] = harness.request_records()
+    assert record["extra"]["status"] == 499
+    limiter.release.set()
+    await asyncio.wait_for(limiter.done.wait(), timeout=2)  # never set when the charge died
+    assert limiter.charged == [("anonymous", record["extra"]["completion_tokens"])]
