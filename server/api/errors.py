@@ -86,6 +86,16 @@ class ServiceUnavailableError(APIError):
     error_type = "service_unavailable"
 
 
+class ClientDisconnected(Exception):
+    """The client went away before its response: nothing to answer, nothing went wrong.
+
+    Raised instead of a cancellation (``asyncio.CancelledError``), which escaped the app and
+    made uvicorn log "Exception in ASGI application" with a traceback for every client that
+    stopped waiting; the request-context middleware logs and counts it as 499 (nginx's
+    "client closed request") and sends nothing.
+    """
+
+
 def request_id_of(request: Request) -> str | None:
     """The request id set by the request-id middleware, if it ran."""
     return getattr(request.state, "request_id", None)

@@ -11,7 +11,6 @@ client that goes away cancels its generation. Handlers only format what comes ou
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
@@ -21,7 +20,7 @@ from typing import Any, TypeVar
 from loguru import logger
 from starlette.requests import Request
 
-from server.api.errors import BadRequestError, ServiceUnavailableError
+from server.api.errors import BadRequestError, ClientDisconnected, ServiceUnavailableError
 from server.chat.prompt import ChatPrompt
 from server.drift.monitor import DriftMonitor
 from server.drift.observation import observation
@@ -435,7 +434,9 @@ class GenerationService:
             finish_reason=done.finish_reason,
         )
         if self.limiter is not None and usage.completion_tokens:
-            await self.limiter.charge_tokens(ctx.key_id, usage.completion_tokens)
+            # Shielded: the tokens were generated, so a client leaving now (which cancels this
+            # generation) must not cut the charge off half-way; it completes on its own.
+            await asyncio.shield(self.limiter.charge_tokens(ctx.key_id, usage.completion_tokens))
 
     def _record(
         self, ctx: RequestContext, params: SamplingParams, answer: str, done: Completed
@@ -559,7 +560,13 @@ def _context_error(prompt_tokens: int, max_tokens: int, n_ctx: int) -> BadReques
 
 
 async def until_disconnected(request: Request, work: Awaitable[T], poll_s: float = 0.25) -> T:
-    """Await ``work`` but cancel it when the client disconnects."""
+    """Await ``work``; when the client disconnects, cancel it and raise ``ClientDisconnected``.
+
+    However this ends (the client left, or the caller itself was cancelled), ``work`` has
+    finished before it returns: a generation it was running is closed by then, its slot free,
+    and nothing else closes that generation while it is still running in ``work``'s task
+    ("aclose(): asynchronous generator is already running").
+    """
     task = asyncio.ensure_future(work)
     try:
         while True:
@@ -567,13 +574,13 @@ async def until_disconnected(request: Request, work: Awaitable[T], poll_s: float
             if done:
                 return task.result()
             if await request.is_disconnected():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                raise asyncio.CancelledError("client disconnected")
+                raise ClientDisconnected
     finally:
         if not task.done():
             task.cancel()
+            await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()  # retrieved: what it raised after the client left is moot
 
 
 async def collect(items: AsyncIterator[GenerationItem]) -> tuple[str, Completed]:

@@ -16,7 +16,7 @@ from typing import Any
 from loguru import logger
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.api.errors import error_body
+from server.api.errors import ClientDisconnected, error_body
 from server.observability.metrics import Metrics
 from server.observability.resources import rss_mb, vram_mb
 from server.observability.sanitize import for_log
@@ -29,6 +29,9 @@ LOG_FIELDS_KEY = "log_fields"
 # Headers a dependency wants on the response, whatever response class the route returns.
 RESPONSE_HEADERS_KEY = "response_headers"
 
+
+# nginx's "client closed request": the client left before its response (ClientDisconnected).
+CLIENT_CLOSED_REQUEST = 499
 
 # Probes are frequent and say nothing about a user's request: no trace for them.
 _PROBES = frozenset({"/health", "/ready", "/metrics"})
@@ -125,6 +128,10 @@ class RequestContextMiddleware:
                 if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
                     raise _BodyTooLarge
                 await self.app(scope, limited_receive, send_with_id)
+            except ClientDisconnected:
+                # Nothing to send (the connection is gone) and nothing went wrong here.
+                status["code"] = CLIENT_CLOSED_REQUEST
+                fields.setdefault("finish_reason", "client_disconnected")
             except _BodyTooLarge:
                 if not status["sent"]:
                     await self._send_error(

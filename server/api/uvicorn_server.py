@@ -86,16 +86,29 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(app: FastAPI, settings: Settings) -> None:
-    """Run ``app`` on settings.host:port until a signal and its drain end it."""
-    services: Services = app.state.services
-    config = uvicorn.Config(
+def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    """uvicorn's settings for ``app``: settings.host:port, and uvicorn's own log records sent
+    through loguru like every other library's.
+
+    ``log_config=None`` keeps uvicorn from installing its default logging config, whose
+    handler printed its records as plain text past the JSON log (``propagate: false``): an
+    "Exception in ASGI application" traceback was invisible to a reader of the JSON records,
+    the soak's included. Without it, uvicorn's loggers reach the root logger, where
+    ``configure_logging`` put the handler that hands records to loguru.
+    """
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         # Our middleware writes one JSON record per request; uvicorn's access log would repeat it.
         access_log=False,
+        log_config=None,
         log_level="warning",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
-    DrainingServer(config, services).run()
+
+
+def serve(app: FastAPI, settings: Settings) -> None:
+    """Run ``app`` on settings.host:port until a signal and its drain end it."""
+    services: Services = app.state.services
+    DrainingServer(uvicorn_config(app, settings), services).run()

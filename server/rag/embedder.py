@@ -50,18 +50,32 @@ class Embedder:
         self.max_seq_length: int = int(model.max_seq_length)
         self.batch_size = batch_size
         self._tokenizer = self._model.tokenizer
+        # Every use of the model or its tokenizer holds this lock. The fast tokenizer keeps its
+        # padding and truncation settings on the one Rust tokenizer, and each call sets them:
+        # an encode turns padding on, a token count turns it off. Unserialized, a count from
+        # another request could land between an encode's settings and its tokenizing, and the
+        # encode failed on an unpadded batch ("Unable to create tensor"; issue 26).
         self._lock = threading.Lock()
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
-        """Character span of each token of ``text`` (no special tokens), for chunking."""
-        encoded = self._tokenizer(
-            text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
-        )
+        """Character span of each token of ``text`` (no special tokens), for chunking.
+
+        Waits while an encode runs (see ``_lock``): call it off the event loop.
+        """
+        with self._lock:
+            encoded = self._tokenizer(
+                text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+            )
         return [(int(a), int(b)) for a, b in encoded["offset_mapping"]]
 
     def count_tokens(self, text: str) -> int:
-        """Number of tokens ``text`` takes in this embedder (no special tokens)."""
-        return len(self._tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+        """Number of tokens ``text`` takes in this embedder (no special tokens).
+
+        Waits while an encode runs (see ``_lock``): call it off the event loop.
+        """
+        with self._lock:
+            encoded = self._tokenizer(text, add_special_tokens=False, verbose=False)
+        return len(encoded["input_ids"])
 
     def embed(self, texts: Sequence[str], *, progress: EmbedProgress | None = None) -> Vectors:
         """Embed ``texts`` in batches; rows are L2-normalised so inner product is cosine."""
@@ -72,7 +86,7 @@ class Embedder:
         for start in range(0, len(texts), self.batch_size):
             rows_of = order[start : start + self.batch_size]
             # One encode at a time: torch already uses every core, and concurrent calls from
-            # request threads would only fight over them.
+            # request threads would only fight over them (and share the tokenizer, see _lock).
             with self._lock:
                 rows = self._model.encode(
                     [texts[i] for i in rows_of],

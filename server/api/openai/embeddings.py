@@ -6,16 +6,14 @@ import base64
 import numpy as np
 
 from server.api.errors import BadRequestError, ServiceUnavailableError
-from server.api.generation import (
-    RequestContext,
-)
+from server.api.generation import RequestContext
 from server.api.openai.protocol import (
     EmbeddingData,
     EmbeddingRequest,
     EmbeddingResponse,
     EmbeddingUsage,
 )
-from server.rag.embedder import Embedder
+from server.rag.embedder import Embedder, Vectors
 from server.rag.errors import EmbedderLoadError
 from server.runtime.services import Services
 
@@ -44,8 +42,7 @@ class EmbeddingServing:
                 f"dimensions must be {embedder.dimension} for this model (no truncation).",
                 param="dimensions",
             )
-        vectors = await asyncio.to_thread(embedder.embed, texts)
-        tokens = sum(embedder.count_tokens(t) for t in texts)
+        vectors, tokens = await asyncio.to_thread(_embed_and_count, embedder, texts)
         ctx.log_fields.update(prompt_tokens=tokens)
         data = [
             EmbeddingData(index=i, embedding=_encode_vector(row, request.encoding_format))
@@ -62,6 +59,16 @@ class EmbeddingServing:
             return await self.services.embedder.get()
         except EmbedderLoadError as exc:
             raise ServiceUnavailableError(str(exc), code="embedder_unavailable") from exc
+
+
+def _embed_and_count(embedder: Embedder, texts: list[str]) -> tuple[Vectors, int]:
+    """The rows of ``texts`` and the tokens they take, in one worker thread.
+
+    Both wait for the embedder's lock, which an encode for another request (or /v1/ask's
+    retrieval, or drift) holds for as long as it runs: on the event loop that wait would stall
+    every request.
+    """
+    return embedder.embed(texts), sum(embedder.count_tokens(t) for t in texts)
 
 
 def _encode_vector(row: np.ndarray, fmt: str) -> list[float] | str:
