@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         "conversation returns instead of prefilled again; 0 = off.",
     )
     max_queue: int = Field(64, ge=0, description="Requests waiting for a slot before 503.")
+    min_priority: int = Field(
+        0,
+        description="The most urgent request priority accepted (lower goes first, as vLLM's "
+        "priority); requests may ask for larger values (batch work) freely.",
+    )
     request_timeout_s: float = Field(300.0, gt=0, description="Wall-clock limit per request.")
     max_tokens_default: int = Field(256, ge=1, description="max_tokens when a request has none.")
     max_tokens_limit: int = Field(2048, ge=1, description="Largest max_tokens accepted.")

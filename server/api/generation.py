@@ -97,6 +97,7 @@ class RequestContext:
     log_fields: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     record: ResponseRecord | None = None  # set by handlers of generation routes
+    priority: int = 0  # admission order among waiting requests: lower goes first (vLLM)
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,7 @@ class GenerationService:
         *,
         max_tokens_default: int,
         max_tokens_limit: int,
+        min_priority: int = 0,
         drain: Drain | None = None,
         tracing: Tracing | None = None,
         feedback: FeedbackService | None = None,
@@ -186,6 +188,7 @@ class GenerationService:
         self.guardrails = guardrails
         self.max_tokens_default = max_tokens_default
         self.max_tokens_limit = max_tokens_limit
+        self.min_priority = min_priority
         self.feedback = feedback
         self.model_version = model_version or ModelVersion("unknown")
         self.drift = drift
@@ -202,6 +205,7 @@ class GenerationService:
             services.guardrails,
             max_tokens_default=settings.max_tokens_default,
             max_tokens_limit=settings.max_tokens_limit,
+            min_priority=settings.min_priority,
             drain=services.drain,
             tracing=services.tracing,
             feedback=services.feedback,
@@ -282,6 +286,18 @@ class GenerationService:
             raise _context_error(prompt_tokens, 1, self.n_ctx)
         return min(self.max_tokens_default, room)
 
+    def set_priority(self, ctx: RequestContext, priority: int) -> None:
+        """Queue ``ctx``'s generations at ``priority``; 400 when it is more urgent than this
+        server lets a request ask for (any key could otherwise jump every queue)."""
+        if priority < self.min_priority:
+            raise BadRequestError(
+                f"priority is {priority}; this server accepts {self.min_priority} or more "
+                "(lower values go first; GGSERVE_MIN_PRIORITY).",
+                code="invalid_value",
+                param="priority",
+            )
+        ctx.priority = priority
+
     def check_choices(self, n: int) -> None:
         """Refuse ``n`` choices unless each can have a slot of its own."""
         if n != 1 and not 1 <= n <= (slots := self._engine.stats().slots_total):
@@ -331,7 +347,9 @@ class GenerationService:
                 yield TextDelta(REFUSAL, index=index)
             yield done
             return
-        request = GenerationRequest(ctx.request_id, prompt_tokens, params, n=n)
+        request = GenerationRequest(
+            ctx.request_id, prompt_tokens, params, n=n, priority=ctx.priority, tenant=ctx.key_id
+        )
         try:
             events = self._engine.generate(request)
             first = await anext(events)

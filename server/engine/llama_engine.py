@@ -44,7 +44,7 @@ from server.engine.outbox import Outbox
 from server.engine.planner import Phase, PlanState, Restore, StepPlan, plan
 from server.engine.prompt_cache import PromptCache
 from server.engine.sampling import SamplerChain
-from server.engine.scheduling import AdmissionQueue, admission_order
+from server.engine.scheduling import AdmissionQueue, FairShare, admission_order
 from server.engine.stop_strings import StopStringMatcher
 from server.engine.types import (
     ChatFormat,
@@ -87,6 +87,7 @@ class _Generation:
     deadline: float
     phase: Phase = Phase.WAITING
     fork_of: int | None = None  # choices 1..n-1: key of choice 0, whose prompt they fork
+    fair_tag: float | None = None  # its turn among tenants (``FairShare``), once seen waiting
     cancelled: bool = False  # set from any thread; the loop acts on it within one step
     admitted: float | None = None
     first_token_at: float | None = None
@@ -236,6 +237,7 @@ class LlamaEngine:
         self._closing = False
         self._reset_cache_requested = False
         self._prompt_cache = PromptCache(config.prompt_cache_mb * 2**20)
+        self._fair_share = FairShare()
         self._executor = StepExecutor(
             self._model.ctx, self._model.memory, self._model.n_batch, self._slots
         )
@@ -492,11 +494,18 @@ class LlamaEngine:
     def _waiting_in_admission_order(self) -> Sequence[_Generation]:
         if not self._queue.waiting:
             return ()
+        waiting = self._queue.snapshot()
+        tags: dict[int, float] = {}  # a request's choices share one tag
+        for generation in waiting:
+            if generation.fair_tag is None:
+                key = id(generation.request)
+                if key not in tags:
+                    tags[key] = self._fair_share.tag(generation.request.tenant)
+                generation.fair_tag = tags[key]
         return admission_order(
-            self._queue.snapshot(),
+            waiting,
             priority=lambda g: g.request.priority,
-            tenant=lambda g: g.request.tenant,
-            request=lambda g: id(g.request),
+            tag=lambda g: g.fair_tag or 0.0,
         )
 
     def _drop_idle_caches(self) -> None:
@@ -538,6 +547,7 @@ class LlamaEngine:
             slot.generation, slot.last_used = generation, now
             generation.slot, generation.admitted = slot, now
             generation.phase = Phase.PREFILLING
+            self._fair_share.admitted(generation.fair_tag or 0.0)
             self._running[generation.key] = generation
             c = self._counters
             c.requests_admitted += 1

@@ -15,32 +15,42 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
-def admission_order(
-    waiting: Sequence[T],
-    *,
-    priority: Callable[[T], int],
-    tenant: Callable[[T], str],
-    request: Callable[[T], object],
-) -> list[T]:
-    """``waiting`` (oldest first) in the order slots should go to them.
+class FairShare:
+    """Start-time fair queuing over tenants (the API keys): the order requests get slots in.
 
-    Lower ``priority`` first (vLLM's semantics). Within one priority, tenants take turns: each
-    tenant's oldest waiting request, then each one's second, and so on, so a tenant with fifty
-    queued requests delays another's one by at most one request per tenant ahead of it, not by
-    fifty. Ties keep arrival order; the choices of one request (``n > 1``) stay together.
+    Each request gets a start tag when the engine first sees it waiting:
+    ``max(virtual time, the tenant's last finish tag)``, and the tenant's finish tag moves one
+    request on. Slots go to the smallest tag, so tenants take turns: fifty queued requests of
+    one key delay another key's request by at most one of theirs, not fifty. The virtual time
+    is the tag of the request admitted last, so a key that was idle rejoins at the current turn
+    instead of claiming the turns it did not use. Engine thread only; no locking.
     """
-    turn: dict[object, int] = {}  # request -> its rank among its tenant's waiting requests
-    counts: dict[tuple[int, str], int] = {}
-    for item in waiting:
-        key = request(item)
-        if key not in turn:
-            group = (priority(item), tenant(item))
-            turn[key] = counts.get(group, 0)
-            counts[group] = turn[key] + 1
+
+    def __init__(self) -> None:
+        self._virtual = 0.0
+        self._last_finish: dict[str, float] = {}
+
+    def tag(self, tenant: str) -> float:
+        """The start tag of a new request of ``tenant``."""
+        start = max(self._virtual, self._last_finish.get(tenant, 0.0))
+        self._last_finish[tenant] = start + 1.0
+        return start
+
+    def admitted(self, tag: float) -> None:
+        """A request with start tag ``tag`` got a slot: the virtual time moves to it."""
+        if tag > self._virtual:
+            self._virtual = tag
+            # Tenants whose turns are all in the past start from the virtual time anyway.
+            self._last_finish = {t: f for t, f in self._last_finish.items() if f > tag}
+
+
+def admission_order(
+    waiting: Sequence[T], *, priority: Callable[[T], int], tag: Callable[[T], float]
+) -> list[T]:
+    """``waiting`` (oldest first) in the order slots go to them: lower ``priority`` first
+    (vLLM's semantics), then the smaller fair-share tag, then arrival."""
     arrival = {id(item): index for index, item in enumerate(waiting)}
-    return sorted(
-        waiting, key=lambda item: (priority(item), turn[request(item)], arrival[id(item)])
-    )
+    return sorted(waiting, key=lambda item: (priority(item), tag(item), arrival[id(item)]))
 
 
 class AdmissionQueue(Generic[T]):

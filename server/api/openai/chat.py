@@ -73,6 +73,7 @@ class ChatServing:
         http_request: Request,
     ) -> ChatCompletionResponse | SseResponse:
         generation.check_choices(request.n)
+        generation.set_priority(ctx, request.priority)
         chat = prepare_chat(request, generation)
         ctx.record = ResponseRecord(
             f"chatcmpl-{ctx.request_id}",

@@ -54,6 +54,7 @@ class CompletionServing:
         http_request: Request,
     ) -> CompletionResponse | SseResponse:
         generation.check_choices(request.n)
+        generation.set_priority(ctx, request.priority)
         if request.suffix:
             raise BadRequestError("suffix is not supported.", param="suffix")
         if request.best_of not in (None, 1):

@@ -61,6 +61,8 @@ class SamplingFields(_Lenient):
     top_k: int = Field(40, ge=0)
     min_p: float = Field(0.05, ge=0.0, le=1.0)
     repeat_penalty: float = Field(1.0, gt=0.0)
+    # vLLM's request priority: lower values are admitted first when requests wait for slots.
+    priority: int = Field(0, ge=-(2**31), le=2**31 - 1)
 
     @field_validator("stop")
     @classmethod
