@@ -34,7 +34,7 @@ import httpx
 
 from bench.harness.load import ChatRequest, RequestResult, chat_body, stream_one
 from bench.harness.prompts import QUESTIONS, preamble, preamble_request
-from bench.harness.rounds import measure_in_rounds, peer_specs
+from bench.harness.rounds import measure_in_rounds, peer_args, peer_parser, peer_specs
 from bench.harness.server import (
     ROOT,
     RunningServer,
@@ -51,24 +51,7 @@ SCENARIOS = ("cold", "warm", "staggered")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="one round instead of two")
-    parser.add_argument(
-        "--model", type=Path, default=ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    )
-    parser.add_argument("--threads", type=int, default=0, help="0 = physical cores")
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=None, help="results folder")
-    parser.add_argument(
-        "--servers", default="ggserve,llama-server", help="comma list: ggserve, llama-server"
-    )
-    args = parser.parse_args(argv)
-    args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    if not args.model.is_file():
-        parser.error(f"model file {args.model} not found; run 'make models' to fetch it")
-    return args
+    return peer_args(peer_parser(__doc__), argv)
 
 
 def questions(offset: int) -> list[str]:

@@ -38,7 +38,7 @@ import httpx
 
 from bench.harness.load import ChatRequest, RequestResult, chat_body, stream_one
 from bench.harness.prompts import QUESTIONS, preamble, preamble_request
-from bench.harness.rounds import measure_in_rounds, peer_specs
+from bench.harness.rounds import measure_in_rounds, peer_args, peer_parser, peer_specs
 from bench.harness.server import (
     ROOT,
     RunningServer,
@@ -53,23 +53,11 @@ PHASES = ("open", "return")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="one round instead of two")
-    parser.add_argument(
-        "--model", type=Path, default=ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    )
-    parser.add_argument("--threads", type=int, default=0, help="0 = physical cores")
+    parser = peer_parser(__doc__)
     parser.add_argument("--chats", type=int, default=16, help="conversations")
     parser.add_argument("--slots", type=int, default=8, help="parallel sequences per server")
     parser.add_argument("--concurrency", type=int, default=4, help="conversations at a time")
     parser.add_argument("--history", type=int, default=1200, help="tokens of each history")
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=None, help="results folder")
-    parser.add_argument(
-        "--servers", default="ggserve,llama-server", help="comma list: ggserve, llama-server"
-    )
     parser.add_argument(
         "--ggserve-env",
         action="append",
@@ -77,11 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="an extra GGSERVE_* setting for ggserve (repeatable)",
     )
-    args = parser.parse_args(argv)
-    args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    if not args.model.is_file():
-        parser.error(f"model file {args.model} not found; run 'make models' to fetch it")
-    return args
+    return peer_args(parser, argv)
 
 
 def first_turns(model: Path, variant: int, chats: int, history: int) -> list[ChatRequest]:

@@ -7,6 +7,7 @@ the order rotated, so neither server always goes first on a cooler machine.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 from collections.abc import Callable
@@ -14,7 +15,35 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness.peers import build_llama_server, ggserve_spec, llama_server_spec
-from bench.harness.server import RunningServer, ServerSpec, ServerStartError, running
+from bench.harness.server import ROOT, RunningServer, ServerSpec, ServerStartError, running
+
+
+def peer_parser(description: str | None) -> argparse.ArgumentParser:
+    """The options every peer-against-peer benchmark has: --quick, --model, --threads,
+    --rounds, --out, --servers (read back with ``peer_args``)."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="one round instead of two")
+    parser.add_argument(
+        "--model", type=Path, default=ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="0 = physical cores")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="results folder")
+    parser.add_argument(
+        "--servers", default="ggserve,llama-server", help="comma list: ggserve, llama-server"
+    )
+    return parser
+
+
+def peer_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``: ``servers`` becomes a list; a missing model file is a usage error."""
+    args = parser.parse_args(argv)
+    args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if not args.model.is_file():
+        parser.error(f"model file {args.model} not found; run 'make models' to fetch it")
+    return args
 
 
 def peer_specs(
