@@ -45,6 +45,7 @@ from server.api.openai.wire import (
     usage_info,
 )
 from server.api.streaming import Frame, SseResponse, open_stream
+from server.chat.reasoning import ReasoningSplit, split_reasoning
 from server.chat.tools import ToolCall
 from server.chat.tools.parser import (
     CallStart,
@@ -95,12 +96,18 @@ class ChatServing:
                 n=request.n,
                 json_answer=chat.json_answer,
                 prefill=chat.prefill,
+                reasoning=chat.reasoning,
             )
             return await open_stream(http_request, ctx, items, fmt)
         whole = await until_disconnected(http_request, collect_all(items))
         done = whole.done
         choices = []
-        for index, (text, reason) in enumerate(zip(whole.texts, done.finish_reasons, strict=True)):
+        for index, (output, reason) in enumerate(
+            zip(whole.texts, done.finish_reasons, strict=True)
+        ):
+            reasoning, text = (
+                split_reasoning(output) if chat.reasoning and not done.refused else ("", output)
+            )
             content: str | None = text
             calls: list[ToolCallOut] | None = None
             if chat.parse_calls and not done.refused:
@@ -117,7 +124,12 @@ class ChatServing:
             if problem:  # never a success: say why instead
                 ctx.log_fields["invalid_output"] = problem
                 content, refusal = None, f"{INVALID_ANSWER}: {problem}."
-            message = ChatResponseMessage(content=content, refusal=refusal, tool_calls=calls)
+            message = ChatResponseMessage(
+                content=content,
+                refusal=refusal,
+                tool_calls=calls,
+                reasoning_content=reasoning or None,
+            )
             choices.append(
                 ChatChoice(
                     index=index,
@@ -152,6 +164,7 @@ class ChatChunkFormat(OpenAIFormat):
         n: int = 1,
         json_answer: JsonAnswer | None = None,
         prefill: str = "",
+        reasoning: bool = False,
     ) -> None:
         self.chunk_id, self.model, self.include_usage = chunk_id, model, include_usage
         self.created = int(time.time())
@@ -162,6 +175,7 @@ class ChatChunkFormat(OpenAIFormat):
         self._content: dict[int, ContentTemplate] = {}
         self._json_answer = json_answer
         self._texts: list[list[str]] = [[] for _ in range(n)]  # kept only for json_answer
+        self._reasoning = [ReasoningSplit() for _ in range(n)] if reasoning else None
 
     def _chunk(
         self,
@@ -203,25 +217,46 @@ class ChatChunkFormat(OpenAIFormat):
             return
         if isinstance(event, TextDelta):
             index = event.index
-            if self._json_answer is not None:
-                self._texts[index].append(event.text)
-            if self._calls is None and self._piece_of is None:
-                yield self._plain(event.text, index)
-                return
-            logprobs = None
-            if self._piece_of is not None:
-                logprobs = ChoiceLogprobs(content=chat_logprobs(event.logprobs, self._piece_of))
-            deltas = (
-                [ChatDelta(content=event.text)]
-                if self._calls is None
-                else _tool_deltas(self._calls[index].feed(event.text))
-            )
-            if not deltas and logprobs is not None:  # text held back: logprobs go now anyway
-                deltas = [ChatDelta(content="")]
-            for delta in deltas:
-                yield self._chunk(delta, logprobs=logprobs, index=index)
-                logprobs = None  # a delta's logprobs go out once, with its first chunk
+            text = event.text
+            if self._reasoning is not None:
+                thought, text = self._reasoning[index].feed(text)
+                if thought:
+                    yield self._chunk(ChatDelta(reasoning_content=thought), index=index)
+            yield from self._content_frames(event, text, index)
             return
+        yield from self._finish_frames(event)
+
+    def _content_frames(self, event: TextDelta, text: str, index: int) -> Iterable[Frame]:
+        """Frames for ``text``, the content part of ``event`` (its thinking already sent)."""
+        if self._json_answer is not None:
+            self._texts[index].append(text)
+        if self._calls is None and self._piece_of is None:
+            if text:
+                yield self._plain(text, index)
+            return
+        logprobs = None
+        if self._piece_of is not None:
+            logprobs = ChoiceLogprobs(content=chat_logprobs(event.logprobs, self._piece_of))
+        deltas = (
+            ([ChatDelta(content=text)] if text else [])
+            if self._calls is None
+            else _tool_deltas(self._calls[index].feed(text))
+        )
+        if not deltas and logprobs is not None:  # text held back: logprobs go now anyway
+            deltas = [ChatDelta(content="")]
+        for delta in deltas:
+            yield self._chunk(delta, logprobs=logprobs, index=index)
+            logprobs = None  # a delta's logprobs go out once, with its first chunk
+
+    def _finish_frames(self, event: Completed) -> Iterable[Frame]:
+        """The end: held-back text, each choice's finish chunk, then usage if asked for."""
+        if self._reasoning is not None:
+            for index, split in enumerate(self._reasoning):
+                thought, text = split.finish()
+                if thought:
+                    yield self._chunk(ChatDelta(reasoning_content=thought), index=index)
+                if text:
+                    yield from self._content_frames(TextDelta(text, (), index), text, index)
         self._check_answers(event)
         for index, reason in enumerate(event.finish_reasons):
             has_calls = False

@@ -24,6 +24,7 @@ from server.chat.json_grammar import (
     json_schema_grammar,
     strict_violations,
 )
+from server.chat.reasoning import template_thinks
 from server.chat.tools import ToolSpecError
 from server.chat.tools.plan import plan_tools
 from server.engine.types import InvalidRequestError, SamplingParams
@@ -51,6 +52,7 @@ class PreparedChat:
     transcript: list[dict[str, str]]  # role and text of each message, for the capture record
     json_answer: JsonAnswer | None = None  # response_format json_object / json_schema
     prefill: str = ""  # a forced call's known start, in the prompt (read back with the output)
+    reasoning: bool = False  # split <think>…</think> into reasoning_content
 
 
 def _message_dict(message: ChatMessage) -> dict[str, Any]:
@@ -176,7 +178,14 @@ def prepare_chat(request: ChatCompletionRequest, generation: GenerationService) 
         transcript,
         json_answer(request),
         plan.prefill,
+        _splits_reasoning(request, generation),
     )
+
+
+def _splits_reasoning(request: ChatCompletionRequest, generation: GenerationService) -> bool:
+    if request.reasoning_format is not None:
+        return request.reasoning_format == "deepseek"
+    return template_thinks(generation.template_source)
 
 
 def json_answer(request: ChatCompletionRequest) -> JsonAnswer | None:

@@ -230,6 +230,9 @@ class ChatCompletionRequest(SamplingFields):
     parallel_tool_calls: bool = True
     logprobs: bool = Field(False, strict=True)
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    # Where a reasoning model's <think>…</think> goes: "deepseek" → reasoning_content, "none" →
+    # content. Default: "deepseek" when the model's chat template knows the tags.
+    reasoning_format: Literal["none", "deepseek"] | None = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -240,6 +243,8 @@ class ChatResponseMessage(BaseModel):
     content: str | None
     refusal: str | None = None
     tool_calls: list[ToolCallOut] | None = None
+    # A reasoning model's thinking (as llama.cpp's server and vLLM); absent when there is none.
+    reasoning_content: str | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class ChatChoice(BaseModel):
@@ -267,6 +272,7 @@ class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
+    reasoning_content: str | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class ChatChunkChoice(BaseModel):

@@ -221,3 +221,52 @@ def test_responses_api_reads_a_forced_call_the_same_way(
     calls = [item for item in body["output"] if item["type"] == "function_call"]
     assert [c["name"] for c in calls] == ["get_weather"]
     assert json.loads(calls[0]["arguments"]) == {"city": "Paris"}
+
+
+THINKING = "<think>\nA city in France.\n</think>\n\nParis is the capital."
+
+
+def test_reasoning_content_is_split_when_asked_for(
+    client: TestClient, fake_engine: FakeEngine
+) -> None:
+    fake_engine.reply = THINKING
+    payload = {**CHAT, "reasoning_format": "deepseek"}
+    message = client.post("/v1/chat/completions", json=payload, headers=auth()).json()["choices"][
+        0
+    ]["message"]
+    assert message["reasoning_content"] == "A city in France.\n"
+    assert message["content"] == "Paris is the capital."
+    plain = client.post(
+        "/v1/chat/completions", json={**CHAT, "reasoning_format": "none"}, headers=auth()
+    ).json()["choices"][0]["message"]
+    assert plain["content"] == THINKING and "reasoning_content" not in plain
+
+
+def test_streamed_reasoning_arrives_as_reasoning_deltas(
+    client: TestClient, fake_engine: FakeEngine
+) -> None:
+    fake_engine.reply = THINKING
+    payload = {**CHAT, "reasoning_format": "deepseek", "stream": True}
+    with client.stream("POST", "/v1/chat/completions", json=payload, headers=auth()) as resp:
+        chunks = _sse(resp.read().decode())
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert "".join(d.get("reasoning_content") or "" for d in deltas) == "A city in France.\n"
+    assert "".join(d.get("content") or "" for d in deltas) == "Paris is the capital."
+
+
+def test_a_model_without_thinking_tags_is_left_alone(
+    client: TestClient, fake_engine: FakeEngine
+) -> None:
+    """The default follows the template: the fake's (and SmolLM2's) has no <think>."""
+    fake_engine.reply = THINKING
+    message = client.post("/v1/chat/completions", json=CHAT, headers=auth()).json()["choices"][0][
+        "message"
+    ]
+    assert message["content"] == THINKING
+
+
+def test_a_bad_reasoning_format_is_a_400(client: TestClient) -> None:
+    response = client.post(
+        "/v1/chat/completions", json={**CHAT, "reasoning_format": "r1"}, headers=auth()
+    )
+    assert response.status_code == 400 and response.json()["error"]["param"] == "reasoning_format"

@@ -1,0 +1,37 @@
+"""A reasoning model's <think>…</think> is split from its answer, whole or streamed in pieces
+that cut the tags anywhere."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.chat.reasoning import ReasoningSplit, split_reasoning, template_thinks
+
+ANSWER = "<think>\nThe user asks for a capital.\n</think>\n\nParis."
+
+
+def test_thinking_at_the_start_is_reasoning_and_the_rest_content() -> None:
+    assert split_reasoning(ANSWER) == ("The user asks for a capital.\n", "Paris.")
+
+
+def test_an_answer_without_thinking_is_all_content() -> None:
+    assert split_reasoning("Paris. <think> is a tag") == ("", "Paris. <think> is a tag")
+
+
+def test_thinking_cut_short_by_the_budget_stays_reasoning() -> None:
+    assert split_reasoning("<think>still going") == ("still going", "")
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7])
+def test_streamed_in_any_pieces_it_splits_the_same(size: int) -> None:
+    split = ReasoningSplit()
+    reasoning = content = ""
+    for start in range(0, len(ANSWER), size):
+        r, c = split.feed(ANSWER[start : start + size])
+        reasoning, content = reasoning + r, content + c
+    r, c = split.finish()
+    assert (reasoning + r, content + c) == split_reasoning(ANSWER)
+
+
+def test_a_template_that_knows_the_tags_is_a_reasoning_model() -> None:
+    assert template_thinks("{{ '<think>\\n' }}") and not template_thinks("{{ messages }}")
