@@ -18,6 +18,7 @@ from rich.table import Table
 
 from flywheel.export import EXPORT_FORMATS, ExportError, export_dataset
 from server.feedback.records import CORRECTION_STATUSES, CorrectionStatus
+from server.feedback.retention import purge_expired
 from server.feedback.store import FeedbackFilter, FeedbackStore, StoredFeedback, StoreError
 from server.settings import Settings
 
@@ -180,6 +181,34 @@ def label(
     except StoreError as exc:
         raise _fail(str(exc)) from exc
     out.print(f"{item.interaction.response_id}: correction {item.correction_status}")
+
+
+@app.command("purge")
+def purge(
+    older_than_days: float | None = typer.Option(
+        None,
+        min=0.0,
+        help="Delete responses captured more than N days ago (default: "
+        "GGSERVE_CAPTURE_RETENTION_DAYS; 0 with the default means keep everything).",
+    ),
+    db: Path | None = DbOption,
+) -> None:
+    """Delete captured responses past retention, and their feedback; works with the server down.
+
+    Deleted rows are overwritten on disk and the WAL is truncated. Run it from cron (or a
+    Kubernetes CronJob) when a server runs with capture off: nothing else purges then.
+    """
+    settings = Settings()
+    days = settings.capture_retention_days if older_than_days is None else older_than_days
+    path = _store(db).path  # fails clearly when there is no database
+    if days <= 0:
+        out.print(f"{path}: retention is 0 (keep everything); nothing purged")
+        return
+    try:
+        purged = purge_expired(path, days)
+    except StoreError as exc:
+        raise _fail(str(exc)) from exc
+    out.print(f"{path}: purged {purged} response(s) captured more than {days:g} day(s) ago")
 
 
 @app.command("export")

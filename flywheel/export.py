@@ -16,6 +16,7 @@ database always gives the same files, byte for byte; the card (``README.md`` wit
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -97,7 +98,7 @@ def export_dataset(
     splits: dict[str, list[Example]] = {name: [] for name in SPLITS}
     for example in examples:
         splits[_split_of(example.prompt_key, split_seed, eval_fraction)].append(example)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)  # a new folder: owner only
     files = {
         SPLIT_FILES[name]: _write_jsonl(out / SPLIT_FILES[name], splits[name]) for name in SPLITS
     }
@@ -235,8 +236,15 @@ def _write_jsonl(path: Path, examples: list[Example]) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` at once, readable by its owner only (0600, whatever the umask):
+    exports hold captured prompts and answers, as private as the feedback database."""
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()  # a leftover from a crash may carry wider permissions
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(text)
     os.replace(temporary, path)
 
 

@@ -221,3 +221,23 @@ def test_files_load_with_the_datasets_library(curated: FeedbackStore, tmp_path: 
                 assert loaded[split].num_rows == count
             else:
                 assert split not in loaded
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022])
+def test_exported_files_are_owner_only_whatever_the_umask(
+    curated: FeedbackStore, tmp_path: Path, umask: int
+) -> None:
+    import os
+    import stat
+
+    previous = os.umask(umask)
+    try:
+        export_dataset(curated, "sft", tmp_path / "out")
+        export_dataset(curated, "kto", tmp_path / "out")  # a rewrite keeps them private
+    finally:
+        os.umask(previous)
+    files = list((tmp_path / "out").iterdir())
+    assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files), [
+        (f.name, oct(f.stat().st_mode)) for f in files
+    ]
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) & 0o077 == 0
