@@ -293,15 +293,23 @@ class FeedbackStore:
         return self._select("ORDER BY i.created_at, i.response_id", [])
 
     def label(self, response_id: str, status: CorrectionStatus, *, by: str) -> StoredFeedback:
-        """Accept, reject or reopen (``pending``) the correction on one response."""
+        """Accept, reject or reopen (``pending``) the feedback on one response for training.
+
+        What is curated is the correction when there is one, else the answer rated good: a
+        client's 👍 alone never makes a positive training example (``flywheel/export.py``).
+        A rating that is not good, without a correction, offers nothing to train on.
+        """
         with self._connect() as conn, conn:
             row = conn.execute(
-                "SELECT correction FROM feedback WHERE response_id = ?", (response_id,)
+                "SELECT correction, polarity FROM feedback WHERE response_id = ?", (response_id,)
             ).fetchone()
             if row is None:
                 raise UnknownResponseError(f"no feedback on response '{response_id}'")
-            if not row["correction"]:
-                raise StoreError(f"the feedback on '{response_id}' has no correction to label")
+            if not row["correction"] and row["polarity"] <= 0:
+                raise StoreError(
+                    f"the feedback on '{response_id}' has no correction and does not rate the "
+                    "answer good: nothing to label for training"
+                )
             conn.execute(
                 "UPDATE feedback SET correction_status = ?, labelled_at = ?, labelled_by = ? "
                 "WHERE response_id = ?",
