@@ -18,6 +18,7 @@ from rich.table import Table
 
 from flywheel.export import EXPORT_FORMATS, ExportError, export_dataset
 from server.feedback.records import CORRECTION_STATUSES, CorrectionStatus
+from server.feedback.retention import purge_expired
 from server.feedback.store import FeedbackFilter, FeedbackStore, StoredFeedback, StoreError
 from server.settings import Settings
 
@@ -64,6 +65,16 @@ def _when(value: str | None, param: str) -> float | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
+
+
+def _key_id(value: str) -> str:
+    value = _text(value, "--key-id").strip()
+    if not value or len(value) > 200 or _CONTROL.search(value):
+        raise typer.BadParameter(
+            "must be an API key id as shown by 'feedback list' (non-empty, printable)",
+            param_hint="--key-id",
+        )
+    return value
 
 
 def _iso(epoch: float | None) -> str:
@@ -159,13 +170,19 @@ def show(
 @app.command("label")
 def label(
     response_id: str = typer.Argument(..., help="The response whose correction is labelled."),
-    accept: bool = typer.Option(False, "--accept", help="Use the correction for training."),
-    reject: bool = typer.Option(False, "--reject", help="Never use the correction."),
+    accept: bool = typer.Option(
+        False, "--accept", help="Train on the correction (or the answer rated good)."
+    ),
+    reject: bool = typer.Option(False, "--reject", help="Never train on it."),
     reopen: bool = typer.Option(False, "--reopen", help="Back to pending."),
     by: str | None = typer.Option(None, help="Curator name recorded (default: $USER)."),
     db: Path | None = DbOption,
 ) -> None:
-    """Accept or reject the correction on one response (exactly one of the three flags)."""
+    """Curate one response for training (exactly one of the three flags).
+
+    Labels its correction, or with none, its answer rated good: exports take a 👍 as a
+    positive example only once a curator accepted it.
+    """
     chosen = [
         name
         for name, flag in (("accepted", accept), ("rejected", reject), ("pending", reopen))
@@ -182,6 +199,34 @@ def label(
     out.print(f"{item.interaction.response_id}: correction {item.correction_status}")
 
 
+@app.command("purge")
+def purge(
+    older_than_days: float | None = typer.Option(
+        None,
+        min=0.0,
+        help="Delete responses captured more than N days ago (default: "
+        "GGSERVE_CAPTURE_RETENTION_DAYS; 0 with the default means keep everything).",
+    ),
+    db: Path | None = DbOption,
+) -> None:
+    """Delete captured responses past retention, and their feedback; works with the server down.
+
+    Deleted rows are overwritten on disk and the WAL is truncated. Run it from cron (or a
+    Kubernetes CronJob) when a server runs with capture off: nothing else purges then.
+    """
+    settings = Settings()
+    days = settings.capture_retention_days if older_than_days is None else older_than_days
+    path = _store(db).path  # fails clearly when there is no database
+    if days <= 0:
+        out.print(f"{path}: retention is 0 (keep everything); nothing purged")
+        return
+    try:
+        purged = purge_expired(path, days)
+    except StoreError as exc:
+        raise _fail(str(exc)) from exc
+    out.print(f"{path}: purged {purged} response(s) captured more than {days:g} day(s) ago")
+
+
 @app.command("export")
 def export(
     fmt: str = typer.Option(..., "--format", help="sft, dpo or kto (TRL chat format)."),
@@ -189,13 +234,27 @@ def export(
     eval_fraction: float = typer.Option(0.1, min=0.0, max=0.99, help="Share held out for eval."),
     seed: str = typer.Option("ggserve", help="Split seed; the same seed gives the same split."),
     include_positive: bool = typer.Option(
-        False, help="SFT: also train on answers rated good, not only accepted corrections."
+        False,
+        help="SFT: also train on answers rated good that a curator accepted, not only "
+        "accepted corrections.",
+    ),
+    uncurated_positive: bool = typer.Option(
+        False,
+        help="Take any client's 👍 as a positive (SFT with --include-positive, KTO), not only "
+        "curator-accepted ones. Any key can then upvote what it wants trained.",
+    ),
+    key_id: list[str] | None = typer.Option(
+        None, "--key-id", help="Only responses made with this API key id (repeatable)."
     ),
     since: str | None = SinceOption,
     until: str | None = UntilOption,
     db: Path | None = DbOption,
 ) -> None:
-    """Write a dataset of the curated feedback for train-lora (and any TRL trainer)."""
+    """Write a dataset of the curated feedback for train-lora (and any TRL trainer).
+
+    Every row keeps ``metadata.key_id`` and ``metadata.response_id``, so a tenant's rows can
+    be removed from an export later (docs/flywheel.md, "Erasure after export").
+    """
     if fmt not in EXPORT_FORMATS:
         raise typer.BadParameter(f"use one of {', '.join(EXPORT_FORMATS)}", param_hint="--format")
     try:
@@ -206,8 +265,10 @@ def export(
             eval_fraction=eval_fraction,
             split_seed=_text(seed, "--seed"),
             include_positive=include_positive,
+            uncurated_positive=uncurated_positive,
             since=_when(since, "--since"),
             until=_when(until, "--until"),
+            key_ids=None if not key_id else [_key_id(k) for k in key_id],
         )
     except (ExportError, StoreError, OSError) as exc:
         raise _fail(str(exc)) from exc

@@ -3,11 +3,19 @@
 Formats (TRL's conversational dataset conventions; every message is ``{"role", "content"}``):
 
 - ``sft``: ``{"messages": [...prompt, {"role": "assistant", "content": TARGET}]}`` where the
-  target is an *accepted* correction (and, with ``include_positive``, an answer rated good);
+  target is an *accepted* correction (and, with ``include_positive``, an answer rated good
+  that a curator accepted);
 - ``dpo``: ``{"prompt": [...], "chosen": [assistant: correction], "rejected": [assistant:
   model answer]}`` for accepted corrections that differ from the answer;
 - ``kto``: ``{"prompt": [...], "completion": [assistant: answer], "label": bool}`` from the
   rating's polarity (3 stars is neutral and skipped), plus accepted corrections labelled true.
+
+A 👍 is any client's say-so: a key could elicit a bad answer, upvote it and have it trained.
+So an answer rated good becomes a positive example (SFT with ``include_positive``, KTO's
+``true`` label) only when a curator accepted the row (``ggserve feedback label --accept``);
+``uncurated_positive`` is the operator's explicit opt-out. Every row carries
+``metadata: {"response_id", "key_id"}`` (trainers ignore it) so a tenant's rows can be found
+and erased after export; ``key_ids`` exports only the given tenants' responses.
 
 The split is a hash of the prompt, so one prompt never lands in both splits and the same
 database always gives the same files, byte for byte; the card (``README.md`` with the
@@ -16,11 +24,13 @@ database always gives the same files, byte for byte; the card (``README.md`` wit
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -65,6 +75,8 @@ class ExportReport:
     model_versions: dict[str, int]
     eval_fraction: float
     split_seed: str
+    key_ids: dict[str, int] = field(default_factory=dict)  # rows per tenant (API key id)
+    key_filter: list[str] | None = None  # the --key-id filter, when one was given
     generated_at: str = field(default_factory=lambda: _iso(time.time()))
 
 
@@ -76,14 +88,21 @@ def export_dataset(
     eval_fraction: float = 0.1,
     split_seed: str = "ggserve",
     include_positive: bool = False,
+    uncurated_positive: bool = False,
     since: float | None = None,
     until: float | None = None,
+    key_ids: Collection[str] | None = None,
 ) -> ExportReport:
-    """Write the splits (``train.jsonl``, ``eval.jsonl``) and the card into ``out``."""
+    """Write the splits (``train.jsonl``, ``eval.jsonl``) and the card into ``out``.
+
+    ``key_ids``: only responses made with these API key ids (None: every key; empty: none).
+    ``uncurated_positive``: take any client's 👍 as a positive, not only curator-accepted ones.
+    """
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
     if not 0.0 <= eval_fraction < 1.0:
         raise ExportError(f"eval fraction must be in [0, 1), not {eval_fraction}")
+    wanted = None if key_ids is None else set(key_ids)
     _check_out_dir(out)
     store = db if isinstance(db, FeedbackStore) else FeedbackStore(db, create=False)
     rows = [
@@ -91,13 +110,15 @@ def export_dataset(
         for item in store.all_feedback()
         if (since is None or item.interaction.created_at >= since)
         and (until is None or item.interaction.created_at < until)
+        and (wanted is None or item.interaction.key_id in wanted)
     ]
     skipped: Counter[str] = Counter()
-    examples = _dedupe(_examples(rows, fmt, include_positive, skipped), skipped)
+    policy = _Positives(include_positive, uncurated_positive)
+    examples = _dedupe(_examples(rows, fmt, policy, skipped), skipped)
     splits: dict[str, list[Example]] = {name: [] for name in SPLITS}
     for example in examples:
         splits[_split_of(example.prompt_key, split_seed, eval_fraction)].append(example)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)  # a new folder: owner only
     files = {
         SPLIT_FILES[name]: _write_jsonl(out / SPLIT_FILES[name], splits[name]) for name in SPLITS
     }
@@ -116,14 +137,30 @@ def export_dataset(
         model_versions=dict(sorted(Counter(e.source.model.label for e in examples).items())),
         eval_fraction=eval_fraction,
         split_seed=split_seed,
+        key_ids=dict(sorted(Counter(e.source.key_id for e in examples).items())),
+        key_filter=None if wanted is None else sorted(wanted),
     )
     _atomic_write(out / DATASET_CARD, json.dumps(asdict(report), indent=2) + "\n")
     _atomic_write(out / DATASET_README, _card_markdown(report))
     return report
 
 
+@dataclass(frozen=True)
+class _Positives:
+    """Which answers rated good may become positive examples."""
+
+    include: bool  # SFT: train on answers rated good too, not only accepted corrections
+    uncurated: bool  # operator's opt-out: any client's 👍 counts, not only a curator-accepted one
+
+    def allows(self, item: StoredFeedback) -> bool:
+        if item.feedback.rating.polarity <= 0:
+            return False
+        status = item.correction_status
+        return status == "accepted" or (self.uncurated and status != "rejected")
+
+
 def _examples(
-    rows: list[StoredFeedback], fmt: ExportFormat, include_positive: bool, skipped: Counter[str]
+    rows: list[StoredFeedback], fmt: ExportFormat, positives: _Positives, skipped: Counter[str]
 ) -> list[Example]:
     out: list[Example] = []
     for item in rows:
@@ -138,7 +175,7 @@ def _examples(
         made = 0
         if fmt == "sft":
             targets = [accepted] if accepted else []
-            if include_positive and item.feedback.rating.polarity > 0 and answer:
+            if positives.include and answer and positives.allows(item):
                 targets.append(answer)
             for target in targets:
                 out.append(Example({"messages": [*prompt, _assistant(target)]}, key, source))
@@ -154,7 +191,7 @@ def _examples(
                 made += 1
         else:
             polarity = item.feedback.rating.polarity
-            if answer and polarity != 0:
+            if answer and (polarity < 0 or positives.allows(item)):
                 row: dict[str, Any] = {
                     "prompt": prompt,
                     "completion": [_assistant(answer)],
@@ -167,13 +204,23 @@ def _examples(
                 out.append(Example(row, key, source))
                 made += 1
         if not made:
-            skipped[_why_not(item, fmt, answer)] += 1
+            skipped[_why_not(item, fmt, answer, positives)] += 1
     return out
 
 
-def _why_not(item: StoredFeedback, fmt: ExportFormat, answer: str | None) -> str:
+def _why_not(
+    item: StoredFeedback, fmt: ExportFormat, answer: str | None, positives: _Positives
+) -> str:
     if fmt == "kto" and item.feedback.rating.polarity == 0 and not item.feedback.correction:
         return "neutral_rating"
+    wants_positive = fmt == "kto" or (fmt == "sft" and positives.include)
+    if (
+        wants_positive
+        and answer
+        and item.feedback.rating.polarity > 0
+        and not positives.allows(item)
+    ):
+        return "positive_not_curated"
     if fmt != "kto" and not item.feedback.correction:
         return "no_correction"
     if item.feedback.correction and item.correction_status != "accepted":
@@ -229,14 +276,27 @@ def _digest(value: Any) -> str:
 
 
 def _write_jsonl(path: Path, examples: list[Example]) -> str:
-    text = "".join(json.dumps(e.row, ensure_ascii=False) + "\n" for e in examples)
+    text = "".join(json.dumps(_with_provenance(e), ensure_ascii=False) + "\n" for e in examples)
     _atomic_write(path, text)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _with_provenance(example: Example) -> dict[str, Any]:
+    """The row plus where it came from: a tenant's rows can be found (and erased) later."""
+    source = example.source
+    return {**example.row, "metadata": {"response_id": source.response_id, "key_id": source.key_id}}
+
+
 def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` at once, readable by its owner only (0600, whatever the umask):
+    exports hold captured prompts and answers, as private as the feedback database."""
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()  # a leftover from a crash may carry wider permissions
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(text)
     os.replace(temporary, path)
 
 
@@ -278,6 +338,9 @@ def _card_markdown(report: ExportReport) -> str:
         + (", ".join(f"`{k}` ({v})" for k, v in report.model_versions.items()) or "none"),
         f"- split: eval fraction {report.eval_fraction}, seed `{report.split_seed}` "
         "(by prompt hash)",
+        "- API key ids: "
+        + (", ".join(f"`{k}` ({v})" for k, v in report.key_ids.items()) or "none")
+        + ("" if report.key_filter is None else " (filtered with --key-id)"),
         "",
         "| file | sha256 |",
         "|---|---|",

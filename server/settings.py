@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.engine.config import KVCacheType, check_batch_holds_slots
@@ -156,6 +156,11 @@ class Settings(BaseSettings):
     auth_failure_window_s: float = Field(
         60.0, gt=0, description="Window over which invalid keys are counted per address."
     )
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+        default_factory=list,
+        description="Proxy networks (CIDRs) whose X-Forwarded-For names the client; "
+        "empty = never read it.",
+    )
 
     # --- retrieval -----------------------------------------------------------------------
     index_path: Path | None = Field(None, description="FAISS index folder built by 'index build'.")
@@ -236,7 +241,7 @@ class Settings(BaseSettings):
     log_format: LogFormat = Field("json", description="'json' lines or human 'text'.")
     log_file: Path | None = Field(None, description="Also write logs to this file.")
 
-    @field_validator("cors_origins", "api_keys", "admin_key_ids", mode="before")
+    @field_validator("cors_origins", "api_keys", "admin_key_ids", "trusted_proxies", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -18,6 +18,7 @@ from server.api.generation import GenerationService, RequestContext
 from server.api.middleware import LOG_FIELDS_KEY, RESPONSE_HEADERS_KEY
 from server.engine.boundary import lone_surrogate_path
 from server.runtime.services import ServedModel, Services
+from server.security.client_address import client_address
 
 
 async def reject_invalid_text(request: Request) -> None:
@@ -103,25 +104,39 @@ def _key_id(request: Request, services: Services) -> str:
                 code="missing_api_key",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        failures = services.auth_failures
-        address = request.client.host if request.client else "unknown"
-        if failures is not None and (wait := failures.retry_after_s(address)) is not None:
-            # Checked before the key, valid or not: a 200 among the 429s would confirm a guess.
+        match = services.keys.verify(key)
+        if match is None:
+            _refuse_invalid_key(request, services)
+        key_id = match.key_id
+    return key_id
+
+
+def _refuse_invalid_key(request: Request, services: Services) -> NoReturn:
+    """401 for a wrong key; 429 once its address has sent too many (docs/security.md).
+
+    Only wrong keys are counted and refused: a valid key is served whatever others sent from
+    its address, so a guesser cannot lock out the clients behind a shared proxy, and a 429
+    says no more than a 401 does (both mean "wrong key").
+    """
+    failures = services.auth_failures
+    if failures is not None:
+        address = client_address(
+            request.client.host if request.client else None,
+            request.headers.getlist("x-forwarded-for"),
+            services.settings.trusted_proxies,
+        )
+        blocked = failures.retry_after_s(address) is not None
+        failures.record_failure(address)  # a guesser who keeps going stays blocked
+        if blocked and (wait := failures.retry_after_s(address)) is not None:
             services.metrics.auth_failures_refused.inc()
             raise RateLimitError(
                 f"Too many invalid API keys from this address; retry after {wait} s.",
                 code="too_many_auth_failures",
                 headers={"Retry-After": str(wait)},
             )
-        match = services.keys.verify(key)
-        if match is None:
-            if failures is not None:
-                failures.record_failure(address)
-            raise AuthenticationError(
-                "Invalid API key.", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
-            )
-        key_id = match.key_id
-    return key_id
+    raise AuthenticationError(
+        "Invalid API key.", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+    )
 
 
 async def rate_limited_key(

@@ -3,12 +3,18 @@
 Every method opens its own short-lived connection, so the store is safe to share between the
 capture writer thread, request handlers running in worker threads and the CLI. Text is redacted
 here, on the way in, so no path can store what redaction would have removed.
+
+What is deleted is gone from the disk, not only from the tables: every connection runs with
+``secure_delete`` (freed pages are zeroed), and a purge checkpoints the WAL and truncates it,
+since the WAL still holds the pages as they were written. The database and its ``-wal`` and
+``-shm`` files are readable by their owner only (0600, whatever the umask).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -120,6 +126,8 @@ class FeedbackStore:
         try:
             if create:
                 path.parent.mkdir(parents=True, exist_ok=True)
+                _create_private(path)
+            _make_private(path)
             with self._connect(create=create) as conn:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 if create and version == 0:  # a new file: the only time the store writes here
@@ -143,6 +151,7 @@ class FeedbackStore:
         conn = self._open(create)
         try:
             conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA secure_delete=ON")  # per connection: zero what is deleted
             conn.row_factory = sqlite3.Row
             yield conn
         finally:
@@ -179,10 +188,20 @@ class FeedbackStore:
             return int(conn.execute("SELECT COUNT(*) FROM interactions").fetchone()[0])
 
     def purge_before(self, cutoff: float) -> int:
-        """Delete responses (and their feedback) captured before ``cutoff``; the count."""
-        with self._connect() as conn, conn:
-            cursor = conn.execute("DELETE FROM interactions WHERE created_at < ?", (cutoff,))
-            return cursor.rowcount
+        """Delete responses (and their feedback) captured before ``cutoff``; the count.
+
+        Deleted rows leave no copy behind: their pages are zeroed (``secure_delete``) and the
+        WAL, which still holds them as first written, is checkpointed and truncated. A reader
+        holding an old snapshot can delay the truncation; the next purge completes it.
+        """
+        with self._connect() as conn:
+            with conn:
+                purged = conn.execute(
+                    "DELETE FROM interactions WHERE created_at < ?", (cutoff,)
+                ).rowcount
+            if purged:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return purged
 
     # --- feedback ----------------------------------------------------------------------------
 
@@ -274,15 +293,23 @@ class FeedbackStore:
         return self._select("ORDER BY i.created_at, i.response_id", [])
 
     def label(self, response_id: str, status: CorrectionStatus, *, by: str) -> StoredFeedback:
-        """Accept, reject or reopen (``pending``) the correction on one response."""
+        """Accept, reject or reopen (``pending``) the feedback on one response for training.
+
+        What is curated is the correction when there is one, else the answer rated good: a
+        client's 👍 alone never makes a positive training example (``flywheel/export.py``).
+        A rating that is not good, without a correction, offers nothing to train on.
+        """
         with self._connect() as conn, conn:
             row = conn.execute(
-                "SELECT correction FROM feedback WHERE response_id = ?", (response_id,)
+                "SELECT correction, polarity FROM feedback WHERE response_id = ?", (response_id,)
             ).fetchone()
             if row is None:
                 raise UnknownResponseError(f"no feedback on response '{response_id}'")
-            if not row["correction"]:
-                raise StoreError(f"the feedback on '{response_id}' has no correction to label")
+            if not row["correction"] and row["polarity"] <= 0:
+                raise StoreError(
+                    f"the feedback on '{response_id}' has no correction and does not rate the "
+                    "answer good: nothing to label for training"
+                )
             conn.execute(
                 "UPDATE feedback SET correction_status = ?, labelled_at = ?, labelled_by = ? "
                 "WHERE response_id = ?",
@@ -302,6 +329,31 @@ class FeedbackStore:
         with self._connect(create=False) as conn:
             rows = conn.execute(sql, list(args)).fetchall()
         return [_stored_feedback(row) for row in rows]
+
+
+_PRIVATE = 0o600
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 if it does not exist (before SQLite creates it).
+
+    SQLite creates the ``-wal`` and ``-shm`` files with the main file's mode, so they follow.
+    """
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _PRIVATE)
+        try:
+            os.fchmod(fd, _PRIVATE)  # the umask may have taken bits away; never adds any
+        finally:
+            os.close(fd)
+
+
+def _make_private(path: Path) -> None:
+    """Tighten a database made by an older ggserve (or by hand) to 0600, side files too."""
+    for candidate in (path, *(path.with_name(path.name + s) for s in _SIDE_FILES)):
+        with contextlib.suppress(OSError):  # absent, not ours, or a read-only mount
+            if candidate.stat().st_mode & 0o777 != _PRIVATE:
+                candidate.chmod(_PRIVATE)
 
 
 def _create_schema(conn: sqlite3.Connection) -> int:

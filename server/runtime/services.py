@@ -20,6 +20,7 @@ from server.drift.metrics import DriftCollector
 from server.drift.monitor import DriftMonitor
 from server.engine.types import Engine, EngineStats
 from server.feedback.records import ModelVersion
+from server.feedback.retention import purge_at_start
 from server.feedback.service import FeedbackService
 from server.observability.metrics import Metrics
 from server.observability.model_server import ModelServerCollector, ServedInfo
@@ -226,6 +227,8 @@ def build_services(settings: Settings) -> Services:
         )
         if drift is not None:
             drift.attach_feedback(StoredRatings(services.feedback))
+    else:  # nothing captures now, but what was captured before must still leave on time
+        purge_at_start(settings.feedback_db, settings.capture_retention_days)
     if not settings.auth_disabled and len(services.keys) == 0:
         logger.warning(
             "no API keys configured: every protected endpoint will answer 401. "

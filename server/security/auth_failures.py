@@ -1,13 +1,15 @@
 """Brute-force protection: too many failed API-key checks from one client address → 429.
 
 Each address gets a sliding window of its recent 401s. Once it holds ``max_failures`` within
-``window_s``, every request from that address that needs a key is refused with 429 and a
-``Retry-After`` until the oldest failure leaves the window — including requests carrying a
-valid key, otherwise a 200 among the 429s would still tell a guesser when a key is right.
-Memory is bounded: at most ``max_addresses`` are tracked, the least recently seen dropped first.
+``window_s``, further *invalid* keys from that address get 429 and a ``Retry-After`` instead
+of 401 until the window frees. A valid key is never refused here (``server/api/deps.py``):
+behind a shared proxy one guesser must not lock every honest client out, and the 429 tells a
+guesser nothing a 401 would not. Memory is bounded: at most ``max_addresses`` are tracked,
+the least recently seen dropped first.
 
-Behind a reverse proxy every client shares the proxy's address unless uvicorn is told to trust
-``X-Forwarded-For`` (``--forwarded-allow-ips``); see docs/security.md.
+The address is the connection's peer, or the client named in ``X-Forwarded-For`` when the
+peer is a trusted proxy (``GGSERVE_TRUSTED_PROXIES``, ``server/security/client_address.py``);
+see docs/security.md, "Brute force, proxies and lockout".
 """
 
 from __future__ import annotations

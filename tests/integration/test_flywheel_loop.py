@@ -152,8 +152,9 @@ def test_the_flywheel_turns_once(tmp_path: Path) -> None:
             )
             assert rated.status_code == 201, rated.text
 
-        # 2. Curation and export: accepted corrections become SFT targets.
-        for answer in wrong:
+        # 2. Curation and export: accepted corrections become SFT targets, and a curator
+        # vouches for the 👍 answers the replay trains on (a client's 👍 alone never does).
+        for answer in [*wrong, *good]:
             assert (
                 _cli("feedback", "label", str(answer["id"]), "--accept", "--db", str(db)).returncode
                 == 0

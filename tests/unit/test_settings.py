@@ -38,3 +38,17 @@ def test_readme_settings_table_lists_every_setting() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     missing = [name for name in Settings.model_fields if f"`GGSERVE_{name.upper()}`" not in readme]
     assert not missing, f"README settings table lacks: {missing}"
+
+
+def test_trusted_proxies_parse_cidrs_and_refuse_anything_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GGSERVE_TRUSTED_PROXIES", "10.0.0.0/8, fd00::/8,192.0.2.7")
+    parsed = Settings(_env_file=None).trusted_proxies  # type: ignore[call-arg]
+    assert [str(n) for n in parsed] == ["10.0.0.0/8", "fd00::/8", "192.0.2.7/32"]
+    monkeypatch.setenv("GGSERVE_TRUSTED_PROXIES", "")
+    assert Settings(_env_file=None).trusted_proxies == []  # type: ignore[call-arg]
+    for bad in ("ingress", "10.0.0.0/33", "10.0.0.1/8", "*", "10.0.0.0/8,,x"):
+        monkeypatch.setenv("GGSERVE_TRUSTED_PROXIES", bad)
+        with pytest.raises(ValueError, match="trusted_proxies"):
+            Settings(_env_file=None)  # type: ignore[call-arg]

@@ -34,7 +34,7 @@ def make_client(
 
     monkeypatch.setattr("server.runtime.loading.create_engine", _create_engine)
 
-    def make(**overrides: Any) -> TestClient:
+    def make(peer: tuple[str, int] = ("testclient", 50000), **overrides: Any) -> TestClient:
         values: dict[str, Any] = {
             "api_keys": [f"alpha:{hash_key(KEY_A)}", f"bravo:Bravo:{hash_key(KEY_B)}"],
             "warmup": False,
@@ -42,7 +42,7 @@ def make_client(
             "feedback_db": tmp_path / "feedback.db",
         }
         values.update(overrides)
-        client = TestClient(create_app(Settings(_env_file=None, **values)))
+        client = TestClient(create_app(Settings(_env_file=None, **values)), client=peer)
         client.__enter__()
         clients.append(client)
         return client

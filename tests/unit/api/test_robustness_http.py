@@ -10,26 +10,51 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.unit.api.conftest import KEY_A, _wait_ready, auth
+from tests.unit.api.conftest import KEY_A, KEY_B, _wait_ready, auth
 from tests.unit.security.test_rate_limit_redis_faults import RedisProcess
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
 
-def test_repeated_invalid_keys_from_one_address_get_429_even_with_a_valid_key(
+def test_25_invalid_keys_from_one_address_get_429_but_never_stop_a_valid_key(
     make_client: Callable[..., TestClient],
 ) -> None:
     client = make_client(auth_failure_limit=3, auth_failure_window_s=60)
     _wait_ready(client)
-    for _ in range(3):
-        wrong = client.post("/v1/chat/completions", json=CHAT, headers=auth("ggs-guess"))
-        assert wrong.status_code == 401
-    for key in ("ggs-guess", KEY_A):  # a right guess now looks exactly like a wrong one
-        refused = client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
-        assert refused.status_code == 429
-        assert refused.json()["error"]["code"] == "too_many_auth_failures"
-        assert 1 <= int(refused.headers["retry-after"]) <= 60
-    assert "ggserve_auth_failures_refused_total 2.0" in client.get("/metrics").text
+    codes = [
+        client.post("/v1/chat/completions", json=CHAT, headers=auth(f"ggs-guess-{i}")).status_code
+        for i in range(25)
+    ]
+    assert codes[:3] == [401, 401, 401]
+    assert set(codes[3:]) == {429}  # the guesser is throttled...
+    refused = client.post("/v1/chat/completions", json=CHAT, headers=auth("ggs-guess"))
+    assert refused.json()["error"]["code"] == "too_many_auth_failures"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    for key in (KEY_A, KEY_B):  # ...and the honest clients behind the same address are not
+        assert client.post("/v1/chat/completions", json=CHAT, headers=auth(key)).status_code == 200
+    assert "ggserve_auth_failures_refused_total 23.0" in client.get("/metrics").text
+
+
+def test_forwarded_for_names_the_client_only_behind_a_trusted_proxy(
+    make_client: Callable[..., TestClient],
+) -> None:
+    proxied = make_client(
+        peer=("10.1.2.3", 40000), auth_failure_limit=2, trusted_proxies="10.0.0.0/8"
+    )
+    _wait_ready(proxied)
+
+    def guess(client: TestClient, forwarded_for: str) -> int:
+        headers = {**auth("ggs-wrong"), "X-Forwarded-For": forwarded_for}
+        return client.post("/v1/chat/completions", json=CHAT, headers=headers).status_code
+
+    # Behind the trusted ingress each client has its own count: the guesser at .66 is blocked,
+    # another client's first mistake is still an ordinary 401.
+    assert [guess(proxied, "203.0.113.66") for _ in range(3)] == [401, 401, 429]
+    assert guess(proxied, "198.51.100.7, 10.9.9.9") == 401
+    # A direct (untrusted) peer cannot pick its bucket by writing the header itself.
+    direct = make_client(peer=("192.0.2.1", 40000), auth_failure_limit=2)
+    _wait_ready(direct)
+    assert [guess(direct, f"203.0.113.{i}") for i in range(3)] == [401, 401, 429]
 
 
 def test_missing_keys_do_not_count_as_guesses_and_zero_turns_the_limit_off(

@@ -104,7 +104,6 @@ def test_bad_arguments_name_the_option(db: Path, args: list[str], needle: str) -
     [
         (["show", "nope"], "no captured response"),
         (["label", "nope", "--accept"], "no feedback"),
-        (["label", "chat-1", "--accept"], "no correction"),
     ],
 )
 def test_unknown_or_unlabellable_ids_fail_clearly(db: Path, args: list[str], needle: str) -> None:
@@ -152,3 +151,32 @@ def test_list_shows_stored_text_without_markup_or_terminal_escapes(tmp_path: Pat
     assert "\x1b]" not in text and "\x1b[2J" not in text and "\x07" not in text
     assert "[bold red]fake[/]" in text  # shown literally, not interpreted
     assert "(pending)" in text and "r1" in text
+
+
+def test_a_good_rating_can_be_curated_and_a_bad_one_without_correction_cannot(
+    db: Path,
+) -> None:
+    code, text = run("label", "chat-1", "--accept", "--db", str(db))
+    assert code == 0 and "accepted" in text
+    FeedbackStore(db).put_feedback(Feedback("silent", "k1", Rating.parse(-1)))
+    code, text = run("label", "silent", "--accept", "--db", str(db))
+    assert code == 1 and "nothing to label" in text
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "k\x1b[31m", "x" * 500])
+def test_export_refuses_a_malformed_key_id(db: Path, tmp_path: Path, bad: str) -> None:
+    code, text = run(
+        "export", "--format", "sft", "--out", str(tmp_path / "o"), "--key-id", bad, "--db", str(db)
+    )
+    assert code == 2 and "--key-id" in text
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_filters_by_repeated_key_ids(db: Path, tmp_path: Path) -> None:
+    run("label", "ask-1", "--accept", "--db", str(db))
+    out = tmp_path / "o"
+    args = ["export", "--format", "sft", "--out", str(out), "--db", str(db)]
+    code, text = run(*args, "--key-id", "k9", "--key-id", "k1")
+    assert code == 0, text
+    card = json.loads((out / "card.json").read_text())
+    assert card["key_ids"] == {"k1": 1} and card["key_filter"] == ["k1", "k9"]

@@ -151,11 +151,14 @@ def test_filters(store: FeedbackStore, add: Add) -> None:
     assert len(store.list_feedback(FeedbackFilter(limit=1))) == 1
 
 
-def test_label_needs_a_correction(store: FeedbackStore, add: Add) -> None:
+def test_label_needs_a_correction_or_an_answer_rated_good(store: FeedbackStore, add: Add) -> None:
     add("r1")
-    store.put_feedback(thumbs("r1", 1))
-    with pytest.raises(StoreError, match="no correction"):
+    store.put_feedback(thumbs("r1", -1))
+    with pytest.raises(StoreError, match="nothing to label"):
         store.label("r1", "accepted", by="me")
+    add("r2")
+    store.put_feedback(thumbs("r2", 1))  # a 👍 is curated before it can train anything
+    assert store.label("r2", "accepted", by="me").correction_status == "accepted"
     with pytest.raises(UnknownResponseError):
         store.label("nope", "accepted", by="me")
 

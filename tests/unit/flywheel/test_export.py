@@ -18,7 +18,19 @@ Add = Callable[..., Interaction]
 
 
 def rows(folder: Path, split: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (folder / f"{split}.jsonl").read_text().splitlines()]
+    """The training fields of each row (its provenance ``metadata`` is checked on its own)."""
+    return [
+        {k: v for k, v in json.loads(line).items() if k != "metadata"}
+        for line in (folder / f"{split}.jsonl").read_text().splitlines()
+    ]
+
+
+def metadata(folder: Path) -> list[dict[str, Any]]:
+    return [
+        json.loads(line)["metadata"]
+        for split in ("train", "eval")
+        for line in (folder / f"{split}.jsonl").read_text().splitlines()
+    ]
 
 
 def all_rows(folder: Path) -> list[dict[str, Any]]:
@@ -57,6 +69,7 @@ def curated(store: FeedbackStore, add: Add) -> FeedbackStore:
     store.label("accepted", "accepted", by="test")
     store.label("rejected", "rejected", by="test")
     store.put_feedback(Feedback("up", "k1", Rating.parse(1)))
+    store.label("up", "accepted", by="test")  # a curator vouched for this 👍
     store.put_feedback(Feedback("neutral", "k1", Rating.parse(3)))
     store.put_feedback(Feedback("metadata", "k1", Rating.parse(-1)))
     return store
@@ -133,6 +146,8 @@ def test_split_is_deterministic_and_keeps_a_prompt_in_one_split(
     for i in range(200):
         add(f"r{i}", f"question {i % 100}", answer=f"answer {i}")
         store.put_feedback(Feedback(f"r{i}", "k1", Rating.parse(1 if i % 2 else -1)))
+        if i % 2:
+            store.label(f"r{i}", "accepted", by="t")
     first = export_dataset(store, "kto", tmp_path / "a", eval_fraction=0.2)
     second = export_dataset(store, "kto", tmp_path / "b", eval_fraction=0.2)
     assert first.files == second.files and first.dataset_sha256 == second.dataset_sha256
@@ -208,9 +223,9 @@ def test_a_previous_export_is_replaced(curated: FeedbackStore, tmp_path: Path) -
 def test_files_load_with_the_datasets_library(curated: FeedbackStore, tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     for fmt, columns in (
-        ("sft", {"messages"}),
-        ("dpo", {"prompt", "chosen", "rejected"}),
-        ("kto", {"prompt", "completion", "label"}),
+        ("sft", {"messages", "metadata"}),
+        ("dpo", {"prompt", "chosen", "rejected", "metadata"}),
+        ("kto", {"prompt", "completion", "label", "metadata"}),
     ):
         out = tmp_path / fmt
         report = export_dataset(curated, fmt, out, eval_fraction=0.5)  # type: ignore[arg-type]
@@ -221,3 +236,109 @@ def test_files_load_with_the_datasets_library(curated: FeedbackStore, tmp_path: 
                 assert loaded[split].num_rows == count
             else:
                 assert split not in loaded
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022])
+def test_exported_files_are_owner_only_whatever_the_umask(
+    curated: FeedbackStore, tmp_path: Path, umask: int
+) -> None:
+    import os
+    import stat
+
+    previous = os.umask(umask)
+    try:
+        export_dataset(curated, "sft", tmp_path / "out")
+        export_dataset(curated, "kto", tmp_path / "out")  # a rewrite keeps them private
+    finally:
+        os.umask(previous)
+    files = list((tmp_path / "out").iterdir())
+    assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files), [
+        (f.name, oct(f.stat().st_mode)) for f in files
+    ]
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) & 0o077 == 0
+
+
+# Issue 25, finding 6: tenants apart, provenance kept, and a client's 👍 is not a curator's.
+
+
+def _tenants(store: FeedbackStore, add: Add) -> None:
+    """Two tenants; each upvotes an answer nobody curated, and one 👍 is curator-accepted."""
+    add("a-up", "¿Capital de Zembla?", key_id="alpha", answer="Paris, obviously.")
+    add("a-ok", "¿2+2?", key_id="alpha", answer="4")
+    add("b-up", "¿Color del cielo?", key_id="bravo", answer="Verde.")
+    add("b-fix", "¿Capital de Ruritania?", key_id="bravo")
+    store.put_feedback(Feedback("a-up", "alpha", Rating.parse(1)))
+    store.put_feedback(Feedback("a-ok", "alpha", Rating.parse(1)))
+    store.label("a-ok", "accepted", by="curator")
+    store.put_feedback(Feedback("b-up", "bravo", Rating.parse(5)))
+    store.put_feedback(Feedback("b-fix", "bravo", Rating.parse(-1), correction="Strelsau."))
+    store.label("b-fix", "accepted", by="curator")
+
+
+def test_a_clients_upvote_alone_never_becomes_a_positive_example(
+    store: FeedbackStore, add: Add, tmp_path: Path
+) -> None:
+    _tenants(store, add)
+    sft = export_dataset(store, "sft", tmp_path / "sft", include_positive=True)
+    targets = sorted(r["messages"][-1]["content"] for r in all_rows(tmp_path / "sft"))
+    assert targets == ["4", "Strelsau."]  # not "Paris, obviously." nor "Verde."
+    assert sft.skipped == {"positive_not_curated": 2}
+    kto = export_dataset(store, "kto", tmp_path / "kto")
+    positives = sorted(
+        r["completion"][0]["content"] for r in all_rows(tmp_path / "kto") if r["label"]
+    )
+    assert positives == ["4", "Strelsau."]
+    assert kto.skipped == {"positive_not_curated": 2}
+
+
+def test_a_rejected_upvote_stays_out_even_when_the_operator_trusts_upvotes(
+    store: FeedbackStore, add: Add, tmp_path: Path
+) -> None:
+    _tenants(store, add)
+    store.label("b-up", "rejected", by="curator")
+    export_dataset(store, "sft", tmp_path / "sft", include_positive=True, uncurated_positive=True)
+    targets = sorted(r["messages"][-1]["content"] for r in all_rows(tmp_path / "sft"))
+    assert targets == ["4", "Paris, obviously.", "Strelsau."]
+
+
+def test_export_by_key_id_keeps_other_tenants_out_and_names_the_key_per_row(
+    store: FeedbackStore, add: Add, tmp_path: Path
+) -> None:
+    _tenants(store, add)
+    report = export_dataset(
+        store, "kto", tmp_path / "bravo", key_ids=["bravo"], uncurated_positive=True
+    )
+    found = metadata(tmp_path / "bravo")
+    assert {m["key_id"] for m in found} == {"bravo"}
+    assert sorted({m["response_id"] for m in found}) == ["b-fix", "b-up"]
+    assert report.key_ids == {"bravo": sum(report.counts.values())}
+    assert report.key_filter == ["bravo"]
+    card = json.loads((tmp_path / "bravo" / "card.json").read_text())
+    assert card["key_ids"] == report.key_ids
+    everyone = export_dataset(store, "kto", tmp_path / "all", uncurated_positive=True)
+    assert set(everyone.key_ids) == {"alpha", "bravo"} and everyone.key_filter is None
+
+
+@pytest.mark.parametrize("key_ids", [[], ["nobody"], ["", " "], ["alpha' OR 1=1 --"]])
+def test_an_unknown_or_empty_key_filter_exports_nothing(
+    store: FeedbackStore, add: Add, tmp_path: Path, key_ids: list[str]
+) -> None:
+    _tenants(store, add)
+    report = export_dataset(store, "kto", tmp_path / "out", key_ids=key_ids)
+    assert sum(report.counts.values()) == 0 and report.key_ids == {}
+
+
+def test_erasing_a_tenant_from_an_export_by_its_metadata(
+    store: FeedbackStore, add: Add, tmp_path: Path
+) -> None:
+    """The documented erasure recipe works: drop the rows whose metadata names the key."""
+    _tenants(store, add)
+    export_dataset(store, "kto", tmp_path / "out", uncurated_positive=True)
+    train = tmp_path / "out" / "train.jsonl"
+    kept = [
+        line
+        for line in train.read_text().splitlines()
+        if json.loads(line)["metadata"]["key_id"] != "alpha"
+    ]
+    train.write_text("".join(line + "\n" for line in kept))
+    assert all(json.loads(line)["metadata"]["key_id"] == "bravo" for line in kept)
