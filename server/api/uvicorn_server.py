@@ -105,6 +105,9 @@ def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         log_config=None,
         log_level="warning",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        # The client address is decided in one place, GGSERVE_TRUSTED_PROXIES
+        # (security/client_address.py): uvicorn must not rewrite it from X-Forwarded-For first.
+        proxy_headers=False,
     )
 
 

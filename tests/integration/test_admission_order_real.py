@@ -27,16 +27,17 @@ def engine() -> Iterator[LlamaEngine]:
 
 async def _finish_order(engine: LlamaEngine, requests: list[GenerationRequest]) -> list[str]:
     done: list[str] = []
+    started = asyncio.Event()
 
     async def run(request: GenerationRequest) -> None:
         async for event in engine.generate(request):
+            started.set()
             if isinstance(event, FinishEvent):
                 done.append(request.request_id)
 
-    # The first request takes the slot; the rest queue behind it before it finishes.
+    # The first request holds the slot (its first token is out); the rest queue behind it.
     first = asyncio.ensure_future(run(requests[0]))
-    while engine.stats().slots_active == 0:
-        await asyncio.sleep(0.005)
+    await started.wait()
     await asyncio.gather(first, *(run(r) for r in requests[1:]))
     return done
 

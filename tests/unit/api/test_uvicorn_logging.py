@@ -33,3 +33,10 @@ def test_an_exception_uvicorn_logs_is_a_loguru_record_with_its_traceback() -> No
     assert record["message"].startswith("Exception in ASGI application")
     assert record["exception"] is not None
     assert isinstance(record["exception"].value, RuntimeError)
+
+
+def test_uvicorn_never_rewrites_the_client_address_from_forwarded_headers() -> None:
+    """GGSERVE_TRUSTED_PROXIES alone decides which X-Forwarded-For is believed: uvicorn's own
+    handling (on for loopback peers by default) would let a local proxy's header through first."""
+    config = uvicorn_config(FastAPI(), Settings(_env_file=None))
+    assert config.proxy_headers is False
