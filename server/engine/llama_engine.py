@@ -466,15 +466,17 @@ class LlamaEngine:
                     self._reset_cache_requested = False
                     self._drop_idle_caches()
                 self._reap()
+                waiting = self._waiting_in_admission_order()
                 step = plan(
                     PlanState(
                         slots=self._slots,
                         running=list(self._running.values()),
-                        waiting=self._waiting_in_admission_order(),
+                        waiting=waiting,
                         batch_capacity=self._model.n_batch,
                         min_copy_tokens=self.config.prefix_copy_min_tokens,
                         score_chunk=PROMPT_LOGPROB_CHUNK,
-                        ram=self._prompt_cache.entries(),
+                        # Only admissions read the RAM entries: none to copy out otherwise.
+                        ram=self._prompt_cache.entries() if waiting else (),
                         keep_evicted=self._prompt_cache.enabled,
                     )
                 )

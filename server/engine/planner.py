@@ -302,7 +302,12 @@ def _admit(state: PlanState, caches: dict[int, _Cache]) -> _Admitted:
     a RAM entry holds longer than any slot (by ``min_copy_tokens``) restores it.
     """
     out = _Admitted()
-    safe = {seq_id: _held_elsewhere(c, caches, state) for seq_id, c in caches.items()}
+    if not state.waiting:
+        return out
+    # Only free slots can be evicted; this reads every RAM entry, so only when someone waits.
+    safe = {
+        seq_id: _held_elsewhere(c, caches, state) for seq_id, c in caches.items() if not c.occupied
+    }
     for seq in state.waiting:
         free = [c for c in caches.values() if not c.occupied]
         if not free:
