@@ -99,10 +99,13 @@ def test_prompt_scoring_matches_llama_cpp_llama(engine: LlamaEngine) -> None:
 def test_named_tool_grammar_forces_a_valid_call(engine: LlamaEngine) -> None:
     chat = [{"role": "user", "content": "What's the weather in Paris?"}]
     plan = plan_tools(chat, [WEATHER], "get_weather", parallel=False, template_source="")
+    # The call's known start (marker and name) is in the prompt; the model writes the rest.
     prompt = ChatPrompt(engine).tokens(plan.messages, **plan.template_vars)
+    prompt += engine.tokenize(plan.prefill, add_special=False)
     params = SamplingParams(max_tokens=80, temperature=0.7, seed=3, grammar=plan.grammar)
     text = "".join(e.text for e in _run(engine, prompt, params) if isinstance(e, TokenEvent))
-    calls = parse_output(text).calls
+    assert not text.startswith("<tool_call>"), text  # only the unknown part was generated
+    calls = parse_output(text, prefill=plan.prefill).calls
     assert [c.name for c in calls] == ["get_weather"], text
     arguments = json.loads(calls[0].arguments)
     assert isinstance(arguments["city"], str) and arguments["unit"] in ("celsius", "fahrenheit")
