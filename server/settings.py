@@ -95,6 +95,16 @@ class Settings(BaseSettings):
         description="Host RAM (MiB) for the KV states of evicted slots, restored when their "
         "conversation returns instead of prefilled again; 0 = off.",
     )
+    speculative: Literal["off", "ngram"] = Field(
+        "ngram",
+        description="Prompt-lookup speculative decoding: draft tokens from n-grams of the prompt "
+        "and the answer so far, verified in the same decode as the other slots; drafts only "
+        "where their measured cost pays (docs/engine.md). Requests opt out with "
+        '"speculative": false.',
+    )
+    speculative_max_draft: int = Field(
+        8, ge=1, le=64, description="Most tokens one sequence drafts per step."
+    )
     max_queue: int = Field(64, ge=0, description="Requests waiting for a slot before 503.")
     min_priority: int = Field(
         0,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 KVCacheType = Literal["f16", "q8_0", "q4_0"]
+Speculation = Literal["off", "ngram"]
 
 
 def check_batch_holds_slots(n_batch: int, n_slots: int) -> None:
@@ -47,6 +48,12 @@ class EngineConfig:
     prefix_copy_min_tokens: int = 32
     # Host RAM for the states of evicted slots (the prompt cache's second tier); 0 = off.
     prompt_cache_mb: int = 2048
+    # Prompt-lookup speculation: draft tokens from n-grams of the prompt and the answer so far,
+    # verified in the same decode as the other slots (off for recurrent models).
+    speculative: Speculation = "ngram"
+    speculative_max_draft: int = 8  # most tokens one sequence drafts per step
+    # False: draft whatever the n-gram lookup finds, whatever it costs (tests, experiments).
+    speculative_cost_aware: bool = True
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field and its allowed range."""
@@ -73,6 +80,14 @@ class EngineConfig:
             (
                 self.prompt_cache_mb >= 0,
                 f"prompt_cache_mb must be >= 0 (0 = off), got {self.prompt_cache_mb}",
+            ),
+            (
+                self.speculative in ("off", "ngram"),
+                f"speculative must be off or ngram, got {self.speculative!r}",
+            ),
+            (
+                1 <= self.speculative_max_draft <= 64,
+                f"speculative_max_draft must be 1..64, got {self.speculative_max_draft}",
             ),
             (
                 self.request_timeout_s > 0,

@@ -44,7 +44,8 @@ class Slot:
 
 @dataclass(frozen=True)
 class DecodeResult:
-    """``status`` of ``llama_decode`` and, per sequence key, the batch row to sample from.
+    """``status`` of ``llama_decode`` and, per sequence key, the batch row to sample from
+    (a decode's draft rows follow its row).
 
     ``score_rows``: per scoring sequence, the batch row of its chunk's first token.
     """
@@ -134,9 +135,10 @@ class StepExecutor:
         entries: list[DecodeToken | PromptChunk] = [*plan.decodes, *plan.chunks]
         for item in sorted(entries, key=lambda entry: entry.seq_id):
             if isinstance(item, DecodeToken):
-                rows[item.key] = n
-                _put(batch, n, item.token, item.pos, item.seq_id, True)
-                n += 1
+                rows[item.key] = n  # its draft's rows follow: n + 1 ... n + len(draft)
+                for offset, token in enumerate((item.token, *item.draft)):
+                    _put(batch, n, token, item.pos + offset, item.seq_id, True)
+                    n += 1
                 continue
             tokens = prompt_of(item.key)
             if item.all_logits:
@@ -154,7 +156,7 @@ class StepExecutor:
         if status != 0:
             return DecodeResult(status, {})
         for item in plan.decodes:
-            self._slots[item.seq_id].cached_tokens.append(item.token)
+            self._slots[item.seq_id].cached_tokens.extend((item.token, *item.draft))
         for chunk in plan.chunks:
             self._slots[chunk.seq_id].cached_tokens.extend(
                 prompt_of(chunk.key)[chunk.start : chunk.end]

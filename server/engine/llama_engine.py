@@ -41,10 +41,11 @@ from server.engine.logprobs import (
 )
 from server.engine.model import LoadedModel, ModelInfo
 from server.engine.outbox import Outbox
-from server.engine.planner import Phase, PlanState, Restore, StepPlan, plan
+from server.engine.planner import DecodeToken, Phase, PlanState, Restore, StepPlan, plan
 from server.engine.prompt_cache import PromptCache
 from server.engine.sampling import SamplerChain
 from server.engine.scheduling import AdmissionQueue, FairShare, admission_order
+from server.engine.speculation import Acceptance, NgramDrafter, StepCost, draft_length
 from server.engine.stop_strings import StopStringMatcher
 from server.engine.types import (
     ChatFormat,
@@ -97,6 +98,9 @@ class _Generation:
     evaluated: int = 0  # prompt tokens run through the model
     generated: list[int] = field(default_factory=list)
     next_token: int | None = None  # sampled, not yet in the KV cache
+    drafter: NgramDrafter | None = None  # speculation on: the prompt and the answer so far
+    acceptance: Acceptance | None = None
+    draft: tuple[int, ...] = ()  # DECODING: proposed to follow next_token this step
     detokenizer: IncrementalDetokenizer = field(default_factory=IncrementalDetokenizer)
     stops: StopStringMatcher = field(init=False)
 
@@ -146,6 +150,8 @@ class _Counters:
     prefix_misses: int = 0
     prefix_copies: int = 0
     prefix_copy_tokens: int = 0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
     ttft: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(TTFT_BOUNDS))
     inter_token: LatencyHistogram = field(
         default_factory=lambda: LatencyHistogram(INTER_TOKEN_BOUNDS)
@@ -237,6 +243,10 @@ class LlamaEngine:
         self._closing = False
         self._reset_cache_requested = False
         self._prompt_cache = PromptCache(config.prompt_cache_mb * 2**20)
+        # Rejected drafts are dropped with a partial llama_memory_seq_rm, which a recurrent
+        # model's state cannot do.
+        self._speculate = config.speculative == "ngram" and not self._model.is_recurrent
+        self._step_cost = StepCost()
         self._fair_share = FairShare()
         self._executor = StepExecutor(
             self._model.ctx, self._model.memory, self._model.n_batch, self._slots
@@ -349,6 +359,8 @@ class LlamaEngine:
             prompt_cache_evictions_total=ram.evictions,
             prompt_cache_bytes=ram.bytes,
             prompt_cache_entries=ram.entries,
+            speculative_draft_tokens_total=c.draft_tokens,
+            speculative_accepted_tokens_total=c.accepted_tokens,
             ttft_seconds=c.ttft.snapshot(),
             inter_token_seconds=c.inter_token.snapshot(),
         )
@@ -569,7 +581,9 @@ class LlamaEngine:
         if step.n_tokens == 0:
             return
         running = self._running
+        started = time.perf_counter()
         result = self._executor.decode(step, lambda key: running[key].prompt)
+        self._step_cost.observe(step.n_tokens, time.perf_counter() - started)
         self._counters.decode_steps += 1
         if result.status != 0:
             self._fail_active(f"llama_decode failed with status {result.status}")
@@ -592,8 +606,52 @@ class LlamaEngine:
             self._counters.prefix_copy_tokens += generation.prompt_pos
             self._count_prefix_use(generation)
             self._sample(generation, result.sample_rows[fork.leader])  # choice 0's logits
+        drafted = {d.key: d for d in step.decodes if d.draft}
         for key, row in result.sample_rows.items():
-            self._sample(running[key], row)
+            decode = drafted.get(key)
+            if decode is None:
+                self._sample(running[key], row)
+            else:
+                self._verify(running[key], decode, row)
+        if self._speculate:
+            self._propose_drafts()
+
+    def _verify(self, generation: _Generation, decode: DecodeToken, row: int) -> None:
+        """Sample the rows of ``decode`` and its draft in order, keeping the draft while the
+        sampler picks it; the rejected tail leaves the KV cache."""
+        draft = decode.draft
+        accepted = 0
+        for offset in range(len(draft) + 1):
+            if not self._sample(generation, row + offset):
+                break  # finished: the slot keeps every decoded token, as its mirror says
+            if offset == len(draft) or generation.next_token != draft[offset]:
+                break
+            accepted += 1  # already in the KV cache: the next sample reads its row
+        self._counters.draft_tokens += len(draft)
+        self._counters.accepted_tokens += accepted
+        if generation.acceptance is not None:
+            generation.acceptance.record(len(draft), accepted)
+        slot = generation.slot
+        keep = decode.pos + 1 + accepted
+        if slot is not None and self._executor.keep_prefix(slot.seq_id, keep) != keep:
+            self._finish(generation, "error", "the KV cache refused to drop a rejected draft")
+
+    def _propose_drafts(self) -> None:
+        """Each decoding sequence's draft for the next step: the tokens whose expected yield
+        beats what they cost this machine with this many sequences decoding."""
+        decoding = [g for g in self._running.values() if g.next_token is not None]
+        aware = self.config.speculative_cost_aware
+        threshold = self._step_cost.draft_threshold(len(decoding)) if aware else 0.0
+        ceiling = self.config.speculative_max_draft
+        for generation in self._running.values():
+            drafter, acceptance = generation.drafter, generation.acceptance
+            generation.draft = ()
+            if drafter is None or acceptance is None or generation.next_token is None:
+                continue
+            left = generation.params.max_tokens - len(generation.generated) - 1
+            length = draft_length(acceptance.rate, threshold, min(ceiling, left))
+            if length > 0:
+                generation.draft = drafter.draft(length)
 
     def _save(self, slot: _Slot) -> None:
         """Keep an evicted slot's state in the RAM prompt cache (best effort: a state llama.cpp
@@ -646,11 +704,13 @@ class LlamaEngine:
         entries = prompt_logprobs(self._model.ctx, self._model.n_vocab, row, targets, n_top)
         generation.sink(PromptLogprobsEvent(chunk.start + 1, tuple(entries)))
 
-    def _sample(self, generation: _Generation, row: int) -> None:
+    def _sample(self, generation: _Generation, row: int) -> bool:
+        """Sample ``generation``'s next token from batch row ``row`` and deliver it; True when
+        the generation goes on (the token is its ``next_token``)."""
         params = generation.params
         if params.max_tokens == 0:  # prompt scoring only
             self._finish(generation, "length")
-            return
+            return False
         token = generation.sampler.sample(self._model.ctx, row)
         logprob = None
         if params.logprobs is not None:
@@ -661,13 +721,16 @@ class LlamaEngine:
             generation.first_token_at = now
             generation.phase = Phase.DECODING
             self._counters.ttft.observe(now - generation.submitted)
+            if self._speculate and params.speculative:
+                generation.drafter = NgramDrafter(generation.prompt)
+                generation.acceptance = Acceptance()
         else:
             self._counters.inter_token.observe(now - generation.last_token_at)
         generation.last_token_at = now
         if self._model.is_eog(token) and not params.ignore_eos:
             self._emit(generation, self._flush_text(generation), token)
             self._finish(generation, "stop")
-            return
+            return False
         generation.generated.append(token)
         self._counters.tokens_generated += 1
         text = generation.detokenizer.feed(self._model.token_to_piece(token))
@@ -676,14 +739,17 @@ class LlamaEngine:
         if check.stopped:
             generation.sink(TokenEvent(check.text, token, index, logprob))
             self._finish(generation, "stop")
-            return
+            return False
         if len(generation.generated) >= params.max_tokens:
             text = check.text + self._flush_text(generation)
             generation.sink(TokenEvent(text, token, index, logprob))
             self._finish(generation, "length")
-            return
+            return False
         generation.sink(TokenEvent(check.text, token, index, logprob))
         generation.next_token = token
+        if generation.drafter is not None:
+            generation.drafter.append(token)
+        return True
 
     def _flush_text(self, generation: _Generation) -> str:
         """Text held back (partial UTF-8, possible stop-string start) released at the end."""
@@ -707,6 +773,7 @@ class LlamaEngine:
         self._running.pop(generation.key, None)
         generation.phase = Phase.FINISHED
         generation.next_token = None
+        generation.draft = ()
         generation.sampler.free()
         self._queue.finished()
         admitted = generation.admitted if generation.admitted is not None else now

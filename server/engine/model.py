@@ -257,6 +257,15 @@ class LoadedModel:
         check_token_ids(tokens, self.n_vocab)
         return b"".join(self.token_to_piece(t) for t in tokens).decode("utf-8", errors="replace")
 
+    @property
+    def is_recurrent(self) -> bool:
+        """Whether the model keeps a recurrent state (Mamba, RWKV, hybrids), whose sequences
+        cannot drop a tail of positions."""
+        model = self.model
+        return bool(
+            llama_cpp.llama_model_is_recurrent(model) or llama_cpp.llama_model_is_hybrid(model)
+        )
+
     def is_eog(self, token: int) -> bool:
         """End-of-generation token (EOS, EOT, <|im_end|> …)."""
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))

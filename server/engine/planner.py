@@ -14,7 +14,9 @@ llama.cpp,
 - which choices of an ``n > 1`` request fork from choice 0 once its prompt is evaluated: they
   take its whole KV cache and sample their first token from its logits, so the prompt is
   evaluated once and every choice continues from bit-identical state;
-- which sequences decode one token, and which prompt chunks fill the rest of the batch.
+- which sequences decode one token, and which prompt chunks fill the rest of the batch;
+- which speculative drafts are verified: only in the room prompt chunks leave, so
+  speculation never delays a prompt.
 
 Fairness: waiting sequences are admitted oldest first, prompt chunks are served oldest
 admission first, and a sequence only ever waits for an *older* sequence that is itself making
@@ -24,7 +26,7 @@ progress, so no stream of sharing requests can starve another request.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Protocol
 
@@ -79,6 +81,9 @@ class SequenceView(Protocol):
 
     @property
     def fork_of(self) -> int | None: ...  # choices 1..n-1: the key of choice 0
+
+    @property
+    def draft(self) -> Sequence[int]: ...  # DECODING: tokens proposed to follow next_token
 
 
 class CachedView(Protocol):
@@ -167,12 +172,14 @@ class Fork:
 
 @dataclass(frozen=True)
 class DecodeToken:
-    """One sampled token of a DECODING sequence goes into the batch (logits wanted)."""
+    """One sampled token of a DECODING sequence goes into the batch (logits wanted), followed
+    by the ``draft`` tokens to verify at ``pos + 1 ...`` (logits wanted for each)."""
 
     key: int
     seq_id: int
     token: int
     pos: int
+    draft: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -212,7 +219,8 @@ class StepPlan:
     @property
     def n_tokens(self) -> int:
         """Tokens the batch will hold."""
-        return len(self.decodes) + sum(c.end - c.start for c in self.chunks)
+        decoded = sum(1 + len(d.draft) for d in self.decodes)
+        return decoded + sum(c.end - c.start for c in self.chunks)
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -371,6 +379,21 @@ def _leader(me: _Progress, prefilling: Sequence[_Progress]) -> tuple[int, int]:
     return best_key, best_shared
 
 
+def _with_drafts(
+    decodes: list[DecodeToken], running: Sequence[SequenceView], room: int
+) -> list[DecodeToken]:
+    """Give each decode its sequence's draft, oldest first, while the batch has room."""
+    drafts = {seq.key: seq.draft for seq in running if seq.draft}
+    if not drafts or room <= 0:
+        return decodes
+    out: list[DecodeToken] = []
+    for decode in sorted(decodes, key=lambda d: d.key):
+        draft = tuple(drafts.get(decode.key, ())[: max(room, 0)])
+        room -= len(draft)
+        out.append(replace(decode, draft=draft) if draft else decode)
+    return out
+
+
 def plan(state: PlanState) -> StepPlan:
     """Decide one step. Pure: the same state always gives the same plan."""
     caches = {
@@ -447,6 +470,7 @@ def plan(state: PlanState) -> StepPlan:
             )
         )
         room -= end - progress.prompt_pos
+    decodes = _with_drafts(decodes, state.running, room)
     completing = {c.key: c.seq_id for c in chunks if c.completes}
     forks: list[Fork] = []
     for progress in forking:

@@ -46,6 +46,7 @@ class SamplingParams:
     logprobs: int | None = None  # None: off; k: each sampled token's logprob and the top k
     # None: off; k: logprobs of the prompt tokens (and their top k). Allows max_tokens == 0.
     prompt_logprobs: int | None = None
+    speculative: bool = True  # False: never draft for this request (the engine's setting rules)
 
 
 @dataclass
@@ -207,6 +208,9 @@ class EngineStats:
     prompt_cache_evictions_total: int = 0
     prompt_cache_bytes: int = 0  # held now
     prompt_cache_entries: int = 0  # held now
+    # Prompt-lookup speculation: tokens drafted and verified, and those the model agreed with.
+    speculative_draft_tokens_total: int = 0
+    speculative_accepted_tokens_total: int = 0
     ttft_seconds: HistogramSnapshot | None = None  # submission -> first token, per choice
     inter_token_seconds: HistogramSnapshot | None = None  # gap between a choice's tokens
 

@@ -128,6 +128,16 @@ class _LiveCollector(Collector):
                     "Saved states dropped to stay within GGSERVE_PROMPT_CACHE_MB.",
                     stats.prompt_cache_evictions_total,
                 ),
+                (
+                    "speculative_draft_tokens",
+                    "Tokens drafted by prompt lookup and verified by the model.",
+                    stats.speculative_draft_tokens_total,
+                ),
+                (
+                    "speculative_accepted_tokens",
+                    "Drafted tokens the model agreed with (each saved a decode step).",
+                    stats.speculative_accepted_tokens_total,
+                ),
             ):
                 counter = CounterMetricFamily("ggserve_" + name, help_text)
                 counter.add_metric([], value)

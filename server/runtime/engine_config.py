@@ -17,7 +17,7 @@ from server.settings import Settings
 # EngineConfig field → the Settings field that holds it, where the names differ.
 SETTING_FOR_FIELD = {"use_mmap": "model_mmap"}
 # EngineConfig fields that are tuning knobs of the engine itself, not user settings.
-ENGINE_ONLY_FIELDS = frozenset({"prefix_copy_min_tokens"})
+ENGINE_ONLY_FIELDS = frozenset({"prefix_copy_min_tokens", "speculative_cost_aware"})
 
 
 def engine_config(

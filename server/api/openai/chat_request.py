@@ -128,6 +128,7 @@ def sampling_params(
         stop=request.stop_list(),
         grammar=grammar,
         logit_bias=logit_bias(request.logit_bias),
+        speculative=request.speculative,
     )
 
 

@@ -63,6 +63,8 @@ class SamplingFields(_Lenient):
     repeat_penalty: float = Field(1.0, gt=0.0)
     # vLLM's request priority: lower values are admitted first when requests wait for slots.
     priority: int = Field(0, ge=-(2**31), le=2**31 - 1)
+    # ggserve: false opts this request out of prompt-lookup speculation (GGSERVE_SPECULATIVE).
+    speculative: bool = True
 
     @field_validator("stop")
     @classmethod

@@ -40,6 +40,7 @@ class FakeSeq:
     next_token: int | None = None
     scores_prompt: bool = False
     fork_of: int | None = None
+    draft: tuple[int, ...] = ()
 
 
 def state(
@@ -314,3 +315,37 @@ def test_a_prompt_scoring_sequence_evaluates_every_token_in_bounded_chunks() -> 
         busy.phase = Phase.FINISHED
         step = plan(PlanState(slots, [scorer], [], 512, 32, score_chunk=64))
     assert spans == [(0, 64), (64, 128), (128, 192), (192, 200)]
+
+
+def decoding(key: int, seq_id: int, draft: tuple[int, ...] = ()) -> FakeSeq:
+    return FakeSeq(key, question(key), Phase.DECODING, 10, seq_id, next_token=5, draft=draft)
+
+
+def test_a_draft_follows_its_decode_token_in_the_batch() -> None:
+    slots = [FakeSlot(0, question(0)), FakeSlot(1, question(1))]
+    step = plan(state(slots, running=[decoding(0, 0, (8, 9, 10)), decoding(1, 1)]))
+    by_key = {d.key: d for d in step.decodes}
+    assert by_key[0].draft == (8, 9, 10) and by_key[0].pos == 10
+    assert by_key[1].draft == ()
+    assert step.n_tokens == 2 + 3
+
+
+def test_prompt_chunks_take_the_room_before_drafts() -> None:
+    """Speculation never delays a prompt: drafts get only what the chunks leave."""
+    slots = [FakeSlot(0, question(0)), FakeSlot(1), FakeSlot(2, question(2))]
+    newcomer = FakeSeq(9, question(9, length=60))
+    running = [decoding(0, 0, tuple(range(8))), decoding(2, 2, tuple(range(8)))]
+    step = plan(state(slots, running=running, waiting=[newcomer], capacity=66))
+    assert [c.key for c in step.chunks] == [9]
+    assert step.chunks[0].end == 60
+    drafts = {d.key: d.draft for d in step.decodes}
+    assert drafts == {0: (0, 1, 2, 3), 2: ()}  # 66 - 2 decodes - 60 prompt tokens = 4
+    assert step.n_tokens == 66
+
+
+def test_no_room_no_drafts() -> None:
+    slots = [FakeSlot(0, question(0)), FakeSlot(1)]
+    newcomer = FakeSeq(9, question(9, length=200))
+    step = plan(state(slots, running=[decoding(0, 0, (1, 2))], waiting=[newcomer], capacity=64))
+    assert step.decodes[0].draft == ()
+    assert step.n_tokens == 64
