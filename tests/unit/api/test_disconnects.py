@@ -340,4 +340,5 @@ async def test_a_client_gone_while_its_tokens_are_charged_is_still_charged(
     assert record["extra"]["status"] == 499
     limiter.release.set()
     await asyncio.wait_for(limiter.done.wait(), timeout=2)  # never set when the charge died
-    assert limiter.charged == [("anonymous", record["extra"]["completion_tokens"])]
+    used = record["extra"]["prompt_tokens"] + record["extra"]["completion_tokens"]
+    assert limiter.charged == [("anonymous", used)]  # prompt and completion alike
