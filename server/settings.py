@@ -142,7 +142,14 @@ class Settings(BaseSettings):
     )
     rate_limit_rpm: int = Field(0, ge=0, description="Requests per minute per key; 0 = unlimited.")
     rate_limit_tpm: int = Field(
-        0, ge=0, description="Generated tokens per minute per key; 0 = unlimited."
+        0, ge=0, description="Tokens (prompt + generated) per minute per key; 0 = unlimited."
+    )
+    max_concurrent_per_key: int = Field(
+        8,
+        ge=0,
+        le=100_000,
+        description="Requests one key may have in flight (n choices count n, streams until "
+        "they end); 429 beyond it; 0 = no cap.",
     )
     rate_limit_storage: str = Field(
         "memory://", description="limits storage URI: memory:// or redis://host:port/db."

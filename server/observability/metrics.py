@@ -250,7 +250,7 @@ class Metrics:
         )
         self.rate_limit_storage_errors = Counter(
             "ggserve_rate_limit_storage_errors",
-            "Rate-limit storage (Redis) failures; each request was served unlimited (fail open).",
+            "Rate-limit storage (Redis) failures; each call was decided by the in-memory fallback.",
             registry=r,
         )
         self.auth_failures_refused = Counter(

@@ -34,6 +34,7 @@ from server.runtime.model_file import ModelFile
 from server.runtime.readiness import Readiness
 from server.security.api_keys import ApiKey, KeyStore, hash_key, load_keys_file, parse_key_entry
 from server.security.auth_failures import AuthFailureLimiter
+from server.security.concurrency import ConcurrencyLimiter
 from server.security.guardrails import Guardrails
 from server.security.rate_limit import RateLimiter
 from server.settings import Settings
@@ -106,6 +107,7 @@ class Services:
     model_file: ModelFile | None = None  # the GGUF on disk, as it was when loaded
     drain: Drain = field(default_factory=Drain)  # SIGTERM: refuse new work, finish the old
     auth_failures: AuthFailureLimiter | None = None  # brute force: 429 after repeated 401s
+    concurrency: ConcurrencyLimiter | None = None  # per-key in-flight cap; None when 0 (off)
     feedback: FeedbackService | None = None  # capture + /v1/feedback store; None when off
     background: list[asyncio.Task[None]] = field(default_factory=list)  # cancelled at shutdown
     drift: DriftMonitor | None = None  # None: GGSERVE_DRIFT_ENABLED=false
@@ -208,6 +210,11 @@ def build_services(settings: Settings) -> Services:
         models=ActiveModel(close=retire),
         default_model_id=settings.model_alias or settings.model_path.stem,
         drain=Drain(settings.drain_timeout_s),
+        concurrency=(
+            ConcurrencyLimiter(settings.max_concurrent_per_key)
+            if settings.max_concurrent_per_key
+            else None
+        ),
         auth_failures=(
             AuthFailureLimiter(settings.auth_failure_limit, settings.auth_failure_window_s)
             if settings.auth_failure_limit

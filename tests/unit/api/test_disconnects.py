@@ -80,7 +80,13 @@ class Exchange:
     raised: BaseException | None  # what escaped the app: uvicorn logs it as an error
 
 
-async def exchange(app: FastAPI, path: str, body: dict[str, Any], gone: asyncio.Event) -> Exchange:
+async def exchange(
+    app: FastAPI,
+    path: str,
+    body: dict[str, Any],
+    gone: asyncio.Event,
+    headers: list[tuple[bytes, bytes]] = [],  # noqa: B006 (never mutated)
+) -> Exchange:
     """POST ``body`` to ``path``; the client disconnects once ``gone`` is set.
 
     ``receive`` is uvicorn's: the body, then it waits for the next message, which is
@@ -110,7 +116,7 @@ async def exchange(app: FastAPI, path: str, body: dict[str, Any], gone: asyncio.
         "raw_path": path.encode(),
         "root_path": "",
         "query_string": b"",
-        "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
+        "headers": [(b"content-type", b"application/json"), (b"host", b"test"), *headers],
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
     }
