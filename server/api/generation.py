@@ -371,6 +371,7 @@ class GenerationService:
         finished: dict[int, FinishEvent] = {}
         completion_tokens = 0
         accounted = False  # else the finally charges what a cut-off generation used
+        scanners = [self.guardrails.output_scanner() for _ in range(n)] if self.guardrails else []
         try:
             event: TokenEvent | PromptLogprobsEvent | FinishEvent | None = first
             while event is not None:
@@ -399,7 +400,7 @@ class GenerationService:
                     so_far = texts[event.index]
                     if event.text:
                         so_far.append(event.text)
-                        if self.guardrails and self.guardrails.violation("".join(so_far)):
+                        if scanners and scanners[event.index].feed(event.text):
                             await events.aclose()  # stop decoding now: frees the slots
                             usage = Usage(len(prompt_tokens), completion_tokens, 0)
                             accounted = True
