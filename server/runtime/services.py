@@ -37,7 +37,7 @@ from server.security.auth_failures import AuthFailureLimiter
 from server.security.concurrency import ConcurrencyLimiter
 from server.security.guardrails import Guardrails
 from server.security.rate_limit import RateLimiter
-from server.settings import Settings
+from server.settings import Settings, is_loopback_host
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,10 @@ def build_services(settings: Settings) -> Services:
         lora = services.model_meta.lora_path
         return ServedInfo(services.model_id, (Path(lora).stem,) if lora else ())
 
-    metrics = Metrics(stats=engine_stats, load_state=lambda: readiness.state)
+    keys = build_key_store(settings)
+    metrics = Metrics(
+        stats=engine_stats, load_state=lambda: readiness.state, key_label=keys.metrics_label
+    )
     metrics.registry.register(
         ModelServerCollector(engine_stats, served_info, vllm_names=settings.metrics_vllm_names)
     )
@@ -202,7 +205,7 @@ def build_services(settings: Settings) -> Services:
     services = Services(
         settings=settings,
         readiness=readiness,
-        keys=build_key_store(settings),
+        keys=keys,
         metrics=metrics,
         limiter=limiter,
         guardrails=guardrails,
@@ -236,6 +239,12 @@ def build_services(settings: Settings) -> Services:
             drift.attach_feedback(StoredRatings(services.feedback))
     else:  # nothing captures now, but what was captured before must still leave on time
         purge_at_start(settings.feedback_db, settings.capture_retention_days)
+    if settings.auth_disabled and not is_loopback_host(settings.host):
+        logger.warning(
+            "AUTH IS DISABLED on {} (not a loopback address): anyone who reaches it is served "
+            "(GGSERVE_AUTH_DISABLED_ALLOW_NETWORK=true; docs/security.md)",
+            settings.host,
+        )
     if not settings.auth_disabled and len(services.keys) == 0:
         logger.warning(
             "no API keys configured: every protected endpoint will answer 401. "

@@ -263,7 +263,9 @@ def test_gpu_deployment_differs_from_cpu_only_where_a_gpu_needs_it() -> None:
 def test_hpa_metrics_are_ones_the_server_exports() -> None:
     from server.observability.metrics import Metrics
 
-    exported = {family.name for family in Metrics(lambda: None, lambda: "ready").registry.collect()}
+    exported = {
+        family.name for family in Metrics(lambda: None, lambda: "ready", str).registry.collect()
+    }
     adapter = yaml.safe_load((K8S / "extras" / "prometheus-adapter-values.yaml").read_text())
     served = adapter["rules"]["custom"][0]["seriesQuery"]
     for variant in VARIANTS:
