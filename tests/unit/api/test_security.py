@@ -187,3 +187,12 @@ def test_auth_disabled_on_a_network_address_logs_a_loud_warning(
 ) -> None:
     make_client(auth_disabled=True, host="0.0.0.0", auth_disabled_allow_network=True)
     assert "AUTH IS DISABLED on 0.0.0.0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["yes-please", "2", "[]"])
+def test_a_bad_allow_network_value_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("GGSERVE_AUTH_DISABLED_ALLOW_NETWORK", value)
+    with pytest.raises(ValueError, match="auth_disabled_allow_network"):
+        Settings(_env_file=None)
