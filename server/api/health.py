@@ -65,8 +65,8 @@ async def ready(services: ServicesDep) -> JSONResponse:
 
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request, services: ServicesDep) -> Response:
-    """Prometheus metrics (needs an API key when GGSERVE_METRICS_PUBLIC=false)."""
-    if not services.settings.metrics_public:
+    """Prometheus metrics; needs an API key unless GGSERVE_METRICS_PUBLIC (docs/security.md)."""
+    if not services.settings.metrics_without_key:
         await authenticate(request, services)
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

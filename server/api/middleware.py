@@ -2,6 +2,12 @@
 
 Pure ASGI (not BaseHTTPMiddleware) so streaming responses pass through untouched and an
 exception anywhere below still becomes the JSON envelope *with* the X-Request-ID header.
+
+The request id is always the server's own (a fresh uuid): it becomes the response id that
+capture and ``/v1/feedback`` key on, so a client that chose it could claim an id another
+client's gateway will send, and drop that client's capture and feedback. A client's valid
+``X-Request-ID`` is kept as a correlation id only: echoed as ``X-Client-Request-ID``, logged as
+``client_request_id`` and put on the request's trace span.
 """
 
 from __future__ import annotations
@@ -77,12 +83,13 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = _header(scope, b"x-request-id")
-        request_id = (
-            incoming if incoming and _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        )
+        client_request_id = incoming if incoming and _VALID_REQUEST_ID.match(incoming) else None
+        request_id = uuid.uuid4().hex  # never the client's (see the module doc)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         fields: dict[str, Any] = {}
+        if client_request_id is not None:
+            fields["client_request_id"] = client_request_id
         state[LOG_FIELDS_KEY] = fields
         started = time.perf_counter()
         status = {"code": 500, "sent": False}
@@ -93,6 +100,8 @@ class RequestContextMiddleware:
                 status["sent"] = True
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
+                if client_request_id is not None:
+                    headers.append((b"x-client-request-id", client_request_id.encode()))
                 for name, value in state.get(RESPONSE_HEADERS_KEY, {}).items():
                     headers.append((name.lower().encode(), str(value).encode()))
                 message = {**message, "headers": headers}
@@ -121,7 +130,12 @@ class RequestContextMiddleware:
         )
         with (
             logger.contextualize(request_id=request_id),
-            request_span(traced, f"{method} {path}", request_id) as span,
+            request_span(
+                traced,
+                f"{method} {path}",
+                request_id,
+                {"ggserve.client_request_id": client_request_id} if client_request_id else None,
+            ) as span,
             tracked,
         ):
             try:
@@ -198,6 +212,7 @@ class RequestContextMiddleware:
             status=status,
             latency_ms=round(latency_s * 1000, 1),
             key_id=fields.get("key_id"),
+            client_request_id=fields.get("client_request_id"),
             model_version=fields.get("model_version"),
             ttft_ms=fields.get("ttft_ms"),
             prompt_tokens=fields.get("prompt_tokens"),

@@ -15,6 +15,21 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
 TOKENS_PER_S_BUCKETS = (1, 5, 10, 20, 40, 80, 160, 320, 640)
 
 
+class KeyLabeledCounter:
+    """A counter whose ``key_id`` label is published as an opaque per-key label, never the id
+    itself (docs/security.md, "/metrics"): whoever reads /metrics learns load per tenant,
+    not which tenants there are."""
+
+    def __init__(self, counter: Counter, key_label: Callable[[str], str]) -> None:
+        self._counter = counter
+        self._key_label = key_label
+
+    def labels(self, **labels: str) -> Counter:
+        if "key_id" in labels:
+            labels["key_id"] = self._key_label(labels["key_id"])
+        return self._counter.labels(**labels)
+
+
 class _LiveCollector(Collector):
     """Values read at scrape time: engine queue/slots, load state, memory."""
 
@@ -192,11 +207,15 @@ class Metrics:
         self,
         stats: Callable[[], EngineStats | None],
         load_state: Callable[[], str],
+        key_label: Callable[[str], str],
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "ggserve_requests", "HTTP requests.", ["route", "status", "key_id"], registry=r
+        self.requests = KeyLabeledCounter(
+            Counter(
+                "ggserve_requests", "HTTP requests.", ["route", "status", "key_id"], registry=r
+            ),
+            key_label,
         )
         self.latency = Histogram(
             "ggserve_request_latency_seconds",
@@ -218,14 +237,16 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.prompt_tokens = Counter(
-            "ggserve_prompt_tokens", "Prompt tokens received.", ["key_id"], registry=r
+        self.prompt_tokens = KeyLabeledCounter(
+            Counter("ggserve_prompt_tokens", "Prompt tokens received.", ["key_id"], registry=r),
+            key_label,
         )
         self.cached_prompt_tokens = Counter(
             "ggserve_prompt_tokens_cached", "Prompt tokens reused from the KV cache.", registry=r
         )
-        self.completion_tokens = Counter(
-            "ggserve_completion_tokens", "Tokens generated.", ["key_id"], registry=r
+        self.completion_tokens = KeyLabeledCounter(
+            Counter("ggserve_completion_tokens", "Tokens generated.", ["key_id"], registry=r),
+            key_label,
         )
         self.tokens_per_s = Histogram(
             "ggserve_decode_tokens_per_second",
@@ -237,11 +258,14 @@ class Metrics:
         self.finished = Counter(
             "ggserve_generations", "Generations by finish reason.", ["finish_reason"], registry=r
         )
-        self.rate_limited = Counter(
-            "ggserve_rate_limited",
-            "Requests refused by rate limits.",
-            ["key_id", "limit"],
-            registry=r,
+        self.rate_limited = KeyLabeledCounter(
+            Counter(
+                "ggserve_rate_limited",
+                "Requests refused by rate limits.",
+                ["key_id", "limit"],
+                registry=r,
+            ),
+            key_label,
         )
         self.model_info = Gauge(
             "ggserve_model_info",
@@ -260,7 +284,7 @@ class Metrics:
         )
         self.rate_limit_storage_errors = Counter(
             "ggserve_rate_limit_storage_errors",
-            "Rate-limit storage (Redis) failures; each request was served unlimited (fail open).",
+            "Rate-limit storage (Redis) failures; each call was decided by the in-memory fallback.",
             registry=r,
         )
         self.auth_failures_refused = Counter(

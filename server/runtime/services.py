@@ -34,9 +34,10 @@ from server.runtime.model_file import ModelFile
 from server.runtime.readiness import Readiness
 from server.security.api_keys import ApiKey, KeyStore, hash_key, load_keys_file, parse_key_entry
 from server.security.auth_failures import AuthFailureLimiter
+from server.security.concurrency import ConcurrencyLimiter
 from server.security.guardrails import Guardrails
 from server.security.rate_limit import RateLimiter
-from server.settings import Settings
+from server.settings import Settings, is_loopback_host
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class Services:
     model_file: ModelFile | None = None  # the GGUF on disk, as it was when loaded
     drain: Drain = field(default_factory=Drain)  # SIGTERM: refuse new work, finish the old
     auth_failures: AuthFailureLimiter | None = None  # brute force: 429 after repeated 401s
+    concurrency: ConcurrencyLimiter | None = None  # per-key in-flight cap; None when 0 (off)
     feedback: FeedbackService | None = None  # capture + /v1/feedback store; None when off
     background: list[asyncio.Task[None]] = field(default_factory=list)  # cancelled at shutdown
     drift: DriftMonitor | None = None  # None: GGSERVE_DRIFT_ENABLED=false
@@ -179,7 +181,10 @@ def build_services(settings: Settings) -> Services:
         lora = services.model_meta.lora_path
         return ServedInfo(services.model_id, (Path(lora).stem,) if lora else ())
 
-    metrics = Metrics(stats=engine_stats, load_state=lambda: readiness.state)
+    keys = build_key_store(settings)
+    metrics = Metrics(
+        stats=engine_stats, load_state=lambda: readiness.state, key_label=keys.metrics_label
+    )
     metrics.registry.register(
         ModelServerCollector(engine_stats, served_info, vllm_names=settings.metrics_vllm_names)
     )
@@ -200,7 +205,7 @@ def build_services(settings: Settings) -> Services:
     services = Services(
         settings=settings,
         readiness=readiness,
-        keys=build_key_store(settings),
+        keys=keys,
         metrics=metrics,
         limiter=limiter,
         guardrails=guardrails,
@@ -208,6 +213,11 @@ def build_services(settings: Settings) -> Services:
         models=ActiveModel(close=retire),
         default_model_id=settings.model_alias or settings.model_path.stem,
         drain=Drain(settings.drain_timeout_s),
+        concurrency=(
+            ConcurrencyLimiter(settings.max_concurrent_per_key)
+            if settings.max_concurrent_per_key
+            else None
+        ),
         auth_failures=(
             AuthFailureLimiter(settings.auth_failure_limit, settings.auth_failure_window_s)
             if settings.auth_failure_limit
@@ -229,6 +239,12 @@ def build_services(settings: Settings) -> Services:
             drift.attach_feedback(StoredRatings(services.feedback))
     else:  # nothing captures now, but what was captured before must still leave on time
         purge_at_start(settings.feedback_db, settings.capture_retention_days)
+    if settings.auth_disabled and not is_loopback_host(settings.host):
+        logger.warning(
+            "AUTH IS DISABLED on {} (not a loopback address): anyone who reaches it is served "
+            "(GGSERVE_AUTH_DISABLED_ALLOW_NETWORK=true; docs/security.md)",
+            settings.host,
+        )
     if not settings.auth_disabled and len(services.keys) == 0:
         logger.warning(
             "no API keys configured: every protected endpoint will answer 401. "

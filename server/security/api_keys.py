@@ -30,6 +30,20 @@ def hash_key(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
 
 
+def metrics_label(key_id: str, sha256: str | None) -> str:
+    """The label /metrics shows for a key: an HMAC of its id under its own stored hash.
+
+    Stable across restarts and replicas (Prometheus series continue), one per key, and
+    unguessable by a reader of /metrics who does not hold the keys' configuration: a plain
+    hash of a short id could be reversed by trying ids. The operator maps a label back with
+    ``metrics_label(id, sha256)`` over the configured keys (docs/security.md).
+    """
+    if sha256 is None:
+        return key_id  # not a configured key ("anonymous" with auth disabled): no tenant
+    mac = hmac.new(bytes.fromhex(sha256), b"ggserve-metrics\0" + key_id.encode(), "sha256")
+    return "k-" + mac.hexdigest()[:16]
+
+
 def new_key() -> str:
     """A fresh random key (256 bits of entropy)."""
     return KEY_PREFIX + secrets.token_urlsafe(32)
@@ -69,9 +83,15 @@ class KeyStore:
         if duplicates:
             raise KeyConfigError(f"duplicate API key ids: {', '.join(sorted(duplicates))}")
         self._keys = keys
+        self._by_id = {k.key_id: k for k in keys}
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    def metrics_label(self, key_id: str) -> str:
+        """The opaque label /metrics shows for ``key_id`` (see ``metrics_label``)."""
+        key = self._by_id.get(key_id)
+        return metrics_label(key_id, key.sha256 if key is not None else None)
 
     def verify(self, presented: str) -> ApiKey | None:
         """The key whose hash matches ``presented``, else None."""

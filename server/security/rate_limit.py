@@ -1,18 +1,19 @@
-"""Per-key rate limits: requests per minute and generated tokens per minute.
+"""Per-key rate limits: requests per minute and tokens (prompt + generated) per minute.
 
 Built on the ``limits`` library's moving-window limiter, in memory or in Redis (so replicas
 behind one Service share one budget). Token budgets are charged after a generation with its
-real token count; a key whose token budget is spent is refused until the window frees up.
+real token count, prompt and completion alike; a key whose token budget is spent is refused
+until the window frees up.
 
-When the storage fails mid-run (Redis killed, restarting, partitioned) the limiter fails
-**open**: the request is served unlimited, the failure is counted (``on_storage_error``, which
-the app wires to ``ggserve_rate_limit_storage_errors_total``) and logged as a warning at most
-once per ``WARN_EVERY_S``. Rate limits here protect fairness and capacity, not identity (API
-keys are checked locally), so losing Redis must not take the API down with it; the engine's
-admission queue still bounds the load (503 when full). Each storage call is bounded by
-``STORAGE_TIMEOUT_S`` so a hung Redis cannot stall requests. Once Redis answers again, limits
-apply again with no restart. At start-up an unreachable storage is still an error (``check``):
-that is a configuration mistake, better seen at once.
+When the storage fails mid-run (Redis killed, restarting, partitioned) the limiter falls back
+to an in-memory limiter of its own: the limits still hold, per replica, instead of failing
+open. Each failure is counted (``on_storage_error``, which the app wires to
+``ggserve_rate_limit_storage_errors_total``); the switch to memory is logged once per outage,
+and the switch back once Redis answers again. Each storage call is bounded by
+``STORAGE_TIMEOUT_S`` so a hung Redis cannot stall requests. At start-up an unreachable
+storage is still an error (``check``): that is a configuration mistake, better seen at once.
+The in-memory windows start empty, so during an outage a key gets at most its budget again on
+each replica: the bound loosens by the replica count, it never disappears.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import TypeVar, cast
 
 from limits import RateLimitItemPerMinute
+from limits.aio.storage import MemoryStorage
 from limits.aio.storage import Storage as AsyncStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
@@ -33,7 +35,6 @@ from limits.storage import storage_from_string
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 STORAGE_TIMEOUT_S = 1.0  # bound on one limiter round trip; a hung Redis must not hang requests
-WARN_EVERY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -82,11 +83,14 @@ class RateLimiter:
             }
         self._storage = cast(AsyncStorage, storage_from_string(uri, **options))
         self._limiter = MovingWindowRateLimiter(self._storage)
+        # Where the limits go while the storage fails: never served unlimited (fail closed-enough).
+        self._fallback = MovingWindowRateLimiter(MemoryStorage())
+        self._on_fallback = False
+        self._background: set[asyncio.Task[None]] = set()
         self._rpm = RateLimitItemPerMinute(requests_per_minute) if requests_per_minute else None
         self._tpm = RateLimitItemPerMinute(tokens_per_minute) if tokens_per_minute else None
         self._on_storage_error = on_storage_error
         self.storage_errors = 0
-        self._last_warning = -math.inf
 
     @property
     def enabled(self) -> bool:
@@ -100,57 +104,73 @@ class RateLimiter:
     async def admit(self, key_id: str) -> LimitDecision | None:
         """Count one request for ``key_id``; the refusing decision, or the request one.
 
-        None when no limit applies, or when the storage failed (fail open, see the module doc).
+        None when no limit applies. When the storage fails, the in-memory fallback decides.
         """
-        return await self._fail_open(self._admit(key_id), None)
+        return await self._guarded(lambda limiter: self._admit(limiter, key_id))
 
     async def charge_tokens(self, key_id: str, tokens: int) -> None:
-        """Charge generated tokens to the key's token budget (may overdraw the last request)."""
-        await self._fail_open(self._charge_tokens(key_id, tokens), None)
+        """Charge tokens (prompt + completion) to the key's budget (may overdraw the last one)."""
+        await self._guarded(lambda limiter: self._charge_tokens(limiter, key_id, tokens))
 
-    async def _fail_open(self, work: Awaitable[T], fallback: T) -> T:
+    def charge_in_background(self, key_id: str, tokens: int) -> None:
+        """Charge without awaiting: for a generation cut off by its client, whose task is being
+        cancelled and cannot await. The charge completes on its own task."""
+        if self._tpm is None or tokens <= 0:
+            return
+        task = asyncio.get_running_loop().create_task(self.charge_tokens(key_id, tokens))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _guarded(self, work: Callable[[MovingWindowRateLimiter], Awaitable[T]]) -> T:
         try:
-            return await asyncio.wait_for(work, STORAGE_TIMEOUT_S * 2)
+            result = await asyncio.wait_for(work(self._limiter), STORAGE_TIMEOUT_S * 2)
         except Exception as exc:  # any storage failure: redis-py, limits, or our timeout
             self.storage_errors += 1
             if self._on_storage_error is not None:
                 self._on_storage_error(exc)
-            now = time.monotonic()
-            if now - self._last_warning >= WARN_EVERY_S:
-                self._last_warning = now
+            if not self._on_fallback:
+                self._on_fallback = True
                 logger.warning(
-                    "rate-limit storage failed (%s: %s); serving without rate limits until it "
-                    "answers again (%d failures so far)",
+                    "rate-limit storage failed (%s: %s); limiting in memory on this replica "
+                    "until it answers again",
                     type(exc).__name__,
                     exc,
-                    self.storage_errors,
                 )
-            return fallback
+            return await work(self._fallback)
+        if self._on_fallback:
+            self._on_fallback = False
+            logger.warning(
+                "rate-limit storage answers again after %d failures; shared limits resumed",
+                self.storage_errors,
+            )
+        return result
 
-    async def _admit(self, key_id: str) -> LimitDecision | None:
+    async def _admit(self, limiter: MovingWindowRateLimiter, key_id: str) -> LimitDecision | None:
         decision: LimitDecision | None = None
         if self._tpm is not None:
-            stats = await self._limiter.get_window_stats(self._tpm, "tokens", key_id)
+            stats = await limiter.get_window_stats(self._tpm, "tokens", key_id)
             token_decision = self._decision("tokens", self._tpm.amount, stats)
             if stats.remaining <= 0:
                 return token_decision
             decision = token_decision
         if self._rpm is not None:
-            allowed = await self._limiter.hit(self._rpm, "requests", key_id)
-            stats = await self._limiter.get_window_stats(self._rpm, "requests", key_id)
+            allowed = await limiter.hit(self._rpm, "requests", key_id)
+            stats = await limiter.get_window_stats(self._rpm, "requests", key_id)
             request_decision = self._decision("requests", self._rpm.amount, stats, allowed)
             if not allowed:
                 return request_decision
             decision = request_decision
         return decision
 
-    async def _charge_tokens(self, key_id: str, tokens: int) -> None:
+    async def _charge_tokens(
+        self, limiter: MovingWindowRateLimiter, key_id: str, tokens: int
+    ) -> None:
         if self._tpm is None or tokens <= 0:
             return
-        remaining = (await self._limiter.get_window_stats(self._tpm, "tokens", key_id)).remaining
+        remaining = (await limiter.get_window_stats(self._tpm, "tokens", key_id)).remaining
         cost = min(tokens, max(remaining, 0))
         if cost > 0:
-            await self._limiter.hit(self._tpm, "tokens", key_id, cost=cost)
+            await limiter.hit(self._tpm, "tokens", key_id, cost=cost)
 
     @staticmethod
     def _decision(

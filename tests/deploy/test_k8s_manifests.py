@@ -263,7 +263,9 @@ def test_gpu_deployment_differs_from_cpu_only_where_a_gpu_needs_it() -> None:
 def test_hpa_metrics_are_ones_the_server_exports() -> None:
     from server.observability.metrics import Metrics
 
-    exported = {family.name for family in Metrics(lambda: None, lambda: "ready").registry.collect()}
+    exported = {
+        family.name for family in Metrics(lambda: None, lambda: "ready", str).registry.collect()
+    }
     adapter = yaml.safe_load((K8S / "extras" / "prometheus-adapter-values.yaml").read_text())
     served = adapter["rules"]["custom"][0]["seriesQuery"]
     for variant in VARIANTS:
@@ -279,15 +281,15 @@ def test_hpa_metrics_are_ones_the_server_exports() -> None:
     [
         p
         for p in _manifest_files()
-        if "kind: Deployment" in p.read_text() or "kind: Job" in p.read_text()
+        if any(f"kind: {kind}\n" in p.read_text() for kind in ("Deployment", "Job", "CronJob"))
     ],
     ids=lambda p: str(p.relative_to(K8S)),
 )
 def test_pods_meet_the_restricted_pod_security_standard(path: Path) -> None:
     for obj in load_yaml_documents(path):
-        if obj["kind"] not in ("Deployment", "Job"):
+        if obj["kind"] not in ("Deployment", "Job", "CronJob"):
             continue
-        pod = obj["spec"]["template"]["spec"]
+        pod = _pod_spec(obj)
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
         assert pod["automountServiceAccountToken"] is False
@@ -311,3 +313,87 @@ def test_the_grace_period_outlasts_prestop_plus_the_drain(variant: str) -> None:
     assert pre_stop[0] == "sleep"
     needed = float(pre_stop[1]) + drain_s + DEADLINE_GRACE_S
     assert pod["terminationGracePeriodSeconds"] >= needed + 5, (pod, needed)
+
+
+def _pod_spec(obj: Object) -> Object:
+    """The pod template's spec of a Deployment, Job or CronJob."""
+    if obj["kind"] == "CronJob":
+        obj = obj["spec"]["jobTemplate"]
+    spec: Object = obj["spec"]["template"]["spec"]
+    return spec
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_server_names_its_trusted_proxies_setting_and_leaves_it_safe(variant: str) -> None:
+    from server.settings import Settings
+
+    container = _container(_server(_variant(variant)))
+    env = {e["name"]: e["value"] for e in container["env"]}
+    check_ggserve_env(env, f"{variant}/deployment.yaml")
+    # Empty by default: X-Forwarded-For is never read until the operator names the ingress.
+    assert env["GGSERVE_TRUSTED_PROXIES"] == ""
+    assert (
+        Settings.model_validate({"trusted_proxies": env["GGSERVE_TRUSTED_PROXIES"]}).trusted_proxies
+        == []
+    )
+    text = (K8S / variant / "deployment.yaml").read_text()
+    assert "ingress controller" in text.split("GGSERVE_TRUSTED_PROXIES")[0][-800:]
+
+
+def test_server_pods_take_traffic_only_on_http_from_the_ingress_and_prometheus() -> None:
+    objects = _variant("cpu")
+    policy = _one(objects, "NetworkPolicy", "ggserve-server")
+    server = _server(objects)
+    assert _matches(
+        policy["spec"]["podSelector"]["matchLabels"],
+        server["spec"]["template"]["metadata"]["labels"],
+    )
+    redis = _one(objects, "Deployment", "ggserve-redis")["spec"]["template"]["metadata"]["labels"]
+    assert not _matches(policy["spec"]["podSelector"]["matchLabels"], redis)
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    [rule] = policy["spec"]["ingress"]
+    sources = {
+        peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for peer in rule["from"]
+    }
+    assert sources == {"ingress-nginx", "monitoring"}
+    assert all(set(peer) == {"namespaceSelector"} for peer in rule["from"])  # no ipBlock 0.0.0.0/0
+    port_names = {p["name"] for p in _container(server)["ports"]}
+    assert [p["port"] for p in rule["ports"]] == ["http"] and "http" in port_names
+    egress_ports = sorted(p["port"] for r in policy["spec"]["egress"] for p in r["ports"])
+    assert egress_ports == [53, 53, 6379]  # DNS and Redis, nothing else
+    [to_redis] = [r for r in policy["spec"]["egress"] if r["ports"][0]["port"] == 6379]
+    assert _matches(to_redis["to"][0]["podSelector"]["matchLabels"], redis)
+
+
+def test_metrics_are_public_in_the_cluster_only_behind_the_server_network_policy() -> None:
+    objects = _variant("cpu")
+    data = _one(objects, "ConfigMap", "ggserve-config")["data"]
+    assert data["GGSERVE_METRICS_PUBLIC"] == "true"
+    _one(objects, "NetworkPolicy", "ggserve-server")  # what keeps it inside the cluster
+    annotations = _server(objects)["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_the_feedback_purge_cronjob_purges_the_servers_database_with_its_settings() -> None:
+    objects = _objects("extras/feedback-purge-cronjob.yaml")
+    cron = _one(objects, "CronJob", "ggserve-feedback-purge")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = _pod_spec(cron)
+    [container] = pod["containers"]
+    assert container["args"] == ["feedback", "purge"]
+    assert container["image"] == _container(_server(_variant("cpu")))["image"]
+    # The same ConfigMap: the same database path and retention the server uses.
+    [source] = container["envFrom"]
+    assert source["configMapRef"]["name"] == "ggserve-config"
+    db = _one(_variant("cpu"), "ConfigMap", "ggserve-config")["data"]["GGSERVE_FEEDBACK_DB"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    [db_mount] = [path for path in mounts if db.startswith(path + "/")]
+    [volume] = [v for v in pod["volumes"] if v["name"] == mounts[db_mount]]
+    _one(objects, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    affinity = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    server_labels = _server(_variant("cpu"))["spec"]["template"]["metadata"]["labels"]
+    assert _matches(affinity[0]["labelSelector"]["matchLabels"], server_labels)
+    from cli.feedback import app as feedback_cli
+
+    assert "purge" in {c.name for c in feedback_cli.registered_commands}

@@ -72,7 +72,7 @@ def exported() -> set[str]:
         decode_steps_total=0,
         requests_rejected_total=0,
     )
-    metrics = Metrics(stats=lambda: stats, load_state=lambda: "ready")
+    metrics = Metrics(stats=lambda: stats, load_state=lambda: "ready", key_label=str)
     metrics.registry.register(DriftCollector(_populated_drift_monitor()))
     names = _series_names(list(metrics.registry.collect()))
     assert {f"{name}" for name in METRIC_NAMES} <= {n.removesuffix("_total") for n in names}

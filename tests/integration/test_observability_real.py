@@ -72,7 +72,9 @@ def test_one_ask_is_one_trace_one_log_record_and_one_observation(
         timeout=120,
     )
     assert response.status_code == 200, response.text
-    trace = _wait_for(sink, "trace-ask-1", ("POST /v1/ask", *STAGES))
+    assert response.headers["x-client-request-id"] == "trace-ask-1"  # kept for correlation
+    request_id = response.headers["x-request-id"]  # the server's own
+    trace = _wait_for(sink, request_id, ("POST /v1/ask", *STAGES))
     root = next(s for s in trace if s["name"] == "POST /v1/ask")
     assert root["parent_span_id"] is None and root["service"] == "ggserve"
     assert root["attributes"]["http.route"] == "/v1/ask"
@@ -89,7 +91,7 @@ def test_one_ask_is_one_trace_one_log_record_and_one_observation(
 
     records = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
     log = next(
-        r for r in records if r.get("request_id") == "trace-ask-1" and r.get("event") == "request"
+        r for r in records if r.get("request_id") == request_id and r.get("event") == "request"
     )
     assert log["route"] == "/v1/ask" and log["status"] == 200
 

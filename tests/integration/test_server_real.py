@@ -93,7 +93,11 @@ def test_json_logs_have_one_record_per_request_without_the_key(server: ServerHan
     log = server.log()
     assert server.api_key not in log
     records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
-    mine = [r for r in records if r.get("request_id") == request_id and r.get("event") == "request"]
+    mine = [
+        r
+        for r in records
+        if r.get("client_request_id") == request_id and r.get("event") == "request"
+    ]
     assert len(mine) == 1
     record = mine[0]
     assert record["route"] == "/v1/ask" and record["status"] == 200 and record["key_id"] == "test"

@@ -44,6 +44,8 @@ class EmbeddingServing:
             )
         vectors, tokens = await asyncio.to_thread(_embed_and_count, embedder, texts)
         ctx.log_fields.update(prompt_tokens=tokens)
+        if self.services.limiter is not None:  # input tokens count against the key's budget
+            await self.services.limiter.charge_tokens(ctx.key_id, tokens)
         data = [
             EmbeddingData(index=i, embedding=_encode_vector(row, request.encoding_format))
             for i, row in enumerate(vectors)

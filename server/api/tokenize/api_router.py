@@ -21,7 +21,7 @@ async def tokenize(
     body: TokenizeRequest, _key: KeyIdDep, generation: GenerationDep
 ) -> TokenizeResponse:
     """Text → token ids of the served model (llama-server's ``/tokenize``)."""
-    return serving.tokenize(body, generation)
+    return await serving.tokenize(body, generation)
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse)
@@ -29,7 +29,7 @@ async def detokenize(
     body: DetokenizeRequest, _key: KeyIdDep, generation: GenerationDep
 ) -> DetokenizeResponse:
     """Token ids → text (llama-server's ``/detokenize``)."""
-    return serving.detokenize(body, generation)
+    return await serving.detokenize(body, generation)
 
 
 def attach_router(app: FastAPI) -> None:

@@ -80,7 +80,13 @@ class Exchange:
     raised: BaseException | None  # what escaped the app: uvicorn logs it as an error
 
 
-async def exchange(app: FastAPI, path: str, body: dict[str, Any], gone: asyncio.Event) -> Exchange:
+async def exchange(
+    app: FastAPI,
+    path: str,
+    body: dict[str, Any],
+    gone: asyncio.Event,
+    headers: list[tuple[bytes, bytes]] = [],  # noqa: B006 (never mutated)
+) -> Exchange:
     """POST ``body`` to ``path``; the client disconnects once ``gone`` is set.
 
     ``receive`` is uvicorn's: the body, then it waits for the next message, which is
@@ -110,7 +116,7 @@ async def exchange(app: FastAPI, path: str, body: dict[str, Any], gone: asyncio.
         "raw_path": path.encode(),
         "root_path": "",
         "query_string": b"",
-        "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
+        "headers": [(b"content-type", b"application/json"), (b"host", b"test"), *headers],
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
     }
@@ -340,4 +346,5 @@ async def test_a_client_gone_while_its_tokens_are_charged_is_still_charged(
     assert record["extra"]["status"] == 499
     limiter.release.set()
     await asyncio.wait_for(limiter.done.wait(), timeout=2)  # never set when the charge died
-    assert limiter.charged == [("anonymous", record["extra"]["completion_tokens"])]
+    used = record["extra"]["prompt_tokens"] + record["extra"]["completion_tokens"]
+    assert limiter.charged == [("anonymous", used)]  # prompt and completion alike

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from server.settings import Settings
 from tests.fakes import FakeEngine
-from tests.unit.api.conftest import KEY_A, _wait_ready, auth
+from tests.unit.api.conftest import KEY_A, KEY_B, _wait_ready, auth
 
 CHAT = {"messages": [{"role": "user", "content": "Capital of France?"}]}
 
@@ -133,12 +133,41 @@ def test_body_larger_than_the_limit_is_413(make_client: Callable[..., TestClient
     assert_envelope(response.json(), "invalid_request_error", "payload_too_large")
 
 
-def test_request_id_is_echoed_or_generated(client: TestClient) -> None:
-    echoed = client.get("/health", headers={"X-Request-ID": "trace-123"})
-    assert echoed.headers["x-request-id"] == "trace-123"
+def test_request_id_is_the_servers_and_the_clients_is_only_a_correlation_id(
+    client: TestClient,
+) -> None:
+    sent = client.get("/health", headers={"X-Request-ID": "trace-123"})
+    assert sent.headers["x-request-id"] != "trace-123"
+    assert len(sent.headers["x-request-id"]) == 32
+    assert sent.headers["x-client-request-id"] == "trace-123"
     generated = client.get("/health", headers={"X-Request-ID": "bad id with spaces\n"})
-    assert generated.headers["x-request-id"] != "bad id with spaces"
     assert len(generated.headers["x-request-id"]) == 32
+    assert "x-client-request-id" not in generated.headers  # an invalid one is not echoed
+
+
+def test_a_client_cannot_choose_the_response_id_capture_and_feedback_use(
+    make_client: Callable[..., TestClient],
+) -> None:
+    # Two keys send the same X-Request-ID (one of them to claim the other's id): each gets a
+    # response id of its own, both are captured, and each can rate its own answer.
+    client = make_client(capture="full")
+    _wait_ready(client)
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    ids = []
+    for key in (KEY_A, KEY_B):
+        response = client.post(
+            "/v1/chat/completions", json=chat, headers={**auth(key), "X-Request-ID": "shared-1"}
+        )
+        assert response.status_code == 200
+        assert "shared-1" not in response.json()["id"]
+        assert response.headers["x-client-request-id"] == "shared-1"
+        ids.append((key, response.json()["id"]))
+    assert ids[0][1] != ids[1][1]
+    for key, response_id in ids:
+        rated = client.post(
+            "/v1/feedback", json={"response_id": response_id, "rating": 1}, headers=auth(key)
+        )
+        assert rated.status_code in (200, 201), rated.text
 
 
 def test_unknown_route_is_404_envelope(client: TestClient) -> None:

@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 
 from server.drift.monitor import DriftMonitor
 from server.drift.observation import Observation
-from tests.unit.api.conftest import _wait_ready, auth
+from server.security.api_keys import hash_key, metrics_label
+from tests.unit.api.conftest import KEY_A, _wait_ready, auth
 from tests.unit.api.test_feedback import captured
 
 ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
@@ -41,7 +42,8 @@ ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
 
 def _tokens(client: TestClient, kind: str) -> float:
     metrics = client.get("/metrics").text
-    match = re.search(rf'^ggserve_{kind}_tokens_total\{{key_id="alpha"\}} (\S+)$', metrics, re.M)
+    label = metrics_label("alpha", hash_key(KEY_A))
+    match = re.search(rf'^ggserve_{kind}_tokens_total\{{key_id="{label}"\}} (\S+)$', metrics, re.M)
     return float(match.group(1)) if match else 0.0
 
 

@@ -45,7 +45,8 @@ def test_a_chat_request_is_one_trace_with_its_stages(
     spans = {s.name: s for s in exporter.get_finished_spans()}
     root = spans["POST /v1/chat/completions"]
     assert root.attributes is not None
-    assert root.attributes["ggserve.request_id"] == "trace-me-1"
+    assert root.attributes["ggserve.request_id"] == response.headers["x-request-id"]
+    assert root.attributes["ggserve.client_request_id"] == "trace-me-1"
     assert root.attributes["http.route"] == "/v1/chat/completions"
     assert root.attributes["http.status_code"] == 200
     for stage in ("auth", "rate_limit", "queue_wait", "prefill", "decode"):

@@ -40,7 +40,7 @@ def test_prefix_cache_counters_and_engine_histograms_are_exported() -> None:
         ttft_seconds=ttft.snapshot(),
         inter_token_seconds=LatencyHistogram((0.01,)).snapshot(),
     )
-    text = generate_latest(Metrics(lambda: stats, lambda: "ready").registry).decode()
+    text = generate_latest(Metrics(lambda: stats, lambda: "ready", str).registry).decode()
     assert "ggserve_prefix_cache_hits_total 5.0" in text
     assert "ggserve_prefix_cache_misses_total 2.0" in text
     assert "ggserve_prefix_cache_tokens_saved_total 4000.0" in text

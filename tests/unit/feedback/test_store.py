@@ -207,7 +207,8 @@ def test_a_reused_response_id_never_overwrites_the_first_record(
 ) -> None:
     add("same-id", key_id="alice")
     store.put_feedback(thumbs("same-id", key_id="alice", correction="Onhava"))
-    # Another key sends the same X-Request-ID, so its response gets the same id.
+    # Response ids are the server's own, but the store does not rely on it: a reused id (a bug,
+    # a replayed import) from another key must not replace the first record.
     assert store.add_interactions([replace(interaction("same-id"), key_id="mallory")]) == 0
     stored = store.get_feedback("same-id")
     assert stored is not None and stored.interaction.key_id == "alice"
