@@ -106,6 +106,12 @@ class Settings(BaseSettings):
         description="Host RAM (MiB) for the KV states of evicted slots, restored when their "
         "conversation returns instead of prefilled again; 0 = off.",
     )
+    prefix_cache_scope: Literal["key", "global"] = Field(
+        "key",
+        description="Who may reuse a cached prompt prefix: 'key' (the API key that wrote it; "
+        "the server's own system prompts are shared) or 'global' (every client, as one "
+        "trusted tenant). Requests narrow it further with cache_salt.",
+    )
     speculative: Literal["off", "ngram"] = Field(
         "ngram",
         description="Prompt-lookup speculative decoding: draft tokens from n-grams of the prompt "

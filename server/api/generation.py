@@ -98,6 +98,8 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     record: ResponseRecord | None = None  # set by handlers of generation routes
     priority: int = 0  # admission order among waiting requests: lower goes first (vLLM)
+    cache_salt: str = ""  # the client's own prefix-cache scope within its key (vLLM's field)
+    shared_prefix: int = 0  # prompt tokens the server wrote itself, shareable across keys
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,7 @@ class GenerationService:
         max_tokens_default: int,
         max_tokens_limit: int,
         min_priority: int = 0,
+        prefix_cache_scope: str = "key",
         drain: Drain | None = None,
         tracing: Tracing | None = None,
         feedback: FeedbackService | None = None,
@@ -189,6 +192,7 @@ class GenerationService:
         self.max_tokens_default = max_tokens_default
         self.max_tokens_limit = max_tokens_limit
         self.min_priority = min_priority
+        self.prefix_cache_scope = prefix_cache_scope
         self.feedback = feedback
         self.model_version = model_version or ModelVersion("unknown")
         self.drift = drift
@@ -206,6 +210,7 @@ class GenerationService:
             max_tokens_default=settings.max_tokens_default,
             max_tokens_limit=settings.max_tokens_limit,
             min_priority=settings.min_priority,
+            prefix_cache_scope=settings.prefix_cache_scope,
             drain=services.drain,
             tracing=services.tracing,
             feedback=services.feedback,
@@ -298,6 +303,12 @@ class GenerationService:
             )
         ctx.priority = priority
 
+    def cache_salt(self, ctx: RequestContext) -> str:
+        """The prefix-cache scope of ``ctx``'s generations: its key (unless the operator
+        shares the cache globally), narrowed by the client's own ``cache_salt``."""
+        scope = ctx.key_id if self.prefix_cache_scope == "key" else ""
+        return f"{scope}\x00{ctx.cache_salt}" if ctx.cache_salt else scope
+
     def check_choices(self, n: int) -> None:
         """Refuse ``n`` choices unless each can have a slot of its own."""
         if n != 1 and not 1 <= n <= (slots := self._engine.stats().slots_total):
@@ -348,7 +359,14 @@ class GenerationService:
             yield done
             return
         request = GenerationRequest(
-            ctx.request_id, prompt_tokens, params, n=n, priority=ctx.priority, tenant=ctx.key_id
+            ctx.request_id,
+            prompt_tokens,
+            params,
+            n=n,
+            priority=ctx.priority,
+            tenant=ctx.key_id,
+            cache_salt=self.cache_salt(ctx),
+            shared_prefix=ctx.shared_prefix,
         )
         try:
             events = self._engine.generate(request)

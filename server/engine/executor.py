@@ -40,6 +40,7 @@ class Slot:
     seq_id: int
     cached_tokens: list[int] = field(default_factory=list)
     last_used: float = 0.0
+    salt: str = ""  # the scope (tenant) of what it holds past any shared prefix
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,14 @@ class _Generation:
         return self.fork_of is None and self.request.params.prompt_logprobs is not None
 
     @property
+    def salt(self) -> str:
+        return self.request.cache_salt
+
+    @property
+    def shared_prefix(self) -> int:
+        return self.request.shared_prefix
+
+    @property
     def cached(self) -> int:
         """Prompt tokens that were not evaluated for this choice (own cache or a copy)."""
         return self.prompt_pos - self.evaluated
@@ -559,6 +567,7 @@ class LlamaEngine:
             # plan assumed the prefix was kept, so plan again from the real state.
             replan |= generation.prompt_pos != admission.keep
             slot.generation, slot.last_used = generation, now
+            slot.salt = generation.salt  # what it keeps past the shared prefix is its own
             generation.slot, generation.admitted = slot, now
             generation.phase = Phase.PREFILLING
             self._fair_share.admitted(generation.fair_tag or 0.0)
@@ -658,7 +667,10 @@ class LlamaEngine:
         does not give, or one larger than the whole cache, is simply not kept)."""
         started = time.perf_counter()
         saved = self._executor.save(slot.seq_id)
-        if saved is not None and self._prompt_cache.put(slot.cached_tokens, *saved) is not None:
+        if (
+            saved is not None
+            and self._prompt_cache.put(slot.cached_tokens, *saved, salt=slot.salt) is not None
+        ):
             stats = self._prompt_cache.stats
             stats.saves += 1
             stats.save_seconds += time.perf_counter() - started

@@ -15,6 +15,9 @@ llama.cpp,
   take its whole KV cache and sample their first token from its logits, so the prompt is
   evaluated once and every choice continues from bit-identical state;
 - which sequences decode one token, and which prompt chunks fill the rest of the batch;
+- which caches a sequence may reuse at all: past its server-owned ``shared_prefix``, only
+  those written under its own ``salt`` (its tenant), so prefix reuse leaks nothing between
+  tenants;
 - which speculative drafts are verified: only in the room prompt chunks leave, so
   speculation never delays a prompt.
 
@@ -54,6 +57,9 @@ class SlotView(Protocol):
     @property
     def last_used(self) -> float: ...
 
+    @property
+    def salt(self) -> str: ...  # whose content the cache holds past any shared prefix
+
 
 class SequenceView(Protocol):
     """What the planner reads about one sequence (one request, or one choice of an n > 1 one)."""
@@ -85,6 +91,12 @@ class SequenceView(Protocol):
     @property
     def draft(self) -> Sequence[int]: ...  # DECODING: tokens proposed to follow next_token
 
+    @property
+    def salt(self) -> str: ...  # its prefix-cache scope (the tenant, unless shared globally)
+
+    @property
+    def shared_prefix(self) -> int: ...  # prompt tokens any scope may share (server-owned)
+
 
 class CachedView(Protocol):
     """What the planner reads about one entry of the host-RAM prompt cache."""
@@ -94,6 +106,9 @@ class CachedView(Protocol):
 
     @property
     def tokens(self) -> Sequence[int]: ...
+
+    @property
+    def salt(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -243,6 +258,17 @@ def usable_prefix(prompt: Sequence[int], tokens: Sequence[int]) -> int:
     return min(common_prefix_length(prompt, tokens), max(len(prompt) - 1, 0))
 
 
+def reusable(seq: SequenceView, tokens: Sequence[int], salt: str) -> int:
+    """How much of a cache holding ``tokens`` written under ``salt`` ``seq`` may take over.
+
+    Across scopes only the sequence's server-owned prefix (``shared_prefix``) is shared, so
+    one tenant can never learn, from its cached-token count or its latency, what another
+    tenant's prompt begins with (the reason vLLM has ``cache_salt``).
+    """
+    length = usable_prefix(seq.prompt, tokens)
+    return length if salt == seq.salt else min(length, seq.shared_prefix)
+
+
 @dataclass
 class _Cache:
     """The planner's running picture of one slot's KV cache within this step."""
@@ -251,6 +277,7 @@ class _Cache:
     tokens: Sequence[int]
     length: int
     occupied: bool
+    salt: str = ""
     copy_dst: bool = False  # receives a copy this step: not a source until the next one
     copy_src: bool = False  # serves a copy this step: not a destination until the next one
 
@@ -295,7 +322,7 @@ def _best_entry(seq: SequenceView, state: PlanState) -> tuple[int, int]:
     """The RAM entry holding the longest usable prefix of ``seq``'s prompt: (entry_id, length)."""
     best_id, best_len = -1, 0
     for entry in state.ram:
-        length = usable_prefix(seq.prompt, entry.tokens)
+        length = reusable(seq, entry.tokens, entry.salt)
         if length > best_len:
             best_id, best_len = entry.entry_id, length
     return best_id, best_len
@@ -323,24 +350,24 @@ def _admit(state: PlanState, caches: dict[int, _Cache]) -> _Admitted:
         best = max(
             free,
             key=lambda c: (
-                usable_prefix(seq.prompt, c.view()),
+                reusable(seq, c.view(), c.salt),
                 safe[c.slot.seq_id],
                 -c.slot.last_used,
             ),
         )
         # A scoring sequence evaluates its whole prompt: cached tokens have no logits.
-        keep = 0 if seq.scores_prompt else usable_prefix(seq.prompt, best.view())
+        keep = 0 if seq.scores_prompt else reusable(seq, best.view(), best.salt)
         if state.keep_evicted and keep < best.length and not safe[best.slot.seq_id]:
             out.saves.append(Save(best.slot.seq_id, best.length))
         best.occupied = True
         best.length = keep
+        best.salt = seq.salt
         out.admissions.append(Admission(seq.key, best.slot.seq_id, keep))
         progress = _Progress(seq, best.slot.seq_id, keep)
         if not seq.scores_prompt:
             entry_id, from_ram = _best_entry(seq, state)
             from_slots = max(
-                [keep]
-                + [usable_prefix(seq.prompt, c.view()) for c in caches.values() if c is not best]
+                [keep] + [reusable(seq, c.view(), c.salt) for c in caches.values() if c is not best]
             )
             if from_ram - from_slots >= state.min_copy_tokens:
                 out.restores.append(Restore(seq.key, best.slot.seq_id, entry_id, from_ram))
@@ -357,7 +384,7 @@ def _best_source(seq: SequenceView, own: int, caches: dict[int, _Cache]) -> tupl
     for cache in caches.values():
         if cache.slot.seq_id == own or cache.copy_dst:
             continue
-        length = usable_prefix(seq.prompt, cache.view())
+        length = reusable(seq, cache.view(), cache.salt)
         if length > best_len:
             best_id, best_len = cache.slot.seq_id, length
     return best_id, best_len
@@ -373,7 +400,7 @@ def _leader(me: _Progress, prefilling: Sequence[_Progress]) -> tuple[int, int]:
     for other in prefilling:
         if other.seq.key >= me.seq.key:
             continue
-        shared = usable_prefix(me.seq.prompt, other.seq.prompt)
+        shared = reusable(me.seq, other.seq.prompt, other.seq.salt)
         if shared > best_shared:
             best_key, best_shared = other.seq.key, shared
     return best_key, best_shared
@@ -397,7 +424,9 @@ def _with_drafts(
 def plan(state: PlanState) -> StepPlan:
     """Decide one step. Pure: the same state always gives the same plan."""
     caches = {
-        slot.seq_id: _Cache(slot, slot.cached_tokens, len(slot.cached_tokens), occupied=False)
+        slot.seq_id: _Cache(
+            slot, slot.cached_tokens, len(slot.cached_tokens), occupied=False, salt=slot.salt
+        )
         for slot in state.slots
     }
     for seq in state.running:
@@ -443,6 +472,7 @@ def plan(state: PlanState) -> StepPlan:
             caches[src].copy_src = True
             dst = caches[own]
             dst.tokens, dst.length, dst.copy_dst = caches[src].view(), available, True
+            dst.salt = seq.salt
             progress.prompt_pos = available
         ready.append(progress)
 

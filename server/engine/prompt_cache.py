@@ -31,6 +31,7 @@ class CachedPrompt:
     tokens: tuple[int, ...]
     data: Any  # a ctypes uint8 array as llama.cpp wrote it (no copy into ``bytes``)
     size: int  # bytes
+    salt: str = ""  # the scope (tenant) that wrote it: see planner.reusable
 
 
 @dataclass
@@ -75,20 +76,24 @@ class PromptCache:
             for e in self._entries.values()
         )
 
-    def put(self, tokens: Sequence[int], data: Any, size: int) -> CachedPrompt | None:
-        """Keep a state; entries it extends (their tokens are a prefix of ``tokens``) go, and
-        the least recently used go until it fits. None when it cannot fit at all."""
+    def put(
+        self, tokens: Sequence[int], data: Any, size: int, salt: str = ""
+    ) -> CachedPrompt | None:
+        """Keep a state; entries of the same scope it extends (their tokens are a prefix of
+        ``tokens``) go, and the least recently used go until it fits. None when it cannot fit
+        at all."""
         if not self.enabled or size <= 0 or size > self.capacity_bytes:
             return None
         key = tuple(tokens)
         for entry in list(self._entries.values()):
-            if len(entry.tokens) <= len(key) and key[: len(entry.tokens)] == entry.tokens:
+            extended = len(entry.tokens) <= len(key) and key[: len(entry.tokens)] == entry.tokens
+            if extended and entry.salt == salt:
                 self._remove(entry.entry_id)
         while self._entries and self.stats.bytes + size > self.capacity_bytes:
             oldest = next(iter(self._entries))
             self._remove(oldest)
             self.stats.evictions += 1
-        entry = CachedPrompt(next(self._ids), key, data, size)
+        entry = CachedPrompt(next(self._ids), key, data, size, salt)
         self._entries[entry.entry_id] = entry
         self.stats.bytes += size
         self.stats.entries = len(self._entries)

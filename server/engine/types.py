@@ -64,6 +64,10 @@ class GenerationRequest:
     # turns between tenants (an API key, or a router's fairness id) within one priority.
     priority: int = 0
     tenant: str = ""
+    # Prefix-cache scope: a cache written under another salt is reused only up to
+    # ``shared_prefix`` prompt tokens (the server's own system prompt and template opening).
+    cache_salt: str = ""
+    shared_prefix: int = 0
 
 
 @dataclass(frozen=True)

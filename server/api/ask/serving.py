@@ -45,6 +45,7 @@ from server.api.generation import (
     until_disconnected,
 )
 from server.api.streaming import Frame, SseResponse, open_stream
+from server.engine.planner import common_prefix_length
 from server.engine.types import (
     EngineEvent,
     FinishEvent,
@@ -317,6 +318,10 @@ def _generation_chat(
         if ctx.record is not None:  # what the model saw: system prompt, passages, question
             ctx.record.messages = [dict(m) for m in messages]
         prompt = generation.chat_prompt(messages)
+        if messages and messages[0].get("role") == "system":
+            # The agent's system prompt is the server's own: every key may share its cache.
+            opening = generation.chat_prompt(list(messages[:1]))
+            ctx.shared_prefix = common_prefix_length(opening, prompt)
         max_tokens = generation.resolve_max_tokens(requested_max_tokens, len(prompt))
         items = generation.stream(ctx, prompt, replace(params, max_tokens=max_tokens))
         async with closing(items):

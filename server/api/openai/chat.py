@@ -75,6 +75,7 @@ class ChatServing:
     ) -> ChatCompletionResponse | SseResponse:
         generation.check_choices(request.n)
         generation.set_priority(ctx, request.priority)
+        ctx.cache_salt = request.cache_salt or ""
         chat = prepare_chat(request, generation)
         ctx.record = ResponseRecord(
             f"chatcmpl-{ctx.request_id}",

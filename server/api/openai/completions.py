@@ -55,6 +55,7 @@ class CompletionServing:
     ) -> CompletionResponse | SseResponse:
         generation.check_choices(request.n)
         generation.set_priority(ctx, request.priority)
+        ctx.cache_salt = request.cache_salt or ""
         if request.suffix:
             raise BadRequestError("suffix is not supported.", param="suffix")
         if request.best_of not in (None, 1):

@@ -65,6 +65,8 @@ class SamplingFields(_Lenient):
     priority: int = Field(0, ge=-(2**31), le=2**31 - 1)
     # ggserve: false opts this request out of prompt-lookup speculation (GGSERVE_SPECULATIVE).
     speculative: bool = True
+    # vLLM's: only requests with the same salt (within one key) share cached prompt prefixes.
+    cache_salt: str | None = Field(None, min_length=1, max_length=256)
 
     @field_validator("stop")
     @classmethod

@@ -28,6 +28,7 @@ class FakeSlot:
     seq_id: int
     cached_tokens: list[int] = field(default_factory=list)
     last_used: float = 0.0
+    salt: str = ""
 
 
 @dataclass
@@ -41,6 +42,8 @@ class FakeSeq:
     scores_prompt: bool = False
     fork_of: int | None = None
     draft: tuple[int, ...] = ()
+    salt: str = ""
+    shared_prefix: int = 0
 
 
 def state(
@@ -349,3 +352,41 @@ def test_no_room_no_drafts() -> None:
     step = plan(state(slots, running=[decoding(0, 0, (1, 2))], waiting=[newcomer], capacity=64))
     assert step.decodes[0].draft == ()
     assert step.n_tokens == 64
+
+
+# --- tenants: prefix reuse never crosses scopes past the server-owned prefix --------------
+
+
+def test_another_tenants_cached_prompt_is_not_reused() -> None:
+    secret = SYSTEM + question(1)
+    slots = [FakeSlot(0, [*secret, 9, 9], salt="key-a"), FakeSlot(1)]
+    probe = FakeSeq(5, secret + question(2), salt="key-b")
+    step = plan(state(slots, waiting=[probe]))
+    assert step.admissions[0].keep == 0
+    assert step.copies == ()
+
+
+def test_the_server_owned_prefix_is_shared_across_tenants() -> None:
+    slots = [FakeSlot(0, SYSTEM + question(1), salt="key-a"), FakeSlot(1)]
+    seq = FakeSeq(5, SYSTEM + question(2), salt="key-b", shared_prefix=len(SYSTEM))
+    step = plan(state(slots, waiting=[seq]))
+    kept = step.admissions[0].keep + sum(c.keep for c in step.copies)
+    assert kept == len(SYSTEM)
+
+
+def test_the_same_tenant_reuses_its_own_prompt() -> None:
+    secret = SYSTEM + question(1)
+    slots = [FakeSlot(0, [*secret, 9, 9], salt="key-a"), FakeSlot(1)]
+    again = FakeSeq(5, secret + question(2), salt="key-a")
+    step = plan(state(slots, waiting=[again]))
+    assert step.admissions[0].keep == len(secret)
+
+
+def test_a_busy_slot_of_another_tenant_is_neither_copied_nor_waited_for() -> None:
+    secret = SYSTEM + question(1, length=100)
+    leader = FakeSeq(0, secret, Phase.PREFILLING, 0, 0, salt="key-a")
+    slots = [FakeSlot(0, [], salt="key-a"), FakeSlot(1)]
+    follower = FakeSeq(1, secret + question(2), salt="key-b")
+    step = plan(state(slots, running=[leader], waiting=[follower], capacity=1024))
+    assert step.waits == () and step.copies == ()
+    assert {c.key for c in step.chunks} == {0, 1}

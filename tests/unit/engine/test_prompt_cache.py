@@ -18,6 +18,7 @@ HISTORY_B = list(range(3000, 3600))
 class Entry:
     entry_id: int
     tokens: tuple[int, ...]
+    salt: str = ""
 
 
 def ram_state(
@@ -144,3 +145,24 @@ def test_an_entry_that_extends_another_replaces_it() -> None:
 def test_the_tier_off_keeps_nothing() -> None:
     cache = PromptCache(capacity_bytes=0)
     assert not cache.enabled and cache.put(HISTORY_A, "x", 1) is None
+
+
+def test_another_tenants_saved_conversation_is_not_restored() -> None:
+    history = question(3, length=300)
+    slots = [FakeSlot(0), FakeSlot(1)]
+    probe = FakeSeq(7, history + question(4), salt="key-b")
+    step = plan(ram_state(slots, [probe], [Entry(1, tuple(history), salt="key-a")]))
+    assert step.restores == ()
+    own = replace(probe, salt="key-a")
+    step = plan(ram_state(slots, [own], [Entry(1, tuple(history), salt="key-a")]))
+    assert [r.keep for r in step.restores] == [len(history)]
+
+
+def test_a_new_state_replaces_only_its_own_tenants_shorter_entries() -> None:
+    cache = PromptCache(capacity_bytes=1000)
+    mine = cache.put([1, 2, 3], object(), 10, salt="a")
+    theirs = cache.put([1, 2], object(), 10, salt="b")
+    assert mine is not None and theirs is not None
+    cache.put([1, 2, 3, 4], object(), 10, salt="a")
+    held = {(e.tokens, e.salt) for e in cache.entries()}
+    assert held == {((1, 2), "b"), ((1, 2, 3, 4), "a")}
