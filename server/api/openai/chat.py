@@ -47,6 +47,7 @@ from server.api.openai.wire import (
 from server.api.streaming import Frame, SseResponse, open_stream
 from server.chat.reasoning import ReasoningSplit, split_reasoning
 from server.chat.tools import ToolCall
+from server.chat.tools.formats import GENERIC, ToolFormat
 from server.chat.tools.parser import (
     CallStart,
     ContentDelta,
@@ -97,6 +98,7 @@ class ChatServing:
                 json_answer=chat.json_answer,
                 prefill=chat.prefill,
                 reasoning=chat.reasoning,
+                tool_format=chat.tool_format,
             )
             return await open_stream(http_request, ctx, items, fmt)
         whole = await until_disconnected(http_request, collect_all(items))
@@ -111,7 +113,7 @@ class ChatServing:
             content: str | None = text
             calls: list[ToolCallOut] | None = None
             if chat.parse_calls and not done.refused:
-                parsed = parse_output(text, prefill=chat.prefill)
+                parsed = parse_output(text, prefill=chat.prefill, fmt=chat.tool_format)
                 if parsed.calls or chat.prefill:  # forced and cut short: no content, no call
                     content = parsed.content or None
                     calls = [tool_call_out(call) for call in parsed.calls] or None
@@ -165,12 +167,15 @@ class ChatChunkFormat(OpenAIFormat):
         json_answer: JsonAnswer | None = None,
         prefill: str = "",
         reasoning: bool = False,
+        tool_format: ToolFormat = GENERIC,
     ) -> None:
         self.chunk_id, self.model, self.include_usage = chunk_id, model, include_usage
         self.created = int(time.time())
         self.n = n
         self._started = False
-        self._calls = [ToolCallStream(prefill=prefill) for _ in range(n)] if parse_calls else None
+        self._calls = (
+            [ToolCallStream(tool_format, prefill) for _ in range(n)] if parse_calls else None
+        )
         self._piece_of = piece_of
         self._content: dict[int, ContentTemplate] = {}
         self._json_answer = json_answer

@@ -26,6 +26,7 @@ from server.chat.json_grammar import (
 )
 from server.chat.reasoning import template_thinks
 from server.chat.tools import ToolSpecError
+from server.chat.tools.formats import GENERIC, ToolFormat
 from server.chat.tools.plan import plan_tools
 from server.engine.types import InvalidRequestError, SamplingParams
 
@@ -53,6 +54,7 @@ class PreparedChat:
     json_answer: JsonAnswer | None = None  # response_format json_object / json_schema
     prefill: str = ""  # a forced call's known start, in the prompt (read back with the output)
     reasoning: bool = False  # split <think>…</think> into reasoning_content
+    tool_format: ToolFormat = GENERIC  # the model family's call format (how calls are read)
 
 
 def _message_dict(message: ChatMessage) -> dict[str, Any]:
@@ -179,6 +181,7 @@ def prepare_chat(request: ChatCompletionRequest, generation: GenerationService) 
         json_answer(request),
         plan.prefill,
         _splits_reasoning(request, generation),
+        plan.fmt,
     )
 
 

@@ -45,6 +45,7 @@ from server.api.responses.protocol import (
     new_id,
 )
 from server.api.streaming import Frame, SseResponse, open_stream
+from server.chat.tools.formats import GENERIC, ToolFormat
 from server.chat.tools.parser import (
     ArgumentsDelta,
     CallStart,
@@ -125,13 +126,18 @@ class ResponsesServing:
         items = generation.stream(ctx, chat.prompt, chat.params, input_text=chat.input_text)
         response = _envelope(request, self.services.model_id, response_id)
         if request.stream:
-            fmt = ResponseEventFormat(response, parse_calls=chat.parse_calls, prefill=chat.prefill)
+            fmt = ResponseEventFormat(
+                response,
+                parse_calls=chat.parse_calls,
+                prefill=chat.prefill,
+                tool_format=chat.tool_format,
+            )
             return await open_stream(http_request, ctx, items, fmt)
         whole = await until_disconnected(http_request, collect_all(items))
         output: list[OutputItem] = []
         text, calls = whole.text, []
         if chat.parse_calls and not whole.done.refused:
-            parsed = parse_output(whole.text, prefill=chat.prefill)
+            parsed = parse_output(whole.text, prefill=chat.prefill, fmt=chat.tool_format)
             text, calls = parsed.content, parsed.calls
         if text or not calls:
             output.append(OutputMessage(id=new_id("msg"), content=[OutputText(text=text)]))
@@ -149,9 +155,16 @@ class ResponsesServing:
 class ResponseEventFormat:
     """Writes a generation as the Responses API's typed server-sent events."""
 
-    def __init__(self, response: ResponseObject, *, parse_calls: bool, prefill: str = "") -> None:
+    def __init__(
+        self,
+        response: ResponseObject,
+        *,
+        parse_calls: bool,
+        prefill: str = "",
+        tool_format: ToolFormat = GENERIC,
+    ) -> None:
         self._response = response
-        self._calls = ToolCallStream(prefill=prefill) if parse_calls else None
+        self._calls = ToolCallStream(tool_format, prefill) if parse_calls else None
         self._sequence = 0
         self._started = False
         self._message: OutputMessage | None = None  # the open message item, if any
