@@ -20,7 +20,12 @@ from server.api.generation import (
     last_user_message,
     until_disconnected,
 )
-from server.api.openai.chat_request import JsonAnswer, prepare_chat
+from server.api.openai.chat_request import (
+    INVALID_ANSWER,
+    JsonAnswer,
+    answer_problem,
+    prepare_chat,
+)
 from server.api.openai.logprobs import PieceOf, chat_logprobs
 from server.api.openai.protocol import (
     ChatChoice,
@@ -56,9 +61,6 @@ from server.chat.tools.parser import (
     parse_output,
 )
 from server.runtime.services import Services
-
-# What a JSON answer that fails its response_format says instead of the answer.
-INVALID_ANSWER = "The model's answer does not satisfy response_format"
 
 
 class ChatServing:
@@ -122,7 +124,7 @@ class ChatServing:
                 entries = chat_logprobs(whole.logprobs[index], generation.token_piece)
                 logprobs = ChoiceLogprobs(content=entries)
             refusal = text if done.refused else None
-            problem = _answer_problem(chat.json_answer, text, reason, done.refused or bool(calls))
+            problem = answer_problem(chat.json_answer, text, reason, done.refused or bool(calls))
             if problem:  # never a success: say why instead
                 ctx.log_fields["invalid_output"] = problem
                 content, refusal = None, f"{INVALID_ANSWER}: {problem}."
@@ -278,23 +280,13 @@ class ChatChunkFormat(OpenAIFormat):
         for index, reason in enumerate(done.finish_reasons):
             called = self._calls is not None and bool(self._calls[index].calls)
             text = "".join(self._texts[index])
-            problem = _answer_problem(self._json_answer, text, reason, done.refused or called)
+            problem = answer_problem(self._json_answer, text, reason, done.refused or called)
             if problem:
                 raise OutputRejectedError(
                     f"{INVALID_ANSWER}: {problem}.",
                     code="invalid_json_answer",
                     param="response_format",
                 )
-
-
-def _answer_problem(
-    json_answer: JsonAnswer | None, text: str, reason: str, not_an_answer: bool
-) -> str | None:
-    """Why a finished choice's text breaks its JSON ``response_format`` (None: it does not, or
-    there is nothing to check: text format, cut by the budget, refused, or a tool call)."""
-    if json_answer is None or reason != "stop" or not_an_answer:
-        return None
-    return json_answer.problem(text)
 
 
 def _tool_deltas(items: list[StreamItem]) -> list[ChatDelta]:

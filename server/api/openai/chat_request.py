@@ -30,6 +30,9 @@ from server.chat.tools.formats import GENERIC, ToolFormat
 from server.chat.tools.plan import plan_tools
 from server.engine.types import InvalidRequestError, SamplingParams
 
+# What a JSON answer that fails its response_format says instead of the answer.
+INVALID_ANSWER = "The model's answer does not satisfy response_format"
+
 
 @dataclass(frozen=True)
 class JsonAnswer:
@@ -40,6 +43,17 @@ class JsonAnswer:
     def problem(self, text: str) -> str | None:
         """Why ``text`` is not such an answer, or None."""
         return check_answer(text, self.schema)
+
+
+def answer_problem(
+    json_answer: JsonAnswer | None, text: str, reason: str, not_an_answer: bool
+) -> str | None:
+    """Why a finished choice's text breaks its JSON format (None: it does not, or there is
+    nothing to check: text format, cut by the budget, refused, or a tool call). Chat
+    completions and the Responses API both ask this, so ``stop`` means valid on both."""
+    if json_answer is None or reason != "stop" or not_an_answer:
+        return None
+    return json_answer.problem(text)
 
 
 @dataclass(frozen=True)

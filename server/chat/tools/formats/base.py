@@ -335,10 +335,10 @@ class ToolFormat:
     # -- constraining output -------------------------------------------------------------------
 
     def prefill(self, tools: Sequence[ToolSpec], named: bool) -> str:
-        """The known start of a forced call: the wrapper, and the name when ``named`` (one
-        tool) or the part of the head all tools share."""
-        heads = [self.head(tool) for tool in tools]
-        known = heads[0] if named else _common_prefix(heads)
+        """The known start of a forced call: the wrapper and the head up to the name, plus
+        the name itself when ``named`` (``required`` picks it under the grammar)."""
+        before_name = _common_prefix([self.head(ToolSpec("a")), self.head(ToolSpec("b"))])
+        known = self.head(tools[0]) if named else before_name
         return self.section_open + self.call_open + known
 
     def trigger(self, tools: Sequence[ToolSpec]) -> GrammarTrigger:
