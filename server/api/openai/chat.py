@@ -22,6 +22,7 @@ from server.api.generation import (
 )
 from server.api.openai.chat_request import (
     INVALID_ANSWER,
+    INVALID_CALL,
     JsonAnswer,
     answer_problem,
     prepare_chat,
@@ -51,7 +52,7 @@ from server.api.openai.wire import (
 )
 from server.api.streaming import Frame, SseResponse, open_stream
 from server.chat.reasoning import ReasoningSplit, split_reasoning
-from server.chat.tools import ToolCall
+from server.chat.tools import ToolCall, ToolSpec
 from server.chat.tools.formats import GENERIC, ToolFormat
 from server.chat.tools.parser import (
     CallStart,
@@ -60,6 +61,7 @@ from server.chat.tools.parser import (
     ToolCallStream,
     parse_output,
 )
+from server.chat.tools.spec import strict_call_problem
 from server.runtime.services import Services
 
 
@@ -101,6 +103,7 @@ class ChatServing:
                 prefill=chat.prefill,
                 reasoning=chat.reasoning,
                 tool_format=chat.tool_format,
+                tools=chat.tools,
             )
             return await open_stream(http_request, ctx, items, fmt)
         whole = await until_disconnected(http_request, collect_all(items))
@@ -128,6 +131,10 @@ class ChatServing:
             if problem:  # never a success: say why instead
                 ctx.log_fields["invalid_output"] = problem
                 content, refusal = None, f"{INVALID_ANSWER}: {problem}."
+            call_problem = strict_call_problem(parsed_calls(calls), chat.tools)
+            if call_problem:  # a strict tool's call that breaks its schema is no call
+                ctx.log_fields["invalid_output"] = call_problem
+                content, refusal, calls = None, f"{INVALID_CALL}: {call_problem}.", None
             message = ChatResponseMessage(
                 content=content,
                 refusal=refusal,
@@ -170,7 +177,9 @@ class ChatChunkFormat(OpenAIFormat):
         prefill: str = "",
         reasoning: bool = False,
         tool_format: ToolFormat = GENERIC,
+        tools: list[ToolSpec] | None = None,
     ) -> None:
+        self._tools = tools or []
         self.chunk_id, self.model, self.include_usage = chunk_id, model, include_usage
         self.created = int(time.time())
         self.n = n
@@ -264,11 +273,12 @@ class ChatChunkFormat(OpenAIFormat):
                     yield self._chunk(ChatDelta(reasoning_content=thought), index=index)
                 if text:
                     yield from self._content_frames(TextDelta(text, (), index), text, index)
+        last_calls = [stream.finish() for stream in self._calls or []]
         self._check_answers(event)
         for index, reason in enumerate(event.finish_reasons):
             has_calls = False
             if self._calls is not None:
-                for delta in _tool_deltas(self._calls[index].finish()):
+                for delta in _tool_deltas(last_calls[index]):
                     yield self._chunk(delta, index=index)
                 has_calls = bool(self._calls[index].calls)
             yield self._chunk(ChatDelta(), tool_finish(reason, has_calls), index=index)
@@ -287,6 +297,12 @@ class ChatChunkFormat(OpenAIFormat):
                     code="invalid_json_answer",
                     param="response_format",
                 )
+            if self._calls is not None and reason == "stop":
+                call_problem = strict_call_problem(self._calls[index].calls, self._tools)
+                if call_problem:
+                    raise OutputRejectedError(
+                        f"{INVALID_CALL}: {call_problem}.", code="invalid_tool_call", param="tools"
+                    )
 
 
 def _tool_deltas(items: list[StreamItem]) -> list[ChatDelta]:
@@ -309,6 +325,11 @@ def _tool_deltas(items: list[StreamItem]) -> list[ChatDelta]:
                 ChatDelta(tool_calls=[DeltaToolCall(index=item.index, function=fragment)])
             )
     return deltas
+
+
+def parsed_calls(calls: list[ToolCallOut] | None) -> list[ToolCall]:
+    """Response calls back as plain calls (for the strict check)."""
+    return [ToolCall(c.id, c.function.name, c.function.arguments) for c in calls or []]
 
 
 def tool_call_out(call: ToolCall) -> ToolCallOut:

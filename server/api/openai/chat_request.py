@@ -6,7 +6,7 @@ mean the same on both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from server.api.errors import BadRequestError
@@ -25,13 +25,15 @@ from server.chat.json_grammar import (
     strict_violations,
 )
 from server.chat.reasoning import template_thinks
-from server.chat.tools import ToolSpecError
+from server.chat.tools import ToolSpec, ToolSpecError
 from server.chat.tools.formats import GENERIC, ToolFormat
 from server.chat.tools.plan import plan_tools
 from server.engine.types import InvalidRequestError, SamplingParams
 
 # What a JSON answer that fails its response_format says instead of the answer.
 INVALID_ANSWER = "The model's answer does not satisfy response_format"
+# What a strict tool's call whose arguments break its parameters says instead of the call.
+INVALID_CALL = "The model's tool call does not satisfy the tool's strict parameters"
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class PreparedChat:
     prefill: str = ""  # a forced call's known start, in the prompt (read back with the output)
     reasoning: bool = False  # split <think>…</think> into reasoning_content
     tool_format: ToolFormat = GENERIC  # the model family's call format (how calls are read)
+    tools: list[ToolSpec] = field(default_factory=list)  # the request's tools (strict checks)
 
 
 def _message_dict(message: ChatMessage) -> dict[str, Any]:
@@ -196,6 +199,7 @@ def prepare_chat(request: ChatCompletionRequest, generation: GenerationService) 
         plan.prefill,
         _splits_reasoning(request, generation),
         plan.fmt,
+        tools,
     )
 
 

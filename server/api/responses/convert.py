@@ -86,6 +86,7 @@ def to_chat_request(request: ResponsesRequest) -> tuple[ChatCompletionRequest, l
                     "name": tool.name,
                     "description": tool.description,
                     "parameters": tool.parameters,
+                    "strict": tool.strict,
                 },
             }
             for tool in request.tools

@@ -12,7 +12,8 @@ delta``… → ``reasoning_text.done`` | ``content_part.added`` → ``output_tex
 A reasoning model's ``<think>…</think>`` becomes a ``reasoning`` output item before the answer.
 A ``text.format`` JSON answer passes the same check as chat's ``response_format``: one that
 ends ``stop`` but does not validate comes back as a ``refusal`` part (a stream ends with an
-``error`` event), never as ``output_text``.
+``error`` event), never as ``output_text``; so does a ``strict`` tool's call whose arguments
+break the tool's parameters.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from server.api.generation import (
 )
 from server.api.openai.chat_request import (
     INVALID_ANSWER,
+    INVALID_CALL,
     JsonAnswer,
     answer_problem,
     prepare_chat,
@@ -60,6 +62,7 @@ from server.api.responses.protocol import (
 )
 from server.api.streaming import Frame, SseResponse, open_stream
 from server.chat.reasoning import ReasoningSplit, split_reasoning
+from server.chat.tools import ToolSpec
 from server.chat.tools.formats import GENERIC, ToolFormat
 from server.chat.tools.parser import (
     ArgumentsDelta,
@@ -69,6 +72,7 @@ from server.chat.tools.parser import (
     ToolCallStream,
     parse_output,
 )
+from server.chat.tools.spec import strict_call_problem
 from server.runtime.services import Services
 
 
@@ -148,6 +152,7 @@ class ResponsesServing:
                 tool_format=chat.tool_format,
                 reasoning=chat.reasoning,
                 json_answer=chat.json_answer,
+                tools=chat.tools,
             )
             return await open_stream(http_request, ctx, items, fmt)
         whole = await until_disconnected(http_request, collect_all(items))
@@ -167,6 +172,11 @@ class ResponsesServing:
             ctx.log_fields["invalid_output"] = problem
             refusal = OutputRefusal(refusal=f"{INVALID_ANSWER}: {problem}.")
             output.append(OutputMessage(id=new_id("msg"), content=[refusal]))
+        elif call_problem := strict_call_problem(calls, chat.tools):
+            ctx.log_fields["invalid_output"] = call_problem
+            refusal = OutputRefusal(refusal=f"{INVALID_CALL}: {call_problem}.")
+            output.append(OutputMessage(id=new_id("msg"), content=[refusal]))
+            calls = []
         elif text or not calls:
             output.append(OutputMessage(id=new_id("msg"), content=[OutputText(text=text)]))
         for call in calls:
@@ -192,7 +202,9 @@ class ResponseEventFormat:
         tool_format: ToolFormat = GENERIC,
         reasoning: bool = False,
         json_answer: JsonAnswer | None = None,
+        tools: list[ToolSpec] | None = None,
     ) -> None:
+        self._tools = tools or []
         self._response = response
         self._calls = ToolCallStream(tool_format, prefill) if parse_calls else None
         self._reasoning = ReasoningSplit() if reasoning else None
@@ -267,6 +279,12 @@ class ResponseEventFormat:
             raise OutputRejectedError(
                 f"{INVALID_ANSWER}: {problem}.", code="invalid_json_answer", param="text.format"
             )
+        if self._calls is not None and done.finish_reason == "stop":
+            call_problem = strict_call_problem(self._calls.calls, self._tools)
+            if call_problem:
+                raise OutputRejectedError(
+                    f"{INVALID_CALL}: {call_problem}.", code="invalid_tool_call", param="tools"
+                )
 
     def _reasoning_frames(self, thought: str) -> Iterable[Frame]:
         if not thought:

@@ -258,3 +258,23 @@ def test_lazy_guard_vets_the_text_completing_the_marker() -> None:
     bad = LazyTriggerGuard(GrammarTrigger("<tool_call>", heads))
     assert bad.accepts(b"<tool_")
     assert not bad.accepts(b"call>\n\n")
+
+
+def test_strict_call_problem_checks_only_strict_tools() -> None:
+    from server.chat.tools.spec import ToolCall, strict_call_problem
+
+    strict = ToolSpec(WEATHER.name, WEATHER.description, WEATHER.parameters, strict=True)
+    bad = ToolCall("call_1", "get_weather", '{"unit": "c"}')  # city is required
+    good = ToolCall("call_2", "get_weather", '{"city": "Oslo", "unit": "f"}')
+    assert strict_call_problem([good], [strict]) is None
+    problem = strict_call_problem([good, bad], [strict])
+    assert problem is not None and "city" in problem
+    assert strict_call_problem([bad], [WEATHER]) is None  # not strict: returned as generated
+
+
+def test_a_strict_tool_with_an_unenforceable_keyword_is_refused() -> None:
+    parameters = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}
+    with pytest.raises(ToolSpecError) as info:
+        check_tools([ToolSpec("count", "", parameters, strict=True)])
+    assert info.value.param == "tools[0].function.parameters.properties.n.minimum"
+    check_tools([ToolSpec("count", "", parameters)])  # not strict: fine
