@@ -3,6 +3,7 @@ read whole or streamed in arbitrary pieces (strings with quotes, braces, escapes
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -40,7 +41,7 @@ def test_valid_arguments_round_trip_through_the_family_format(
     stream = ToolCallStream(fmt)
     items = []
     bounds = sorted({min(cut, len(text)) for cut in cuts} | {0, len(text)})
-    for start, end in zip(bounds, bounds[1:], strict=False):
+    for start, end in itertools.pairwise(bounds):
         items += stream.feed(text[start:end])
     items += stream.finish()
     assert [i.name for i in items if isinstance(i, CallStart)] == ["fill_record"]
