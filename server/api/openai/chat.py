@@ -25,7 +25,7 @@ from server.api.openai.chat_request import (
     INVALID_CALL,
     JsonAnswer,
     answer_problem,
-    prepare_chat,
+    prepare_chat_off_loop,
 )
 from server.api.openai.logprobs import PieceOf, chat_logprobs
 from server.api.openai.protocol import (
@@ -80,7 +80,7 @@ class ChatServing:
     ) -> ChatCompletionResponse | SseResponse:
         generation.check_choices(request.n)
         generation.set_priority(ctx, request.priority)
-        chat = prepare_chat(request, generation)
+        chat = await prepare_chat_off_loop(request, generation)
         ctx.record = ResponseRecord(
             f"chatcmpl-{ctx.request_id}",
             "chat",

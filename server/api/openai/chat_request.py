@@ -6,6 +6,8 @@ mean the same on both.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -201,6 +203,32 @@ def prepare_chat(request: ChatCompletionRequest, generation: GenerationService) 
         plan.fmt,
         tools,
     )
+
+
+# Above this much schema text (response_format and tool parameters together), a request is
+# prepared in a worker thread: an uncached conversion of a large schema takes tens to
+# hundreds of milliseconds, which on the event loop would stall every other stream.
+LARGE_SCHEMA_CHARS = 4096
+
+
+def schema_chars(request: ChatCompletionRequest) -> int:
+    """How much JSON-schema text the request carries (a cheap size of the conversion work)."""
+    schemas: list[Any] = [t.function.parameters for t in request.tools or []]
+    fmt = request.response_format
+    if fmt is not None and fmt.json_schema is not None:
+        schemas.append(fmt.json_schema.schema_)
+    return sum(len(json.dumps(schema, default=str)) for schema in schemas if schema)
+
+
+async def prepare_chat_off_loop(
+    request: ChatCompletionRequest, generation: GenerationService
+) -> PreparedChat:
+    """``prepare_chat``, in a worker thread when the request's schemas are large (the grammar
+    conversion would block the event loop); inline otherwise, where a thread hop costs more
+    than the work. Converted grammars are cached, so a repeated large schema is cheap anyway."""
+    if schema_chars(request) > LARGE_SCHEMA_CHARS:
+        return await asyncio.to_thread(prepare_chat, request, generation)
+    return prepare_chat(request, generation)
 
 
 def _splits_reasoning(request: ChatCompletionRequest, generation: GenerationService) -> bool:

@@ -42,7 +42,7 @@ from server.api.openai.chat_request import (
     INVALID_CALL,
     JsonAnswer,
     answer_problem,
-    prepare_chat,
+    prepare_chat_off_loop,
 )
 from server.api.responses.convert import responses_param, to_chat_request
 from server.api.responses.protocol import (
@@ -134,7 +134,7 @@ class ResponsesServing:
     ) -> ResponseObject | SseResponse:
         chat_request, origin = to_chat_request(request)
         try:
-            chat = prepare_chat(chat_request, generation)
+            chat = await prepare_chat_off_loop(chat_request, generation)
         except BadRequestError as exc:
             exc.param = responses_param(exc.param, origin)
             raise

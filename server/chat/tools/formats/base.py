@@ -19,12 +19,13 @@ module derives everything else the same way for all of them:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal
 
-from server.chat.json_grammar import JsonConverter
+from server.chat.json_grammar import GRAMMAR_CACHE_SIZE, JsonConverter
 from server.chat.tools.spec import ToolSpec, ToolSpecError
 from server.engine.types import GrammarTrigger
 
@@ -203,6 +204,13 @@ class ToolFormat:
     bare_start: ClassVar[bool] = False
     thinks: ClassVar[bool] = False  # the family writes <think>…</think> first
 
+    # A format has no state: two of the same family are the same format (and one cache key).
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
     # -- detection and rendering ---------------------------------------------------------
 
     @classmethod
@@ -355,7 +363,20 @@ class ToolFormat:
 
         ``prefill`` is the start of the first call, already in the prompt; the grammar covers
         only the rest. Raises ``ToolSpecError`` naming a tool whose schema cannot become one.
+        Memoized (an LRU keyed by the family and the tools' canonical JSON), as agents send
+        the same tools with every request.
         """
+        try:
+            key = json.dumps(
+                [[t.name, t.description, t.parameters] for t in tools],
+                allow_nan=False,
+                sort_keys=True,
+            )
+        except (TypeError, ValueError):  # not plain JSON: the uncached path says why
+            return self._grammar(tools, parallel=parallel, prefill=prefill)
+        return _cached_grammar(self, key, parallel, prefill)
+
+    def _grammar(self, tools: Sequence[ToolSpec], *, parallel: bool, prefill: str) -> str:
         if not tools:
             raise ValueError("a call grammar needs at least one tool")
         opening = self.section_open + self.call_open
@@ -396,6 +417,14 @@ class ToolFormat:
         if self.section_close:
             body = f"{body} {_literal(self.section_close)}"
         return "\n".join((f"root ::= {body}", *lines))
+
+
+@functools.lru_cache(maxsize=GRAMMAR_CACHE_SIZE)
+def _cached_grammar(fmt: ToolFormat, key: str, parallel: bool, prefill: str) -> str:
+    tools = [
+        ToolSpec(name, description, parameters) for name, description, parameters in json.loads(key)
+    ]
+    return fmt._grammar(tools, parallel=parallel, prefill=prefill)
 
 
 def _literal(text: str) -> str:
