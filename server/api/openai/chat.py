@@ -102,6 +102,7 @@ class ChatServing:
                 json_answer=chat.json_answer,
                 prefill=chat.prefill,
                 reasoning=chat.reasoning,
+                thinking_open=chat.thinking_open,
                 tool_format=chat.tool_format,
                 tools=chat.tools,
             )
@@ -113,7 +114,9 @@ class ChatServing:
             zip(whole.texts, done.finish_reasons, strict=True)
         ):
             reasoning, text = (
-                split_reasoning(output) if chat.reasoning and not done.refused else ("", output)
+                split_reasoning(output, opened=chat.thinking_open)
+                if chat.reasoning and not done.refused
+                else ("", output)
             )
             content: str | None = text
             calls: list[ToolCallOut] | None = None
@@ -176,6 +179,7 @@ class ChatChunkFormat(OpenAIFormat):
         json_answer: JsonAnswer | None = None,
         prefill: str = "",
         reasoning: bool = False,
+        thinking_open: bool = False,
         tool_format: ToolFormat = GENERIC,
         tools: list[ToolSpec] | None = None,
     ) -> None:
@@ -191,7 +195,9 @@ class ChatChunkFormat(OpenAIFormat):
         self._content: dict[int, ContentTemplate] = {}
         self._json_answer = json_answer
         self._texts: list[list[str]] = [[] for _ in range(n)]  # kept only for json_answer
-        self._reasoning = [ReasoningSplit() for _ in range(n)] if reasoning else None
+        self._reasoning = (
+            [ReasoningSplit(opened=thinking_open) for _ in range(n)] if reasoning else None
+        )
 
     def _chunk(
         self,

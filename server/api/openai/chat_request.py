@@ -26,7 +26,7 @@ from server.chat.json_grammar import (
     json_schema_grammar,
     strict_violations,
 )
-from server.chat.reasoning import template_thinks
+from server.chat.reasoning import THINK_CLOSE, template_opens_thinking, template_thinks
 from server.chat.tools import ToolSpec, ToolSpecError
 from server.chat.tools.formats import GENERIC, ToolFormat
 from server.chat.tools.plan import plan_tools
@@ -72,6 +72,7 @@ class PreparedChat:
     json_answer: JsonAnswer | None = None  # response_format json_object / json_schema
     prefill: str = ""  # a forced call's known start, in the prompt (read back with the output)
     reasoning: bool = False  # split <think>…</think> into reasoning_content
+    thinking_open: bool = False  # the prompt ends inside <think>: the output starts thinking
     tool_format: ToolFormat = GENERIC  # the model family's call format (how calls are read)
     tools: list[ToolSpec] = field(default_factory=list)  # the request's tools (strict checks)
 
@@ -181,8 +182,12 @@ def prepare_chat(request: ChatCompletionRequest, generation: GenerationService) 
             param="response_format",
         )
     prompt = generation.chat_prompt(plan.messages, **plan.template_vars)
+    opened = template_opens_thinking(generation.template_source)
     if plan.prefill:  # the assistant's answer starts with the forced call's known part
-        prompt += generation.tokenize(plan.prefill, add_special=False)
+        # (after closing the thinking the template opened: a forced call needs none)
+        closing = THINK_CLOSE + "\n\n" if opened else ""
+        prompt += generation.tokenize(closing + plan.prefill, add_special=False)
+        opened = False
     max_tokens = generation.resolve_max_tokens(request.requested_max_tokens(), len(prompt))
     params = replace(
         sampling_params(request, max_tokens, plan.grammar or response_grammar),
@@ -191,6 +196,7 @@ def prepare_chat(request: ChatCompletionRequest, generation: GenerationService) 
     )
     transcript = [{"role": m["role"], "content": str(m["content"])} for m in messages]
     input_text = "\n".join(m["content"] for m in transcript)
+    reasoning = _splits_reasoning(request, generation)
     return PreparedChat(
         prompt,
         params,
@@ -199,7 +205,8 @@ def prepare_chat(request: ChatCompletionRequest, generation: GenerationService) 
         transcript,
         json_answer(request),
         plan.prefill,
-        _splits_reasoning(request, generation),
+        reasoning,
+        reasoning and opened,
         plan.fmt,
         tools,
     )

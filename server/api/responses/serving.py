@@ -151,6 +151,7 @@ class ResponsesServing:
                 prefill=chat.prefill,
                 tool_format=chat.tool_format,
                 reasoning=chat.reasoning,
+                thinking_open=chat.thinking_open,
                 json_answer=chat.json_answer,
                 tools=chat.tools,
             )
@@ -160,7 +161,7 @@ class ResponsesServing:
         output: list[OutputItem] = []
         reasoning, text = ("", whole.text)
         if chat.reasoning and not done.refused:
-            reasoning, text = split_reasoning(whole.text)
+            reasoning, text = split_reasoning(whole.text, opened=chat.thinking_open)
         calls = []
         if chat.parse_calls and not done.refused:
             parsed = parse_output(text, prefill=chat.prefill, fmt=chat.tool_format)
@@ -201,13 +202,14 @@ class ResponseEventFormat:
         prefill: str = "",
         tool_format: ToolFormat = GENERIC,
         reasoning: bool = False,
+        thinking_open: bool = False,
         json_answer: JsonAnswer | None = None,
         tools: list[ToolSpec] | None = None,
     ) -> None:
         self._tools = tools or []
         self._response = response
         self._calls = ToolCallStream(tool_format, prefill) if parse_calls else None
-        self._reasoning = ReasoningSplit() if reasoning else None
+        self._reasoning = ReasoningSplit(opened=thinking_open) if reasoning else None
         self._thought: OutputReasoning | None = None  # the open reasoning item, if any
         self._json_answer = json_answer
         self._answer: list[str] = []  # the content, kept only for json_answer

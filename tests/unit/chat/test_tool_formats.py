@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from server.chat.reasoning import split_reasoning
+from server.chat.reasoning import split_reasoning, template_opens_thinking
 from server.chat.template import CHATML_TEMPLATE, ChatTemplate
 from server.chat.tools.formats import REGISTRY, detect_format, format_named
 from server.chat.tools.parser import (
@@ -120,7 +120,8 @@ FAMILIES = [
     Family(
         "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja",
         "deepseek",
-        "<think>\nTwo lookups.\n</think>\n\n"
+        # R1's template opens <think> in the prompt: the output starts inside the thinking.
+        "Two lookups.\n</think>\n\n"
         "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n"
         '```json\n{"city": "Paris"}\n```<｜tool▁call▁end｜>\n'
         "<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n"
@@ -144,11 +145,12 @@ IDS = [f"{f.name}-{i}" for i, f in enumerate(FAMILIES)]
 
 def _answer(family: Family) -> str:
     """The output as the tool parser sees it: after the reasoning is split off."""
-    return (
-        split_reasoning(family.output)[1]
-        if detect_format(family.source()).thinks
-        else (family.output)
-    )
+    source = family.source()
+    if not detect_format(source).thinks:
+        return family.output
+    reasoning, answer = split_reasoning(family.output, opened=template_opens_thinking(source))
+    assert reasoning  # the thinking was found and kept out of the answer
+    return answer
 
 
 def _calls(calls: list[tuple[str, str]]) -> list[tuple[str, object]]:
