@@ -39,6 +39,7 @@ _NAME_LIMIT = 64
 class DeepSeekFormat(ToolFormat):
     name = "deepseek"
     markers = (CALLS_BEGIN,)
+    preserved = (CALLS_BEGIN, CALLS_END, CALL_BEGIN, CALL_END, SEP)
     section_open = CALLS_BEGIN
     call_open = CALL_BEGIN + "function" + SEP
     call_close = "\n```" + CALL_END

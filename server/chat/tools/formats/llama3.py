@@ -23,6 +23,7 @@ class Llama3Format(ToolFormat):
     name = "llama3"
     # The lazy grammar triggers on the start of a call's JSON (bare calls have no wrapper).
     markers = ('{"name": ', PYTHON_TAG)
+    preserved = (PYTHON_TAG,)
     separator = None  # the templates refuse more than one call per turn
     call_close = "}"
     bare_start = True

@@ -41,6 +41,7 @@ def mistral_call_id(call_id: str) -> str:
 class MistralFormat(ToolFormat):
     name = "mistral"
     markers = (TOOL_CALLS,)
+    preserved = (TOOL_CALLS,)
     section_open = TOOL_CALLS + "["
     call_close = "}"
     separator = ", "
