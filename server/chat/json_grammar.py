@@ -15,6 +15,7 @@ answer that ends with ``stop`` always validates.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -59,6 +60,7 @@ UNENFORCED_KEYWORDS = frozenset(
         "unevaluatedItems",
     }
 )
+GRAMMAR_CACHE_SIZE = 256  # converted grammars kept (schemas, and sets of tools), least recent out
 ENFORCED_FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3"})
 
 
@@ -84,12 +86,20 @@ def json_schema_grammar(schema: dict[str, Any]) -> str:
             f"The JSON schema must be an object, got {type(schema).__name__}."
         )
     try:
-        plain = json.loads(json.dumps(schema, allow_nan=False))
+        canonical = json.dumps(schema, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as exc:
         raise InvalidRequestError(f"The JSON schema is not serializable JSON: {exc}") from exc
+    return _schema_grammar(canonical)
+
+
+@functools.lru_cache(maxsize=GRAMMAR_CACHE_SIZE)
+def _schema_grammar(canonical: str) -> str:
+    """The conversion, memoized by the schema's canonical JSON text: agents send the same
+    schema on every request, and a large one costs tens of milliseconds or more (optional
+    properties make the converter's rules grow quadratically). Errors are not cached."""
     try:
         converter = JsonConverter()
-        converter.visit(converter.resolve_refs(plain, "request"), "")
+        converter.visit(converter.resolve_refs(json.loads(canonical), "request"), "")
         return str(converter.format_grammar())
     except _SCHEMA_ERRORS as exc:
         detail = str(exc) or type(exc).__name__

@@ -4,12 +4,20 @@ DeepSeek-R1, Qwen3, QwQ and others write ``<think>…</think>`` before their ans
 ``reasoning_format: "deepseek"`` (the default when the model's chat template knows the tags)
 that text goes to ``message.reasoning_content`` / ``delta.reasoning_content`` instead of
 ``content``, as llama.cpp's server and vLLM do; ``"none"`` leaves it in the content.
+
+Some templates (DeepSeek-R1's distills) end the generation prompt with ``<think>\n`` themselves:
+the output then starts inside the thinking, with no opening tag (``opened``), as llama.cpp's
+"thinking forced open".
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Literal
+
+from server.chat.template import ChatTemplate
+from server.engine.types import InvalidRequestError
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -19,6 +27,19 @@ ReasoningFormat = Literal["none", "deepseek"]
 def template_thinks(template_source: str) -> bool:
     """Whether the model's chat template knows the thinking tags (a reasoning model)."""
     return THINK_OPEN in template_source or THINK_CLOSE in template_source
+
+
+@functools.lru_cache(maxsize=8)
+def template_opens_thinking(template_source: str) -> bool:
+    """Whether the template's generation prompt ends inside an open ``<think>`` block."""
+    if not template_thinks(template_source):
+        return False
+    try:
+        template = ChatTemplate(template_source, bos_token="", eos_token="")
+        prompt = template.render([{"role": "user", "content": "Hi"}])
+    except (ValueError, InvalidRequestError):
+        return False
+    return THINK_OPEN in prompt and THINK_CLOSE not in prompt.rpartition(THINK_OPEN)[2]
 
 
 def _partial_suffix(text: str, marker: str) -> int:
@@ -37,10 +58,15 @@ class ReasoningSplit:
     could still become the tag or its closing is held back until it is known.
     """
 
+    opened: bool = False  # the prompt already opened <think>: the output starts inside it
     _state: Literal["start", "reasoning", "content"] = "start"
     _buffer: str = ""
     _after_open: bool = field(default=False)  # newlines right after <think> are not reasoning
     _after_close: bool = field(default=False)  # newlines right after </think> are not content
+
+    def __post_init__(self) -> None:
+        if self.opened:
+            self._state, self._after_open = "reasoning", True
 
     def feed(self, text: str) -> tuple[str, str]:
         """The reasoning and the content that ``text`` (the next piece of output) completes."""
@@ -82,9 +108,9 @@ class ReasoningSplit:
         return "", rest
 
 
-def split_reasoning(text: str) -> tuple[str, str]:
-    """A whole answer as (reasoning, content)."""
-    split = ReasoningSplit()
+def split_reasoning(text: str, *, opened: bool = False) -> tuple[str, str]:
+    """A whole answer as (reasoning, content); ``opened``: the prompt opened ``<think>``."""
+    split = ReasoningSplit(opened=opened)
     reasoning, content = split.feed(text)
     more_reasoning, more_content = split.finish()
     return reasoning + more_reasoning, content + more_content

@@ -20,7 +20,13 @@ from server.api.generation import (
     last_user_message,
     until_disconnected,
 )
-from server.api.openai.chat_request import JsonAnswer, prepare_chat
+from server.api.openai.chat_request import (
+    INVALID_ANSWER,
+    INVALID_CALL,
+    JsonAnswer,
+    answer_problem,
+    prepare_chat_off_loop,
+)
 from server.api.openai.logprobs import PieceOf, chat_logprobs
 from server.api.openai.protocol import (
     ChatChoice,
@@ -46,7 +52,8 @@ from server.api.openai.wire import (
 )
 from server.api.streaming import Frame, SseResponse, open_stream
 from server.chat.reasoning import ReasoningSplit, split_reasoning
-from server.chat.tools import ToolCall
+from server.chat.tools import ToolCall, ToolSpec
+from server.chat.tools.formats import GENERIC, ToolFormat
 from server.chat.tools.parser import (
     CallStart,
     ContentDelta,
@@ -54,10 +61,8 @@ from server.chat.tools.parser import (
     ToolCallStream,
     parse_output,
 )
+from server.chat.tools.spec import strict_call_problem
 from server.runtime.services import Services
-
-# What a JSON answer that fails its response_format says instead of the answer.
-INVALID_ANSWER = "The model's answer does not satisfy response_format"
 
 
 class ChatServing:
@@ -76,7 +81,7 @@ class ChatServing:
         generation.check_choices(request.n)
         generation.set_priority(ctx, request.priority)
         ctx.cache_salt = request.cache_salt or ""
-        chat = prepare_chat(request, generation)
+        chat = await prepare_chat_off_loop(request, generation)
         ctx.record = ResponseRecord(
             f"chatcmpl-{ctx.request_id}",
             "chat",
@@ -98,6 +103,9 @@ class ChatServing:
                 json_answer=chat.json_answer,
                 prefill=chat.prefill,
                 reasoning=chat.reasoning,
+                thinking_open=chat.thinking_open,
+                tool_format=chat.tool_format,
+                tools=chat.tools,
             )
             return await open_stream(http_request, ctx, items, fmt)
         whole = await until_disconnected(http_request, collect_all(items))
@@ -107,12 +115,14 @@ class ChatServing:
             zip(whole.texts, done.finish_reasons, strict=True)
         ):
             reasoning, text = (
-                split_reasoning(output) if chat.reasoning and not done.refused else ("", output)
+                split_reasoning(output, opened=chat.thinking_open)
+                if chat.reasoning and not done.refused
+                else ("", output)
             )
             content: str | None = text
             calls: list[ToolCallOut] | None = None
             if chat.parse_calls and not done.refused:
-                parsed = parse_output(text, prefill=chat.prefill)
+                parsed = parse_output(text, prefill=chat.prefill, fmt=chat.tool_format)
                 if parsed.calls or chat.prefill:  # forced and cut short: no content, no call
                     content = parsed.content or None
                     calls = [tool_call_out(call) for call in parsed.calls] or None
@@ -121,10 +131,14 @@ class ChatServing:
                 entries = chat_logprobs(whole.logprobs[index], generation.token_piece)
                 logprobs = ChoiceLogprobs(content=entries)
             refusal = text if done.refused else None
-            problem = _answer_problem(chat.json_answer, text, reason, done.refused or bool(calls))
+            problem = answer_problem(chat.json_answer, text, reason, done.refused or bool(calls))
             if problem:  # never a success: say why instead
                 ctx.log_fields["invalid_output"] = problem
                 content, refusal = None, f"{INVALID_ANSWER}: {problem}."
+            call_problem = strict_call_problem(parsed_calls(calls), chat.tools)
+            if call_problem:  # a strict tool's call that breaks its schema is no call
+                ctx.log_fields["invalid_output"] = call_problem
+                content, refusal, calls = None, f"{INVALID_CALL}: {call_problem}.", None
             message = ChatResponseMessage(
                 content=content,
                 refusal=refusal,
@@ -166,17 +180,25 @@ class ChatChunkFormat(OpenAIFormat):
         json_answer: JsonAnswer | None = None,
         prefill: str = "",
         reasoning: bool = False,
+        thinking_open: bool = False,
+        tool_format: ToolFormat = GENERIC,
+        tools: list[ToolSpec] | None = None,
     ) -> None:
+        self._tools = tools or []
         self.chunk_id, self.model, self.include_usage = chunk_id, model, include_usage
         self.created = int(time.time())
         self.n = n
         self._started = False
-        self._calls = [ToolCallStream(prefill=prefill) for _ in range(n)] if parse_calls else None
+        self._calls = (
+            [ToolCallStream(tool_format, prefill) for _ in range(n)] if parse_calls else None
+        )
         self._piece_of = piece_of
         self._content: dict[int, ContentTemplate] = {}
         self._json_answer = json_answer
         self._texts: list[list[str]] = [[] for _ in range(n)]  # kept only for json_answer
-        self._reasoning = [ReasoningSplit() for _ in range(n)] if reasoning else None
+        self._reasoning = (
+            [ReasoningSplit(opened=thinking_open) for _ in range(n)] if reasoning else None
+        )
 
     def _chunk(
         self,
@@ -258,11 +280,12 @@ class ChatChunkFormat(OpenAIFormat):
                     yield self._chunk(ChatDelta(reasoning_content=thought), index=index)
                 if text:
                     yield from self._content_frames(TextDelta(text, (), index), text, index)
+        last_calls = [stream.finish() for stream in self._calls or []]
         self._check_answers(event)
         for index, reason in enumerate(event.finish_reasons):
             has_calls = False
             if self._calls is not None:
-                for delta in _tool_deltas(self._calls[index].finish()):
+                for delta in _tool_deltas(last_calls[index]):
                     yield self._chunk(delta, index=index)
                 has_calls = bool(self._calls[index].calls)
             yield self._chunk(ChatDelta(), tool_finish(reason, has_calls), index=index)
@@ -274,23 +297,19 @@ class ChatChunkFormat(OpenAIFormat):
         for index, reason in enumerate(done.finish_reasons):
             called = self._calls is not None and bool(self._calls[index].calls)
             text = "".join(self._texts[index])
-            problem = _answer_problem(self._json_answer, text, reason, done.refused or called)
+            problem = answer_problem(self._json_answer, text, reason, done.refused or called)
             if problem:
                 raise OutputRejectedError(
                     f"{INVALID_ANSWER}: {problem}.",
                     code="invalid_json_answer",
                     param="response_format",
                 )
-
-
-def _answer_problem(
-    json_answer: JsonAnswer | None, text: str, reason: str, not_an_answer: bool
-) -> str | None:
-    """Why a finished choice's text breaks its JSON ``response_format`` (None: it does not, or
-    there is nothing to check: text format, cut by the budget, refused, or a tool call)."""
-    if json_answer is None or reason != "stop" or not_an_answer:
-        return None
-    return json_answer.problem(text)
+            if self._calls is not None and reason == "stop":
+                call_problem = strict_call_problem(self._calls[index].calls, self._tools)
+                if call_problem:
+                    raise OutputRejectedError(
+                        f"{INVALID_CALL}: {call_problem}.", code="invalid_tool_call", param="tools"
+                    )
 
 
 def _tool_deltas(items: list[StreamItem]) -> list[ChatDelta]:
@@ -313,6 +332,11 @@ def _tool_deltas(items: list[StreamItem]) -> list[ChatDelta]:
                 ChatDelta(tool_calls=[DeltaToolCall(index=item.index, function=fragment)])
             )
     return deltas
+
+
+def parsed_calls(calls: list[ToolCallOut] | None) -> list[ToolCall]:
+    """Response calls back as plain calls (for the strict check)."""
+    return [ToolCall(c.id, c.function.name, c.function.arguments) for c in calls or []]
 
 
 def tool_call_out(call: ToolCall) -> ToolCallOut:

@@ -6,7 +6,9 @@ mean the same on both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import asyncio
+import json
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from server.api.errors import BadRequestError
@@ -24,10 +26,16 @@ from server.chat.json_grammar import (
     json_schema_grammar,
     strict_violations,
 )
-from server.chat.reasoning import template_thinks
-from server.chat.tools import ToolSpecError
+from server.chat.reasoning import THINK_CLOSE, template_opens_thinking, template_thinks
+from server.chat.tools import ToolSpec, ToolSpecError
+from server.chat.tools.formats import GENERIC, ToolFormat
 from server.chat.tools.plan import plan_tools
 from server.engine.types import InvalidRequestError, SamplingParams
+
+# What a JSON answer that fails its response_format says instead of the answer.
+INVALID_ANSWER = "The model's answer does not satisfy response_format"
+# What a strict tool's call whose arguments break its parameters says instead of the call.
+INVALID_CALL = "The model's tool call does not satisfy the tool's strict parameters"
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,17 @@ class JsonAnswer:
     def problem(self, text: str) -> str | None:
         """Why ``text`` is not such an answer, or None."""
         return check_answer(text, self.schema)
+
+
+def answer_problem(
+    json_answer: JsonAnswer | None, text: str, reason: str, not_an_answer: bool
+) -> str | None:
+    """Why a finished choice's text breaks its JSON format (None: it does not, or there is
+    nothing to check: text format, cut by the budget, refused, or a tool call). Chat
+    completions and the Responses API both ask this, so ``stop`` means valid on both."""
+    if json_answer is None or reason != "stop" or not_an_answer:
+        return None
+    return json_answer.problem(text)
 
 
 @dataclass(frozen=True)
@@ -53,6 +72,9 @@ class PreparedChat:
     json_answer: JsonAnswer | None = None  # response_format json_object / json_schema
     prefill: str = ""  # a forced call's known start, in the prompt (read back with the output)
     reasoning: bool = False  # split <think>…</think> into reasoning_content
+    thinking_open: bool = False  # the prompt ends inside <think>: the output starts thinking
+    tool_format: ToolFormat = GENERIC  # the model family's call format (how calls are read)
+    tools: list[ToolSpec] = field(default_factory=list)  # the request's tools (strict checks)
 
 
 def _message_dict(message: ChatMessage) -> dict[str, Any]:
@@ -161,8 +183,12 @@ def prepare_chat(request: ChatCompletionRequest, generation: GenerationService) 
             param="response_format",
         )
     prompt = generation.chat_prompt(plan.messages, **plan.template_vars)
+    opened = template_opens_thinking(generation.template_source)
     if plan.prefill:  # the assistant's answer starts with the forced call's known part
-        prompt += generation.tokenize(plan.prefill, add_special=False)
+        # (after closing the thinking the template opened: a forced call needs none)
+        closing = THINK_CLOSE + "\n\n" if opened else ""
+        prompt += generation.tokenize(closing + plan.prefill, add_special=False)
+        opened = False
     max_tokens = generation.resolve_max_tokens(request.requested_max_tokens(), len(prompt))
     params = replace(
         sampling_params(request, max_tokens, plan.grammar or response_grammar),
@@ -171,6 +197,7 @@ def prepare_chat(request: ChatCompletionRequest, generation: GenerationService) 
     )
     transcript = [{"role": m["role"], "content": str(m["content"])} for m in messages]
     input_text = "\n".join(m["content"] for m in transcript)
+    reasoning = _splits_reasoning(request, generation)
     return PreparedChat(
         prompt,
         params,
@@ -179,8 +206,37 @@ def prepare_chat(request: ChatCompletionRequest, generation: GenerationService) 
         transcript,
         json_answer(request),
         plan.prefill,
-        _splits_reasoning(request, generation),
+        reasoning,
+        reasoning and opened,
+        plan.fmt,
+        tools,
     )
+
+
+# Above this much schema text (response_format and tool parameters together), a request is
+# prepared in a worker thread: an uncached conversion of a large schema takes tens to
+# hundreds of milliseconds, which on the event loop would stall every other stream.
+LARGE_SCHEMA_CHARS = 4096
+
+
+def schema_chars(request: ChatCompletionRequest) -> int:
+    """How much JSON-schema text the request carries (a cheap size of the conversion work)."""
+    schemas: list[Any] = [t.function.parameters for t in request.tools or []]
+    fmt = request.response_format
+    if fmt is not None and fmt.json_schema is not None:
+        schemas.append(fmt.json_schema.schema_)
+    return sum(len(json.dumps(schema, default=str)) for schema in schemas if schema)
+
+
+async def prepare_chat_off_loop(
+    request: ChatCompletionRequest, generation: GenerationService
+) -> PreparedChat:
+    """``prepare_chat``, in a worker thread when the request's schemas are large (the grammar
+    conversion would block the event loop); inline otherwise, where a thread hop costs more
+    than the work. Converted grammars are cached, so a repeated large schema is cheap anyway."""
+    if schema_chars(request) > LARGE_SCHEMA_CHARS:
+        return await asyncio.to_thread(prepare_chat, request, generation)
+    return prepare_chat(request, generation)
 
 
 def _splits_reasoning(request: ChatCompletionRequest, generation: GenerationService) -> bool:

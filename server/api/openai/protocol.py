@@ -158,6 +158,7 @@ def tool_specs(tools: list[ToolDefinition]) -> list[ToolSpec]:
             t.function.parameters
             if t.function.parameters is not None
             else {"type": "object", "properties": {}},
+            strict=bool(t.function.strict),
         )
         for t in tools
     ]

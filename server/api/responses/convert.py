@@ -14,6 +14,7 @@ from server.api.responses.protocol import (
     FunctionCallItem,
     FunctionCallOutputItem,
     MessageItem,
+    ReasoningInputItem,
     ResponsesRequest,
 )
 
@@ -31,6 +32,8 @@ def _messages(request: ResponsesRequest) -> tuple[list[dict[str, Any]], list[str
         return messages, origin
     for index, item in enumerate(request.input):
         where = f"input[{index}]"
+        if isinstance(item, ReasoningInputItem):
+            continue  # earlier thinking is not part of the prompt
         if isinstance(item, MessageItem):
             messages.append({"role": item.role, "content": item.text()})
         elif isinstance(item, FunctionCallItem):
@@ -73,6 +76,7 @@ def to_chat_request(request: ResponsesRequest) -> tuple[ChatCompletionRequest, l
         "seed": request.seed,
         "parallel_tool_calls": request.parallel_tool_calls,
         "max_tokens": request.max_output_tokens,
+        "reasoning_format": request.reasoning_format,
     }
     if request.tools:
         body["tools"] = [
@@ -82,6 +86,7 @@ def to_chat_request(request: ResponsesRequest) -> tuple[ChatCompletionRequest, l
                     "name": tool.name,
                     "description": tool.description,
                     "parameters": tool.parameters,
+                    "strict": tool.strict,
                 },
             }
             for tool in request.tools
@@ -101,7 +106,11 @@ def to_chat_request(request: ResponsesRequest) -> tuple[ChatCompletionRequest, l
             )
         body["response_format"] = {
             "type": "json_schema",
-            "json_schema": {"name": fmt.name or "response", "schema": fmt.schema_},
+            "json_schema": {
+                "name": fmt.name or "response",
+                "schema": fmt.schema_,
+                "strict": fmt.strict,
+            },
         }
     elif fmt is not None and fmt.type == "json_object":
         body["response_format"] = {"type": "json_object"}

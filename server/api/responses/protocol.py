@@ -47,7 +47,15 @@ class FunctionCallOutputItem(_Lenient):
     output: str
 
 
-InputItem = MessageItem | FunctionCallItem | FunctionCallOutputItem
+class ReasoningInputItem(_Lenient):
+    """A reasoning item sent back from an earlier response: accepted, not shown to the model
+    (chat templates drop earlier turns' thinking too)."""
+
+    type: Literal["reasoning"]
+    id: str | None = None
+
+
+InputItem = MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningInputItem
 
 
 class FunctionTool(_Lenient):
@@ -92,6 +100,9 @@ class ResponsesRequest(_Lenient):
     metadata: dict[str, str] | None = None
     user: str | None = None
     seed: int | None = None  # not in OpenAI's Responses API; accepted for reproducible tests
+    # Not in OpenAI's Responses API either (as in chat): "deepseek" splits <think>…</think>
+    # into a reasoning item, "none" keeps it in the text; default: whether the template thinks.
+    reasoning_format: Literal["none", "deepseek"] | None = None
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -103,12 +114,34 @@ class OutputText(BaseModel):
     annotations: list[Any] = Field(default_factory=list)
 
 
+class OutputRefusal(BaseModel):
+    """In place of the text when the answer breaks ``text.format`` (never a success)."""
+
+    type: Literal["refusal"] = "refusal"
+    refusal: str
+
+
 class OutputMessage(BaseModel):
     type: Literal["message"] = "message"
     id: str
     status: Literal["in_progress", "completed", "incomplete"] = "completed"
     role: Literal["assistant"] = "assistant"
-    content: list[OutputText] = Field(default_factory=list)
+    content: list[OutputText | OutputRefusal] = Field(default_factory=list)
+
+
+class ReasoningText(BaseModel):
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str
+
+
+class OutputReasoning(BaseModel):
+    """A reasoning model's thinking (``<think>…</think>``), apart from the answer."""
+
+    type: Literal["reasoning"] = "reasoning"
+    id: str
+    summary: list[Any] = Field(default_factory=list)
+    content: list[ReasoningText] = Field(default_factory=list)
+    status: Literal["in_progress", "completed", "incomplete"] = "completed"
 
 
 class OutputFunctionCall(BaseModel):
@@ -120,7 +153,7 @@ class OutputFunctionCall(BaseModel):
     status: Literal["in_progress", "completed", "incomplete"] = "completed"
 
 
-OutputItem = OutputMessage | OutputFunctionCall
+OutputItem = OutputReasoning | OutputMessage | OutputFunctionCall
 
 
 class InputTokensDetails(BaseModel):

@@ -3,10 +3,17 @@
 Nothing is stored (``store`` is always false in the reply); ``previous_response_id`` is a 400
 that says to send the conversation in ``input``. Streams send OpenAI's typed events in the
 order the official client's ``responses.stream`` expects: ``response.created``,
-``response.in_progress``, then per output item ``output_item.added`` → (``content_part.added``
-→ ``output_text.delta``… → ``output_text.done`` → ``content_part.done`` | ``function_call_
-arguments.delta``… → ``function_call_arguments.done``) → ``output_item.done``, and last
-``response.completed`` (``response.incomplete`` when ``max_output_tokens`` cut it short).
+``response.in_progress``, then per output item ``output_item.added`` → (``reasoning_text.
+delta``… → ``reasoning_text.done`` | ``content_part.added`` → ``output_text.delta``… →
+``output_text.done`` → ``content_part.done`` | ``function_call_arguments.delta``… →
+``function_call_arguments.done``) → ``output_item.done``, and last ``response.completed``
+(``response.incomplete`` when ``max_output_tokens`` cut it short).
+
+A reasoning model's ``<think>…</think>`` becomes a ``reasoning`` output item before the answer.
+A ``text.format`` JSON answer passes the same check as chat's ``response_format``: one that
+ends ``stop`` but does not validate comes back as a ``refusal`` part (a stream ends with an
+``error`` event), never as ``output_text``; so does a ``strict`` tool's call whose arguments
+break the tool's parameters.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from server.api.errors import BadRequestError
+from server.api.errors import BadRequestError, OutputRejectedError
 from server.api.generation import (
     Completed,
     GenerationItem,
@@ -30,7 +37,13 @@ from server.api.generation import (
     last_user_message,
     until_disconnected,
 )
-from server.api.openai.chat_request import prepare_chat
+from server.api.openai.chat_request import (
+    INVALID_ANSWER,
+    INVALID_CALL,
+    JsonAnswer,
+    answer_problem,
+    prepare_chat_off_loop,
+)
 from server.api.responses.convert import responses_param, to_chat_request
 from server.api.responses.protocol import (
     IncompleteDetails,
@@ -38,13 +51,19 @@ from server.api.responses.protocol import (
     OutputFunctionCall,
     OutputItem,
     OutputMessage,
+    OutputReasoning,
+    OutputRefusal,
     OutputText,
+    ReasoningText,
     ResponseObject,
     ResponsesRequest,
     ResponseUsage,
     new_id,
 )
 from server.api.streaming import Frame, SseResponse, open_stream
+from server.chat.reasoning import ReasoningSplit, split_reasoning
+from server.chat.tools import ToolSpec
+from server.chat.tools.formats import GENERIC, ToolFormat
 from server.chat.tools.parser import (
     ArgumentsDelta,
     CallStart,
@@ -53,6 +72,7 @@ from server.chat.tools.parser import (
     ToolCallStream,
     parse_output,
 )
+from server.chat.tools.spec import strict_call_problem
 from server.runtime.services import Services
 
 
@@ -114,7 +134,7 @@ class ResponsesServing:
     ) -> ResponseObject | SseResponse:
         chat_request, origin = to_chat_request(request)
         try:
-            chat = prepare_chat(chat_request, generation)
+            chat = await prepare_chat_off_loop(chat_request, generation)
         except BadRequestError as exc:
             exc.param = responses_param(exc.param, origin)
             raise
@@ -125,15 +145,40 @@ class ResponsesServing:
         items = generation.stream(ctx, chat.prompt, chat.params, input_text=chat.input_text)
         response = _envelope(request, self.services.model_id, response_id)
         if request.stream:
-            fmt = ResponseEventFormat(response, parse_calls=chat.parse_calls, prefill=chat.prefill)
+            fmt = ResponseEventFormat(
+                response,
+                parse_calls=chat.parse_calls,
+                prefill=chat.prefill,
+                tool_format=chat.tool_format,
+                reasoning=chat.reasoning,
+                thinking_open=chat.thinking_open,
+                json_answer=chat.json_answer,
+                tools=chat.tools,
+            )
             return await open_stream(http_request, ctx, items, fmt)
         whole = await until_disconnected(http_request, collect_all(items))
+        done = whole.done
         output: list[OutputItem] = []
-        text, calls = whole.text, []
-        if chat.parse_calls and not whole.done.refused:
-            parsed = parse_output(whole.text, prefill=chat.prefill)
+        reasoning, text = ("", whole.text)
+        if chat.reasoning and not done.refused:
+            reasoning, text = split_reasoning(whole.text, opened=chat.thinking_open)
+        calls = []
+        if chat.parse_calls and not done.refused:
+            parsed = parse_output(text, prefill=chat.prefill, fmt=chat.tool_format)
             text, calls = parsed.content, parsed.calls
-        if text or not calls:
+        if reasoning:
+            output.append(OutputReasoning(id=new_id("rs"), content=[ReasoningText(text=reasoning)]))
+        problem = answer_problem(chat.json_answer, text, done.finish_reason, done.refused)
+        if problem and not calls:  # never a success: say why instead
+            ctx.log_fields["invalid_output"] = problem
+            refusal = OutputRefusal(refusal=f"{INVALID_ANSWER}: {problem}.")
+            output.append(OutputMessage(id=new_id("msg"), content=[refusal]))
+        elif call_problem := strict_call_problem(calls, chat.tools):
+            ctx.log_fields["invalid_output"] = call_problem
+            refusal = OutputRefusal(refusal=f"{INVALID_CALL}: {call_problem}.")
+            output.append(OutputMessage(id=new_id("msg"), content=[refusal]))
+            calls = []
+        elif text or not calls:
             output.append(OutputMessage(id=new_id("msg"), content=[OutputText(text=text)]))
         for call in calls:
             output.append(
@@ -149,9 +194,26 @@ class ResponsesServing:
 class ResponseEventFormat:
     """Writes a generation as the Responses API's typed server-sent events."""
 
-    def __init__(self, response: ResponseObject, *, parse_calls: bool, prefill: str = "") -> None:
+    def __init__(
+        self,
+        response: ResponseObject,
+        *,
+        parse_calls: bool,
+        prefill: str = "",
+        tool_format: ToolFormat = GENERIC,
+        reasoning: bool = False,
+        thinking_open: bool = False,
+        json_answer: JsonAnswer | None = None,
+        tools: list[ToolSpec] | None = None,
+    ) -> None:
+        self._tools = tools or []
         self._response = response
-        self._calls = ToolCallStream(prefill=prefill) if parse_calls else None
+        self._calls = ToolCallStream(tool_format, prefill) if parse_calls else None
+        self._reasoning = ReasoningSplit(opened=thinking_open) if reasoning else None
+        self._thought: OutputReasoning | None = None  # the open reasoning item, if any
+        self._json_answer = json_answer
+        self._answer: list[str] = []  # the content, kept only for json_answer
+        self._part = OutputText(text="")  # the open message's text
         self._sequence = 0
         self._started = False
         self._message: OutputMessage | None = None  # the open message item, if any
@@ -176,21 +238,78 @@ class ResponseEventFormat:
         if isinstance(event, PromptScores):
             return
         if isinstance(event, TextDelta):
-            items: list[StreamItem] = (
-                [ContentDelta(event.text)] if self._calls is None else self._calls.feed(event.text)
-            )
-            for item in items:
-                yield from self._item_frames(item)
+            thought, text = event.text, ""
+            if self._reasoning is None:
+                thought, text = "", event.text
+            else:
+                thought, text = self._reasoning.feed(event.text)
+            yield from self._reasoning_frames(thought)
+            yield from self._content_frames(text)
             return
+        if self._reasoning is not None:
+            thought, text = self._reasoning.finish()
+            yield from self._reasoning_frames(thought)
+            yield from self._content_frames(text)
         if self._calls is not None:
             for item in self._calls.finish():
                 yield from self._item_frames(item)
+        self._check_answer(event)
         yield from self._close_open()
         _finish(self._response, event)
         kind = (
             "response.completed" if self._response.status == "completed" else "response.incomplete"
         )
         yield self._event(kind, response=self._snapshot())
+
+    def _content_frames(self, text: str) -> Iterable[Frame]:
+        if self._json_answer is not None:
+            self._answer.append(text)
+        items: list[StreamItem] = (
+            [ContentDelta(text)] if self._calls is None else self._calls.feed(text)
+        )
+        for item in items:
+            yield from self._item_frames(item)
+
+    def _check_answer(self, done: Completed) -> None:
+        """A JSON answer that breaks ``text.format`` ends the stream with an error."""
+        called = self._calls is not None and bool(self._calls.calls)
+        text = "".join(self._answer)
+        problem = answer_problem(
+            self._json_answer, text, done.finish_reason, done.refused or called
+        )
+        if problem:
+            raise OutputRejectedError(
+                f"{INVALID_ANSWER}: {problem}.", code="invalid_json_answer", param="text.format"
+            )
+        if self._calls is not None and done.finish_reason == "stop":
+            call_problem = strict_call_problem(self._calls.calls, self._tools)
+            if call_problem:
+                raise OutputRejectedError(
+                    f"{INVALID_CALL}: {call_problem}.", code="invalid_tool_call", param="tools"
+                )
+
+    def _reasoning_frames(self, thought: str) -> Iterable[Frame]:
+        if not thought:
+            return
+        if self._thought is None:
+            yield from self._close_open()
+            self._thought = OutputReasoning(id=new_id("rs"), status="in_progress")
+            self._index += 1
+            yield self._event(
+                "response.output_item.added",
+                output_index=self._index,
+                item=self._thought.model_dump(mode="json"),
+            )
+        if not self._thought.content:
+            self._thought.content.append(ReasoningText(text=""))
+        self._thought.content[0].text += thought
+        yield self._event(
+            "response.reasoning_text.delta",
+            item_id=self._thought.id,
+            output_index=self._index,
+            content_index=0,
+            delta=thought,
+        )
 
     def _item_frames(self, item: StreamItem) -> Iterable[Frame]:
         if isinstance(item, ContentDelta):
@@ -200,7 +319,7 @@ class ResponseEventFormat:
                 yield from self._close_open()
                 yield from self._open_message()
             assert self._message is not None
-            self._message.content[0].text += item.text
+            self._part.text += item.text
             yield self._event(
                 "response.output_text.delta",
                 item_id=self._message.id,
@@ -230,9 +349,8 @@ class ResponseEventFormat:
             )
 
     def _open_message(self) -> Iterable[Frame]:
-        self._message = OutputMessage(
-            id=new_id("msg"), status="in_progress", content=[OutputText(text="")]
-        )
+        self._part = OutputText(text="")
+        self._message = OutputMessage(id=new_id("msg"), status="in_progress", content=[self._part])
         self._index += 1
         added = self._message.model_copy(update={"content": []})
         yield self._event(
@@ -250,9 +368,25 @@ class ResponseEventFormat:
 
     def _close_open(self) -> Iterable[Frame]:
         """Finish the open item: its done events, and it joins the response's output."""
+        if self._thought is not None:
+            thought, self._thought = self._thought, None
+            yield self._event(
+                "response.reasoning_text.done",
+                item_id=thought.id,
+                output_index=self._index,
+                content_index=0,
+                text=thought.content[0].text if thought.content else "",
+            )
+            thought.status = "completed"
+            self._response.output.append(thought)
+            yield self._event(
+                "response.output_item.done",
+                output_index=self._index,
+                item=thought.model_dump(mode="json"),
+            )
         if self._message is not None:
             message, self._message = self._message, None
-            part = message.content[0]
+            part = self._part
             yield self._event(
                 "response.output_text.done",
                 item_id=message.id,

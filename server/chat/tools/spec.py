@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from server.chat.json_grammar import check_answer, strict_violations
 from server.engine.types import InvalidRequestError
 
 CALL_OPEN = "<tool_call>"
@@ -32,6 +33,9 @@ class ToolSpec:
     name: str
     description: str = ""
     parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+    # OpenAI's ``strict``: the arguments are guaranteed to match ``parameters``; a call that
+    # does not is never returned as a call (``strict_call_problem``).
+    strict: bool = False
 
     def as_openai(self) -> dict[str, Any]:
         """The ``{"type": "function", "function": {...}}`` form templates and preambles show."""
@@ -65,6 +69,15 @@ def check_tools(tools: list[ToolSpec]) -> None:
                 f"Tool name {tool.name!r} is defined twice.", f"tools[{index}].function.name"
             )
         seen.add(tool.name)
+        if tool.strict:
+            unenforced = next(strict_violations(tool.parameters, "parameters"), None)
+            if unenforced is not None:
+                raise ToolSpecError(
+                    f"Tool {tool.name!r} is strict, but {unenforced} is a keyword the grammar "
+                    "cannot enforce: drop it, or set strict: false to have the arguments "
+                    "returned as generated.",
+                    f"tools[{index}].function.{unenforced}",
+                )
         schema_type = tool.parameters.get("type", "object")
         if schema_type != "object":
             raise ToolSpecError(
@@ -88,3 +101,20 @@ def resolve_choice(tools: list[ToolSpec], choice: ToolChoice) -> list[ToolSpec]:
             "tool_choice",
         )
     return chosen
+
+
+def strict_call_problem(calls: list[ToolCall], tools: list[ToolSpec]) -> str | None:
+    """Why one of ``calls`` to a ``strict`` tool is not a valid call (its arguments are not
+    a JSON object valid under the tool's parameters), or None.
+
+    Non-strict tools' calls are not checked: as with OpenAI, their arguments are returned as
+    generated (the grammar shapes them, but keywords it cannot enforce are not checked), and
+    the client validates them.
+    """
+    strict = {tool.name: tool.parameters for tool in tools if tool.strict}
+    for call in calls:
+        if call.name in strict:
+            problem = check_answer(call.arguments, strict[call.name])
+            if problem:
+                return f"the call to {call.name!r} does not match its parameters ({problem})"
+    return None

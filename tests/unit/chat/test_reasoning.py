@@ -3,9 +3,16 @@ that cut the tags anywhere."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from server.chat.reasoning import ReasoningSplit, split_reasoning, template_thinks
+from server.chat.reasoning import (
+    ReasoningSplit,
+    split_reasoning,
+    template_opens_thinking,
+    template_thinks,
+)
 
 ANSWER = "<think>\nThe user asks for a capital.\n</think>\n\nParis."
 
@@ -35,3 +42,27 @@ def test_streamed_in_any_pieces_it_splits_the_same(size: int) -> None:
 
 def test_a_template_that_knows_the_tags_is_a_reasoning_model() -> None:
     assert template_thinks("{{ '<think>\\n' }}") and not template_thinks("{{ messages }}")
+
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "fixtures" / "chat_templates"
+OPENED = "The user asks for a capital.\n</think>\n\nParis."
+
+
+def test_a_template_that_opens_thinking_in_the_prompt_is_recognised() -> None:
+    r1 = (TEMPLATES / "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja").read_text()
+    qwen3 = (TEMPLATES / "Qwen-Qwen3-0.6B.jinja").read_text()
+    assert template_opens_thinking(r1)
+    assert not template_opens_thinking(qwen3)  # knows <think>, but the model writes it
+    assert not template_opens_thinking("{{ messages }}")
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 100])
+def test_output_that_starts_inside_thinking_splits_the_same_in_any_pieces(size: int) -> None:
+    assert split_reasoning(OPENED, opened=True) == ("The user asks for a capital.\n", "Paris.")
+    split = ReasoningSplit(opened=True)
+    reasoning = content = ""
+    for start in range(0, len(OPENED), size):
+        r, c = split.feed(OPENED[start : start + size])
+        reasoning, content = reasoning + r, content + c
+    r, c = split.finish()
+    assert (reasoning + r, content + c) == split_reasoning(OPENED, opened=True)

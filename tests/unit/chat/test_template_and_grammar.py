@@ -111,3 +111,28 @@ def test_check_answer_accepts_valid_and_names_what_is_wrong() -> None:
     assert "n" in (check_answer('{"n": "two"}', schema) or "")
     assert check_answer("[1]", None) == "the answer is not a JSON object"
     assert "not JSON" in (check_answer('{"a": "x\ny"}', None) or "")  # raw newline in a string
+
+
+def test_a_schema_converts_once_whatever_its_key_order() -> None:
+    from server.chat.json_grammar import _schema_grammar
+
+    schema = {"type": "object", "properties": {"cache_probe_a": {"type": "integer"}}}
+    reordered = {"properties": {"cache_probe_a": {"type": "integer"}}, "type": "object"}
+    before = _schema_grammar.cache_info()
+    assert json_schema_grammar(schema) == json_schema_grammar(reordered)
+    after = _schema_grammar.cache_info()
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 1)
+
+
+def test_tool_call_grammars_are_cached_per_family_and_tools() -> None:
+    from server.chat.tools.formats import format_named
+    from server.chat.tools.formats.base import _cached_grammar
+    from server.chat.tools.spec import ToolSpec
+
+    tool = ToolSpec("cache_probe", "", {"type": "object", "properties": {"x": {"type": "string"}}})
+    before = _cached_grammar.cache_info()
+    hermes = format_named("hermes").grammar([tool], parallel=False)
+    assert format_named("hermes").grammar([tool], parallel=False) == hermes
+    assert format_named("mistral").grammar([tool], parallel=False) != hermes
+    after = _cached_grammar.cache_info()
+    assert (after.misses - before.misses, after.hits - before.hits) == (2, 1)

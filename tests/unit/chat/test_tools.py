@@ -7,6 +7,7 @@ import json
 import pytest
 
 from server.chat.template import CHATML_TEMPLATE, ChatTemplate
+from server.chat.tools.formats import HERMES
 from server.chat.tools.grammar import tool_call_grammar
 from server.chat.tools.history import check_tool_history
 from server.chat.tools.parser import (
@@ -17,7 +18,7 @@ from server.chat.tools.parser import (
     parse_output,
 )
 from server.chat.tools.plan import plan_tools
-from server.chat.tools.render import prepare_chat, template_supports_tools, tool_preamble
+from server.chat.tools.render import prepare_chat, tool_preamble
 from server.chat.tools.spec import ToolSpec, ToolSpecError, check_tools, resolve_choice
 from server.engine.sampling import LazyTriggerGuard
 
@@ -142,7 +143,7 @@ def test_broken_tool_protocol_names_the_message(messages: list[dict], param: str
 
 
 def test_generic_rendering_works_with_a_plain_chatml_template() -> None:
-    messages, extra = prepare_chat(ROUND_TRIP, [WEATHER], native=False)
+    messages, extra = prepare_chat(ROUND_TRIP, [WEATHER])
     assert extra == {}
     assert messages[0]["role"] == "system" and "get_weather" in messages[0]["content"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "user"]
@@ -158,7 +159,6 @@ def test_generic_preamble_joins_an_existing_system_message() -> None:
     messages, _ = prepare_chat(
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
         [WEATHER],
-        native=False,
     )
     assert messages[0]["content"].startswith("Be brief.\n\n")
     assert tool_preamble([WEATHER]) in messages[0]["content"]
@@ -174,9 +174,7 @@ TOOL_TEMPLATE = (
 
 
 def test_a_template_that_knows_tools_gets_them_natively() -> None:
-    assert template_supports_tools(TOOL_TEMPLATE)
-    assert not template_supports_tools(CHATML_TEMPLATE)
-    messages, extra = prepare_chat(ROUND_TRIP, [WEATHER], native=True)
+    messages, extra = prepare_chat(ROUND_TRIP, [WEATHER], fmt=HERMES)
     text = ChatTemplate(TOOL_TEMPLATE, bos_token="", eos_token="").render(messages, **extra)
     assert text.startswith("TOOLS:get_weather;")
     assert "[get_weather Paris]" in text  # arguments handed over as a mapping
@@ -260,3 +258,23 @@ def test_lazy_guard_vets_the_text_completing_the_marker() -> None:
     bad = LazyTriggerGuard(GrammarTrigger("<tool_call>", heads))
     assert bad.accepts(b"<tool_")
     assert not bad.accepts(b"call>\n\n")
+
+
+def test_strict_call_problem_checks_only_strict_tools() -> None:
+    from server.chat.tools.spec import ToolCall, strict_call_problem
+
+    strict = ToolSpec(WEATHER.name, WEATHER.description, WEATHER.parameters, strict=True)
+    bad = ToolCall("call_1", "get_weather", '{"unit": "c"}')  # city is required
+    good = ToolCall("call_2", "get_weather", '{"city": "Oslo", "unit": "f"}')
+    assert strict_call_problem([good], [strict]) is None
+    problem = strict_call_problem([good, bad], [strict])
+    assert problem is not None and "city" in problem
+    assert strict_call_problem([bad], [WEATHER]) is None  # not strict: returned as generated
+
+
+def test_a_strict_tool_with_an_unenforceable_keyword_is_refused() -> None:
+    parameters = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}
+    with pytest.raises(ToolSpecError) as info:
+        check_tools([ToolSpec("count", "", parameters, strict=True)])
+    assert info.value.param == "tools[0].function.parameters.properties.n.minimum"
+    check_tools([ToolSpec("count", "", parameters)])  # not strict: fine
