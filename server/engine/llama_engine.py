@@ -745,7 +745,8 @@ class LlamaEngine:
             return False
         generation.generated.append(token)
         self._counters.tokens_generated += 1
-        text = generation.detokenizer.feed(self._model.token_to_piece(token))
+        special = token in params.preserved_tokens  # e.g. a tool-call marker the parser needs
+        text = generation.detokenizer.feed(self._model.token_to_piece(token, special=special))
         check = generation.stops.feed(text)
         index = generation.index
         if check.stopped:

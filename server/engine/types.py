@@ -47,6 +47,9 @@ class SamplingParams:
     # None: off; k: logprobs of the prompt tokens (and their top k). Allows max_tokens == 0.
     prompt_logprobs: int | None = None
     speculative: bool = True  # False: never draft for this request (the engine's setting rules)
+    # Control tokens whose text the output keeps (llama.cpp's "preserved tokens"): a tool-call
+    # wrapper such as Mistral's [TOOL_CALLS]; every other control token renders as "".
+    preserved_tokens: tuple[int, ...] = ()
 
 
 @dataclass

@@ -7,6 +7,7 @@ behaviour, and ``tiny`` (1 slot, 1 waiting place, 1.5 s timeout, n_gpu_layers=-1
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import time
@@ -649,3 +650,16 @@ async def test_greedy_output_with_flash_attention_is_identical_alone_and_among_7
     finally:
         eng.close()
     assert crowded.tokens == alone.tokens
+
+
+async def test_a_preserved_control_token_keeps_its_text(engine: LlamaEngine) -> None:
+    """Tool-call wrappers that are control tokens (Mistral's [TOOL_CALLS]) must reach the
+    parser: listed in ``preserved_tokens`` they render as their text, otherwise as ''."""
+    (marker,) = engine.tokenize("<|im_start|>", add_special=False)
+    forced = SamplingParams(max_tokens=1, temperature=0.0, logit_bias=((marker, 100.0),))
+    prompt = chat(engine, "Say hi.")
+    plain = await run(engine, prompt, forced)
+    kept = await run(engine, prompt, dataclasses.replace(forced, preserved_tokens=(marker,)))
+    assert plain.tokens == kept.tokens == [marker]
+    assert plain.text == ""
+    assert kept.text == "<|im_start|>"

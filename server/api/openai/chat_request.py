@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -194,6 +195,9 @@ def prepare_chat(request: ChatCompletionRequest, generation: GenerationService) 
         sampling_params(request, max_tokens, plan.grammar or response_grammar),
         grammar_trigger=plan.trigger,
         logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+        preserved_tokens=_preserved_tokens(generation, plan.fmt.preserved)
+        if plan.parse_calls
+        else (),
     )
     transcript = [{"role": m["role"], "content": str(m["content"])} for m in messages]
     input_text = "\n".join(m["content"] for m in transcript)
@@ -211,6 +215,17 @@ def prepare_chat(request: ChatCompletionRequest, generation: GenerationService) 
         plan.fmt,
         tools,
     )
+
+
+def _preserved_tokens(generation: GenerationService, texts: Sequence[str]) -> tuple[int, ...]:
+    """The ids of the control tokens spelled ``texts`` in this model's vocabulary (a text the
+    tokenizer does not turn into one token is plain text already, and needs no keeping)."""
+    ids: list[int] = []
+    for text in texts:
+        tokens = generation.tokenize(text, add_special=False, parse_special=True)
+        if len(tokens) == 1:
+            ids.append(tokens[0])
+    return tuple(ids)
 
 
 # Above this much schema text (response_format and tool parameters together), a request is

@@ -204,9 +204,8 @@ class ToolFormat:
     bare_start: ClassVar[bool] = False
     thinks: ClassVar[bool] = False  # the family writes <think>…</think> first
     # Texts of the family's special (control) tokens the parser must see in the output. The
-    # engine renders control tokens as "" today; llama.cpp's server keeps these ("preserved
-    # tokens") while a request parses tool calls. Until the engine does, calls whose wrapper
-    # is a control token (Mistral's [TOOL_CALLS], DeepSeek's markers) reach the parser bare.
+    # engine renders control tokens as "" except those a request lists as preserved (as
+    # llama.cpp's server does); chat_request lists these while a request parses tool calls.
     preserved: ClassVar[tuple[str, ...]] = ()
 
     # A format has no state: two of the same family are the same format (and one cache key).
