@@ -106,6 +106,12 @@ class Settings(BaseSettings):
         description="Host RAM (MiB) for the KV states of evicted slots, restored when their "
         "conversation returns instead of prefilled again; 0 = off.",
     )
+    prompt_cache_dir: Path | None = Field(
+        None,
+        description="Mirror the RAM prompt cache to files here (0600, one subdirectory per "
+        "model file sha256, context, KV type and LoRA), loaded back at start so returning "
+        "conversations survive a restart; unset = RAM only.",
+    )
     prefix_cache_scope: Literal["key", "global"] = Field(
         "key",
         description="Who may reuse a cached prompt prefix: 'key' (the API key that wrote it; "

@@ -48,6 +48,9 @@ class EngineConfig:
     prefix_copy_min_tokens: int = 32
     # Host RAM for the states of evicted slots (the prompt cache's second tier); 0 = off.
     prompt_cache_mb: int = 2048
+    # The RAM tier mirrored to files here (one subdirectory per model/context/KV/LoRA), loaded
+    # back at start; None = no disk tier.
+    prompt_cache_dir: Path | None = None
     # Prompt-lookup speculation: draft tokens from n-grams of the prompt and the answer so far,
     # verified in the same decode as the other slots (off for recurrent models).
     speculative: Speculation = "ngram"

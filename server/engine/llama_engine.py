@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from server.engine.boundary import check_token_id, check_token_ids
@@ -39,10 +40,11 @@ from server.engine.logprobs import (
     prompt_logprobs,
     token_logprob,
 )
-from server.engine.model import LoadedModel, ModelInfo
+from server.engine.model import LoadedModel, ModelInfo, llama_cpp_version
 from server.engine.outbox import Outbox
 from server.engine.planner import DecodeToken, Phase, PlanState, Restore, StepPlan, plan
 from server.engine.prompt_cache import PromptCache
+from server.engine.prompt_store import PromptStore, file_sha256
 from server.engine.sampling import SamplerChain
 from server.engine.scheduling import AdmissionQueue, FairShare, admission_order
 from server.engine.speculation import Acceptance, NgramDrafter, StepCost, draft_length
@@ -250,7 +252,11 @@ class LlamaEngine:
         self._outbox: Outbox[EngineEvent] = Outbox()
         self._closing = False
         self._reset_cache_requested = False
-        self._prompt_cache = PromptCache(config.prompt_cache_mb * 2**20)
+        self._prompt_cache = PromptCache(config.prompt_cache_mb * 2**20, self._open_store())
+        if self._prompt_cache.store is not None:
+            self._prompt_cache.preload(
+                self._prompt_cache.store.load(config.prompt_cache_mb * 2**20)
+            )
         # Rejected drafts are dropped with a partial llama_memory_seq_rm, which a recurrent
         # model's state cannot do.
         self._speculate = config.speculative == "ngram" and not self._model.is_recurrent
@@ -268,6 +274,22 @@ class LlamaEngine:
             self._model.n_ctx_per_slot,
             self._model.n_batch,
         )
+
+    def _open_store(self) -> PromptStore | None:
+        """The prompt cache's disk tier, namespaced by everything a saved state depends on."""
+        config = self.config
+        if config.prompt_cache_dir is None or config.prompt_cache_mb == 0:
+            return None
+        lora = config.lora_path
+        namespace = {
+            "model_sha256": file_sha256(Path(config.model_path)),
+            "n_ctx_per_slot": str(self._model.n_ctx_per_slot),
+            "kv_cache_type": config.kv_cache_type,
+            "lora_sha256": file_sha256(Path(lora)) if lora is not None else "",
+            "lora_scale": repr(config.lora_scale) if lora is not None else "",
+            "llama_cpp": llama_cpp_version(),
+        }
+        return PromptStore(config.prompt_cache_dir, namespace)
 
     # --- the Engine protocol -------------------------------------------------------------------
 
@@ -410,6 +432,8 @@ class LlamaEngine:
         self._wake.set()
         self._thread.join()
         self._executor.close()
+        if self._prompt_cache.store is not None:
+            self._prompt_cache.store.close()
         self._model.close()
 
     # --- submission (any thread) ---------------------------------------------------------------

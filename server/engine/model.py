@@ -50,6 +50,11 @@ class ModelInfo:
     metadata: dict[str, str]
 
 
+def llama_cpp_version() -> str:
+    """The version of the llama-cpp-python (and so llama.cpp) this process runs."""
+    return str(getattr(llama_cpp, "__version__", "unknown"))
+
+
 def check_gguf_file(path: Path, what: str = "Model") -> None:
     """Raise ``ModelLoadError`` unless ``path`` is a readable file starting with the GGUF magic."""
     if not path.exists():

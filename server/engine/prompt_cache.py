@@ -9,7 +9,8 @@ being recomputed (the planner decides both: ``planner.Save`` / ``planner.Restore
 
 The cache belongs to one engine, so to one loaded model file, context size, KV type and LoRA:
 a hot swap builds a new engine with an empty cache, so a state is never restored into another
-model. Pure Python, no native calls: the executor does those.
+model. Pure Python, no native calls: the executor does those. With a ``store`` (the disk tier,
+``prompt_store.py``) every entry is mirrored to a file, and ``preload`` takes them back at start.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.engine.planner import common_prefix_length
+from server.engine.prompt_store import PromptStore, StoredPrompt
 
 
 @dataclass(eq=False)
@@ -55,6 +57,7 @@ class PromptCache:
     """An LRU of saved sequence states bounded by ``capacity_bytes`` (0: the tier is off)."""
 
     capacity_bytes: int
+    store: PromptStore | None = None  # the disk tier, when configured
     stats: PromptCacheStats = field(default_factory=PromptCacheStats)
     _entries: OrderedDict[int, CachedPrompt] = field(default_factory=OrderedDict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -93,7 +96,19 @@ class PromptCache:
             oldest = next(iter(self._entries))
             self._remove(oldest)
             self.stats.evictions += 1
-        entry = CachedPrompt(next(self._ids), key, data, size, salt)
+        entry = self._insert(key, data, size, salt)
+        if self.store is not None:
+            self.store.save(key, salt, data, size)
+        return entry
+
+    def preload(self, stored: Sequence[StoredPrompt]) -> None:
+        """Take states read from the disk tier (oldest first), as far as they fit."""
+        for item in stored:
+            if self.enabled and self.stats.bytes + item.size <= self.capacity_bytes:
+                self._insert(item.tokens, item.data, item.size, item.salt)
+
+    def _insert(self, tokens: tuple[int, ...], data: Any, size: int, salt: str) -> CachedPrompt:
+        entry = CachedPrompt(next(self._ids), tokens, data, size, salt)
         self._entries[entry.entry_id] = entry
         self.stats.bytes += size
         self.stats.entries = len(self._entries)
@@ -120,3 +135,5 @@ class PromptCache:
         if entry is not None:
             self.stats.bytes -= entry.size
             self.stats.entries = len(self._entries)
+            if self.store is not None:
+                self.store.delete(entry.tokens, entry.salt)

@@ -8,7 +8,10 @@ other bit-exact comparisons (docs/engine.md, "flash_attn").
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +94,45 @@ async def test_a_refused_state_falls_back_to_prefill(engine: LlamaEngine) -> Non
     )
     assert again.finish.timings.prompt_tokens_evaluated == len(first)  # prefilled whole
     assert again.tokens == fresh.tokens
+
+
+async def test_the_disk_tier_brings_a_conversation_back_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """A conversation saved by one engine is restored by the next one over the same files,
+    with the same greedy answer; an engine of another context size never reads them."""
+    config = EngineConfig(
+        model_path=MODEL,
+        n_slots=1,
+        n_ctx=1024,
+        flash_attn=False,
+        prompt_cache_mb=256,
+        prompt_cache_dir=tmp_path,
+    )
+    first_engine = LlamaEngine(config)
+    try:
+        chat = ChatPrompt(first_engine)
+        first = chat.tokens(
+            _conversation("mills", "How many sacks are in town 9?", _facts("mill", "sacks"))
+        )
+        other = chat.tokens(_conversation("farms", "Name a crop.", _facts("farm", "cows")))
+        fresh = await run(first_engine, first, PARAMS)
+        await run(first_engine, other, PARAMS)  # evicts the first: saved to RAM and disk
+    finally:
+        first_engine.close()  # waits for the writer
+    assert glob.glob(f"{tmp_path}/*/*.kv"), "nothing was written to the disk tier"
+
+    restarted = LlamaEngine(config)
+    try:
+        assert restarted.stats().prompt_cache_entries >= 1
+        again = await run(restarted, first, PARAMS)
+        assert again.finish.usage.cached_prompt_tokens == len(first) - 1
+        assert again.tokens == fresh.tokens
+    finally:
+        restarted.close()
+
+    resized = LlamaEngine(dataclasses.replace(config, n_ctx=512))
+    try:
+        assert resized.stats().prompt_cache_entries == 0  # another namespace: nothing to read
+    finally:
+        resized.close()
