@@ -35,7 +35,7 @@ from bench.harness.server import ROOT
 from server.agents.prompt import grounded_messages
 from server.chat.prompt import ChatPrompt
 from server.engine.llama_engine import LlamaEngine
-from server.engine.types import FinishEvent, GenerationRequest, SamplingParams
+from server.engine.types import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
 from server.rag.builder import build_index
 from server.rag.embedder import Embedder
 from server.rag.retriever import Retriever
@@ -68,6 +68,8 @@ async def generate(engine: LlamaEngine, prompt: list[int], params: SamplingParam
     async for event in engine.generate(GenerationRequest("bench", prompt, params)):
         if isinstance(event, FinishEvent):
             break
+        if not isinstance(event, TokenEvent):
+            continue
         last = time.perf_counter()
         if not tokens:
             first = last

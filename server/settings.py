@@ -17,6 +17,30 @@ from server.engine.config import KVCacheType, check_batch_holds_slots
 from server.feedback.records import CaptureLevel
 
 LogFormat = Literal["json", "text"]
+
+
+def parse_adapters(text: str) -> tuple[tuple[str, Path, float], ...]:
+    """``name=path[:scale],…`` → (name, path, scale) tuples; ``ValueError`` naming the entry."""
+    out = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, rest = (part.strip() for part in item.partition("="))
+        path, scale = rest, 1.0
+        head, colon, tail = rest.rpartition(":")
+        if colon:
+            try:
+                path, scale = head, float(tail)
+            except ValueError:
+                path = rest  # a colon in the path itself
+        if not sep or not name or not path or not 0.0 <= scale <= 4.0:
+            raise ValueError(
+                f"GGSERVE_LORA_ADAPTERS entry {item!r} is not name=path[:scale] (scale 0-4)"
+            )
+        out.append((name, Path(path), scale))
+    if len({name for name, _, _ in out}) != len(out):
+        raise ValueError("GGSERVE_LORA_ADAPTERS names must be distinct")
+    return tuple(out)
+
+
 NoContextPolicy = Literal["refuse", "answer"]
 
 
@@ -67,6 +91,16 @@ class Settings(BaseSettings):
         None, description="GGUF LoRA adapter applied at load time (no merge needed)."
     )
     lora_scale: float = Field(1.0, description="Strength of the runtime LoRA adapter.")
+    lora_adapters: str = Field(
+        "",
+        description="Named GGUF LoRA adapters over the served model, picked per request by "
+        "'model': name=path[:scale], comma-separated (e.g. support=adapters/support.gguf:0.8).",
+    )
+
+    def adapter_list(self) -> tuple[tuple[str, Path, float], ...]:
+        """``lora_adapters`` parsed: (name, path, scale) per adapter."""
+        return parse_adapters(self.lora_adapters)
+
     verify_sha256: bool = Field(
         False, description="Check the model's sha256 against its manifest.json before loading."
     )
@@ -326,3 +360,9 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: str) -> str:
         return value.upper()
+
+    @field_validator("lora_adapters")
+    @classmethod
+    def _adapters_parse(cls, value: str) -> str:
+        parse_adapters(value)  # a bad entry fails at start, naming itself
+        return value

@@ -49,6 +49,10 @@ class FakeEngine:
     def chat_format(self) -> ChatFormat:
         return ChatFormat(FAKE_TEMPLATE, bos_token="", eos_token="")
 
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        return ()
+
     def tokenize(
         self, text: str, *, add_special: bool = True, parse_special: bool = True
     ) -> list[int]:

@@ -100,6 +100,7 @@ class RequestContext:
     priority: int = 0  # admission order among waiting requests: lower goes first (vLLM)
     cache_salt: str = ""  # the client's own prefix-cache scope within its key (vLLM's field)
     shared_prefix: int = 0  # prompt tokens the server wrote itself, shareable across keys
+    adapter: str = ""  # the named LoRA adapter the request picked by ``model`` ("" = base)
 
 
 @dataclass(frozen=True)
@@ -303,6 +304,11 @@ class GenerationService:
             )
         ctx.priority = priority
 
+    def pick_adapter(self, ctx: RequestContext, model: str | None) -> None:
+        """A request whose ``model`` names one of the engine's LoRA adapters runs with it;
+        any other name (the base's id, an alias, none) runs on the base model."""
+        ctx.adapter = model if model and model in self._engine.adapter_names else ""
+
     def cache_salt(self, ctx: RequestContext) -> str:
         """The prefix-cache scope of ``ctx``'s generations: its key (unless the operator
         shares the cache globally), narrowed by the client's own ``cache_salt``."""
@@ -367,6 +373,7 @@ class GenerationService:
             tenant=ctx.key_id,
             cache_salt=self.cache_salt(ctx),
             shared_prefix=ctx.shared_prefix,
+            adapter=ctx.adapter,
         )
         try:
             events = self._engine.generate(request)

@@ -40,6 +40,9 @@ class EngineConfig:
     request_timeout_s: float = 300.0  # wall clock from submission to finish
     lora_path: Path | None = None  # GGUF LoRA adapter applied at load time
     lora_scale: float = 1.0
+    # Named GGUF LoRA adapters over this base, chosen per request (GenerationRequest.adapter):
+    # (name, path, scale). The engine groups each step by adapter, as llama-server does.
+    adapters: tuple[tuple[str, Path, float], ...] = ()
     # False: read the weights into process memory, so the file on disk may be deleted,
     # replaced or truncated while serving (a truncated mmap'ed file is a SIGBUS).
     use_mmap: bool = False
@@ -83,6 +86,11 @@ class EngineConfig:
             (
                 self.prompt_cache_mb >= 0,
                 f"prompt_cache_mb must be >= 0 (0 = off), got {self.prompt_cache_mb}",
+            ),
+            (
+                len({name for name, _, _ in self.adapters}) == len(self.adapters)
+                and all(name for name, _, _ in self.adapters),
+                "adapters need distinct, non-empty names",
             ),
             (
                 self.speculative in ("off", "ngram"),

@@ -41,6 +41,7 @@ class Slot:
     cached_tokens: list[int] = field(default_factory=list)
     last_used: float = 0.0
     salt: str = ""  # the scope (tenant) of what it holds past any shared prefix
+    adapter: str = ""  # the LoRA adapter its KV was computed with ("" = base)
 
 
 @dataclass(frozen=True)

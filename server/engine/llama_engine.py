@@ -135,6 +135,10 @@ class _Generation:
         return self.request.shared_prefix
 
     @property
+    def adapter(self) -> str:
+        return self.request.adapter
+
+    @property
     def cached(self) -> int:
         """Prompt tokens that were not evaluated for this choice (own cache or a copy)."""
         return self.prompt_pos - self.evaluated
@@ -162,6 +166,7 @@ class _Counters:
     prefix_copy_tokens: int = 0
     draft_tokens: int = 0
     accepted_tokens: int = 0
+    adapter_switches: int = 0
     ttft: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(TTFT_BOUNDS))
     inter_token: LatencyHistogram = field(
         default_factory=lambda: LatencyHistogram(INTER_TOKEN_BOUNDS)
@@ -261,6 +266,15 @@ class LlamaEngine:
         # model's state cannot do.
         self._speculate = config.speculative == "ngram" and not self._model.is_recurrent
         self._step_cost = StepCost()
+        self._adapters: dict[str, tuple[object, float]] = {}
+        try:
+            for name, path, scale in config.adapters:
+                self._adapters[name] = (self._model.load_adapter(Path(path)), scale)
+        except BaseException:
+            self._free_adapters()
+            self._model.close()
+            raise
+        self._adapter_now = ""  # the named adapter applied to the context now ("" = none)
         self._fair_share = FairShare()
         self._executor = StepExecutor(
             self._model.ctx, self._model.memory, self._model.n_batch, self._slots
@@ -434,7 +448,18 @@ class LlamaEngine:
         self._executor.close()
         if self._prompt_cache.store is not None:
             self._prompt_cache.store.close()
+        self._free_adapters()
         self._model.close()
+
+    def _free_adapters(self) -> None:
+        for adapter, _ in self._adapters.values():
+            self._model.free_adapter(adapter)
+        self._adapters.clear()
+
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        """The named LoRA adapters a request may pick (``GenerationRequest.adapter``)."""
+        return tuple(self._adapters)
 
     # --- submission (any thread) ---------------------------------------------------------------
 
@@ -448,6 +473,12 @@ class LlamaEngine:
             raise InvalidRequestError("The prompt is empty: send at least one token of text.")
         n_vocab = self._model.n_vocab
         check_token_ids(prompt, n_vocab)
+        if request.adapter and request.adapter not in self._adapters:
+            raise InvalidRequestError(
+                f"no adapter named {request.adapter!r}; this server has: "
+                f"{', '.join(self._adapters) or 'none'}.",
+                param="model",
+            )
         if not 1 <= request.n <= len(self._slots):
             raise InvalidRequestError(
                 f"n must be between 1 and {len(self._slots)} (the server's slots), got {request.n}."
@@ -522,6 +553,7 @@ class LlamaEngine:
                         # Only admissions read the RAM entries: none to copy out otherwise.
                         ram=self._prompt_cache.entries() if waiting else (),
                         keep_evicted=self._prompt_cache.enabled,
+                        previous_adapter=self._adapter_now,
                     )
                 )
                 if step.is_empty:
@@ -592,6 +624,7 @@ class LlamaEngine:
             replan |= generation.prompt_pos != admission.keep
             slot.generation, slot.last_used = generation, now
             slot.salt = generation.salt  # what it keeps past the shared prefix is its own
+            slot.adapter = generation.adapter
             generation.slot, generation.admitted = slot, now
             generation.phase = Phase.PREFILLING
             self._fair_share.admitted(generation.fair_tag or 0.0)
@@ -614,6 +647,10 @@ class LlamaEngine:
         if step.n_tokens == 0:
             return
         running = self._running
+        if step.adapter != self._adapter_now:
+            self._model.set_adapters([self._adapters[step.adapter]] if step.adapter else [])
+            self._adapter_now = step.adapter
+            self._counters.adapter_switches += 1
         started = time.perf_counter()
         result = self._executor.decode(step, lambda key: running[key].prompt)
         self._step_cost.observe(step.n_tokens, time.perf_counter() - started)
@@ -693,7 +730,10 @@ class LlamaEngine:
         saved = self._executor.save(slot.seq_id)
         if (
             saved is not None
-            and self._prompt_cache.put(slot.cached_tokens, *saved, salt=slot.salt) is not None
+            and self._prompt_cache.put(
+                slot.cached_tokens, *saved, salt=slot.salt, adapter=slot.adapter
+            )
+            is not None
         ):
             stats = self._prompt_cache.stats
             stats.saves += 1

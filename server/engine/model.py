@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,19 @@ class LoadedModel:
         return int(ctx)
 
     def _apply_lora(self, path: Path, scale: float) -> None:
+        adapter = self.load_adapter(path)
+        self._base_adapters = ((adapter, scale),)
+        try:
+            self.set_adapters(())
+        except ModelLoadError:
+            llama_cpp.llama_adapter_lora_free(adapter)
+            raise
+        self.lora = adapter
+
+    def load_adapter(self, path: Path) -> Any:
+        """Load a GGUF LoRA made for this model (not applied yet); ``ModelLoadError`` naming
+        the file otherwise."""
+        check_gguf_file(path, what="LoRA adapter")
         llama_log.clear_problems()
         adapter = llama_cpp.llama_adapter_lora_init(self.model, str(path).encode("utf-8"))
         if not adapter:
@@ -206,12 +220,22 @@ class LoadedModel:
                 f"for this base model ({self.path.name}); convert it with 'ggserve convert'."
                 f"{_llama_reason()}"
             )
-        adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
-        scales = (ctypes.c_float * 1)(scale)
-        if llama_cpp.llama_set_adapters_lora(self.ctx, adapters, 1, scales) != 0:
-            llama_cpp.llama_adapter_lora_free(adapter)
-            raise ModelLoadError(f"llama.cpp could not apply the LoRA adapter {path}.")
-        self.lora = adapter
+        return adapter
+
+    def free_adapter(self, adapter: Any) -> None:
+        """Free an adapter from ``load_adapter`` (before the model itself is freed)."""
+        llama_cpp.llama_adapter_lora_free(adapter)
+
+    def set_adapters(self, extra: Sequence[tuple[Any, float]]) -> None:
+        """Apply the load-time adapter (if any) plus ``extra`` (adapter, scale) pairs to the
+        whole context, for the next decodes; llama.cpp skips the work when nothing changed."""
+        pairs = [*getattr(self, "_base_adapters", ()), *extra]
+        adapters = (llama_cpp.llama_adapter_lora_p_ctypes * max(len(pairs), 1))(
+            *(a for a, _ in pairs)
+        )
+        scales = (ctypes.c_float * max(len(pairs), 1))(*(s for _, s in pairs))
+        if llama_cpp.llama_set_adapters_lora(self.ctx, adapters, len(pairs), scales) != 0:
+            raise ModelLoadError("llama.cpp could not apply the LoRA adapters.")
 
     def close(self) -> None:
         """Free the context, the adapter and the model (idempotent)."""

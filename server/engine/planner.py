@@ -18,6 +18,8 @@ llama.cpp,
 - which caches a sequence may reuse at all: past its server-owned ``shared_prefix``, only
   those written under its own ``salt`` (its tenant), so prefix reuse leaks nothing between
   tenants;
+- which LoRA adapter the step runs with: a decode applies one adapter set to the whole batch,
+  so sequences of different adapters take turns, step by step;
 - which speculative drafts are verified: only in the room prompt chunks leave, so
   speculation never delays a prompt.
 
@@ -60,6 +62,9 @@ class SlotView(Protocol):
     @property
     def salt(self) -> str: ...  # whose content the cache holds past any shared prefix
 
+    @property
+    def adapter(self) -> str: ...  # the LoRA adapter its KV was computed with ("" = base)
+
 
 class SequenceView(Protocol):
     """What the planner reads about one sequence (one request, or one choice of an n > 1 one)."""
@@ -97,6 +102,9 @@ class SequenceView(Protocol):
     @property
     def shared_prefix(self) -> int: ...  # prompt tokens any scope may share (server-owned)
 
+    @property
+    def adapter(self) -> str: ...  # its LoRA adapter ("" = the base model)
+
 
 class CachedView(Protocol):
     """What the planner reads about one entry of the host-RAM prompt cache."""
@@ -109,6 +117,9 @@ class CachedView(Protocol):
 
     @property
     def salt(self) -> str: ...
+
+    @property
+    def adapter(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,7 @@ class PlanState:
     score_chunk: int = 64  # most prompt tokens per step for a prompt-scoring sequence
     ram: Sequence[CachedView] = ()  # the host-RAM prompt cache's entries
     keep_evicted: bool = False  # the RAM tier is on: save slot states before dropping them
+    previous_adapter: str = ""  # the adapter the last step ran with (steps take turns)
 
 
 @dataclass(frozen=True)
@@ -225,6 +237,7 @@ class StepPlan:
     forks: tuple[Fork, ...] = ()
     saves: tuple[Save, ...] = ()
     restores: tuple[Restore, ...] = ()
+    adapter: str = ""  # the LoRA adapter this step's batch runs with ("" = base)
 
     @property
     def is_empty(self) -> bool:
@@ -258,13 +271,16 @@ def usable_prefix(prompt: Sequence[int], tokens: Sequence[int]) -> int:
     return min(common_prefix_length(prompt, tokens), max(len(prompt) - 1, 0))
 
 
-def reusable(seq: SequenceView, tokens: Sequence[int], salt: str) -> int:
+def reusable(seq: SequenceView, tokens: Sequence[int], salt: str, adapter: str) -> int:
     """How much of a cache holding ``tokens`` written under ``salt`` ``seq`` may take over.
 
     Across scopes only the sequence's server-owned prefix (``shared_prefix``) is shared, so
     one tenant can never learn, from its cached-token count or its latency, what another
-    tenant's prompt begins with (the reason vLLM has ``cache_salt``).
+    tenant's prompt begins with (the reason vLLM has ``cache_salt``). A cache computed under
+    another LoRA adapter holds other numbers: nothing of it is reusable.
     """
+    if adapter != seq.adapter:
+        return 0
     length = usable_prefix(seq.prompt, tokens)
     return length if salt == seq.salt else min(length, seq.shared_prefix)
 
@@ -278,6 +294,7 @@ class _Cache:
     length: int
     occupied: bool
     salt: str = ""
+    adapter: str = ""
     copy_dst: bool = False  # receives a copy this step: not a source until the next one
     copy_src: bool = False  # serves a copy this step: not a destination until the next one
 
@@ -322,7 +339,7 @@ def _best_entry(seq: SequenceView, state: PlanState) -> tuple[int, int]:
     """The RAM entry holding the longest usable prefix of ``seq``'s prompt: (entry_id, length)."""
     best_id, best_len = -1, 0
     for entry in state.ram:
-        length = reusable(seq, entry.tokens, entry.salt)
+        length = reusable(seq, entry.tokens, entry.salt, entry.adapter)
         if length > best_len:
             best_id, best_len = entry.entry_id, length
     return best_id, best_len
@@ -350,24 +367,29 @@ def _admit(state: PlanState, caches: dict[int, _Cache]) -> _Admitted:
         best = max(
             free,
             key=lambda c: (
-                reusable(seq, c.view(), c.salt),
+                reusable(seq, c.view(), c.salt, c.adapter),
                 safe[c.slot.seq_id],
                 -c.slot.last_used,
             ),
         )
         # A scoring sequence evaluates its whole prompt: cached tokens have no logits.
-        keep = 0 if seq.scores_prompt else reusable(seq, best.view(), best.salt)
+        keep = 0 if seq.scores_prompt else reusable(seq, best.view(), best.salt, best.adapter)
         if state.keep_evicted and keep < best.length and not safe[best.slot.seq_id]:
             out.saves.append(Save(best.slot.seq_id, best.length))
         best.occupied = True
         best.length = keep
-        best.salt = seq.salt
+        best.salt, best.adapter = seq.salt, seq.adapter
         out.admissions.append(Admission(seq.key, best.slot.seq_id, keep))
         progress = _Progress(seq, best.slot.seq_id, keep)
         if not seq.scores_prompt:
             entry_id, from_ram = _best_entry(seq, state)
             from_slots = max(
-                [keep] + [reusable(seq, c.view(), c.salt) for c in caches.values() if c is not best]
+                [keep]
+                + [
+                    reusable(seq, c.view(), c.salt, c.adapter)
+                    for c in caches.values()
+                    if c is not best
+                ]
             )
             if from_ram - from_slots >= state.min_copy_tokens:
                 out.restores.append(Restore(seq.key, best.slot.seq_id, entry_id, from_ram))
@@ -384,7 +406,7 @@ def _best_source(seq: SequenceView, own: int, caches: dict[int, _Cache]) -> tupl
     for cache in caches.values():
         if cache.slot.seq_id == own or cache.copy_dst:
             continue
-        length = reusable(seq, cache.view(), cache.salt)
+        length = reusable(seq, cache.view(), cache.salt, cache.adapter)
         if length > best_len:
             best_id, best_len = cache.slot.seq_id, length
     return best_id, best_len
@@ -400,10 +422,19 @@ def _leader(me: _Progress, prefilling: Sequence[_Progress]) -> tuple[int, int]:
     for other in prefilling:
         if other.seq.key >= me.seq.key:
             continue
-        shared = reusable(me.seq, other.seq.prompt, other.seq.salt)
+        shared = reusable(me.seq, other.seq.prompt, other.seq.salt, other.seq.adapter)
         if shared > best_shared:
             best_key, best_shared = other.seq.key, shared
     return best_key, best_shared
+
+
+def _step_adapter(with_work: Sequence[str], previous: str) -> str:
+    """The adapter whose sequences run this step: the next one after ``previous`` (in name
+    order, cyclically) among those with work, so adapters take turns and none starves."""
+    groups = sorted(set(with_work))
+    if not groups:
+        return previous
+    return next((g for g in groups if g > previous), groups[0])
 
 
 def _with_drafts(
@@ -425,7 +456,12 @@ def plan(state: PlanState) -> StepPlan:
     """Decide one step. Pure: the same state always gives the same plan."""
     caches = {
         slot.seq_id: _Cache(
-            slot, slot.cached_tokens, len(slot.cached_tokens), occupied=False, salt=slot.salt
+            slot,
+            slot.cached_tokens,
+            len(slot.cached_tokens),
+            occupied=False,
+            salt=slot.salt,
+            adapter=slot.adapter,
         )
         for slot in state.slots
     }
@@ -445,6 +481,15 @@ def plan(state: PlanState) -> StepPlan:
             prefilling.append(_Progress(seq, seq.seq_id, seq.prompt_pos))
     prefilling.extend(admitted.progress)
     prefilling.sort(key=lambda p: p.seq.key)  # oldest first: fairness for copies and chunks
+    # One LoRA adapter set per decode (it applies to the whole context): sequences of other
+    # adapters wait for their turn, which comes at the next step.
+    adapter_of = {seq.key: seq.adapter for seq in state.running}
+    active = _step_adapter(
+        [adapter_of[d.key] for d in decodes] + [p.seq.adapter for p in prefilling],
+        state.previous_adapter,
+    )
+    decodes = [d for d in decodes if adapter_of[d.key] == active]
+    prefilling = [p for p in prefilling if p.seq.adapter == active]
 
     copies: list[PrefixCopy] = []
     waits: list[Wait] = []
@@ -472,7 +517,7 @@ def plan(state: PlanState) -> StepPlan:
             caches[src].copy_src = True
             dst = caches[own]
             dst.tokens, dst.length, dst.copy_dst = caches[src].view(), available, True
-            dst.salt = seq.salt
+            dst.salt, dst.adapter = seq.salt, seq.adapter
             progress.prompt_pos = available
         ready.append(progress)
 
@@ -519,4 +564,5 @@ def plan(state: PlanState) -> StepPlan:
         tuple(forks),
         tuple(admitted.saves),
         tuple(admitted.restores),
+        active,
     )

@@ -34,6 +34,7 @@ class CachedPrompt:
     data: Any  # a ctypes uint8 array as llama.cpp wrote it (no copy into ``bytes``)
     size: int  # bytes
     salt: str = ""  # the scope (tenant) that wrote it: see planner.reusable
+    adapter: str = ""  # the LoRA adapter it was computed with
 
 
 @dataclass
@@ -80,7 +81,7 @@ class PromptCache:
         )
 
     def put(
-        self, tokens: Sequence[int], data: Any, size: int, salt: str = ""
+        self, tokens: Sequence[int], data: Any, size: int, salt: str = "", adapter: str = ""
     ) -> CachedPrompt | None:
         """Keep a state; entries of the same scope it extends (their tokens are a prefix of
         ``tokens``) go, and the least recently used go until it fits. None when it cannot fit
@@ -90,14 +91,14 @@ class PromptCache:
         key = tuple(tokens)
         for entry in list(self._entries.values()):
             extended = len(entry.tokens) <= len(key) and key[: len(entry.tokens)] == entry.tokens
-            if extended and entry.salt == salt:
+            if extended and (entry.salt, entry.adapter) == (salt, adapter):
                 self._remove(entry.entry_id)
         while self._entries and self.stats.bytes + size > self.capacity_bytes:
             oldest = next(iter(self._entries))
             self._remove(oldest)
             self.stats.evictions += 1
-        entry = self._insert(key, data, size, salt)
-        if self.store is not None:
+        entry = self._insert(key, data, size, salt, adapter)
+        if self.store is not None and not adapter:  # a name may mean another file next start
             self.store.save(key, salt, data, size)
         return entry
 
@@ -107,8 +108,10 @@ class PromptCache:
             if self.enabled and self.stats.bytes + item.size <= self.capacity_bytes:
                 self._insert(item.tokens, item.data, item.size, item.salt)
 
-    def _insert(self, tokens: tuple[int, ...], data: Any, size: int, salt: str) -> CachedPrompt:
-        entry = CachedPrompt(next(self._ids), tokens, data, size, salt)
+    def _insert(
+        self, tokens: tuple[int, ...], data: Any, size: int, salt: str, adapter: str = ""
+    ) -> CachedPrompt:
+        entry = CachedPrompt(next(self._ids), tokens, data, size, salt, adapter)
         self._entries[entry.entry_id] = entry
         self.stats.bytes += size
         self.stats.entries = len(self._entries)
@@ -135,5 +138,5 @@ class PromptCache:
         if entry is not None:
             self.stats.bytes -= entry.size
             self.stats.entries = len(self._entries)
-            if self.store is not None:
+            if self.store is not None and not entry.adapter:
                 self.store.delete(entry.tokens, entry.salt)

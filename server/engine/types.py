@@ -71,6 +71,7 @@ class GenerationRequest:
     # ``shared_prefix`` prompt tokens (the server's own system prompt and template opening).
     cache_salt: str = ""
     shared_prefix: int = 0
+    adapter: str = ""  # a named LoRA adapter of the engine (EngineConfig.adapters); "" = base
 
 
 @dataclass(frozen=True)
@@ -278,6 +279,11 @@ class Engine(Protocol):
 
     def token_piece(self, token: int) -> bytes:
         """The raw bytes of one (range-checked) token."""
+        ...
+
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        """The named LoRA adapters a request may pick (``GenerationRequest.adapter``)."""
         ...
 
     def generate(self, request: GenerationRequest) -> EventStream:

@@ -16,8 +16,9 @@ from server.settings import Settings
 
 # EngineConfig field → the Settings field that holds it, where the names differ.
 SETTING_FOR_FIELD = {"use_mmap": "model_mmap"}
-# EngineConfig fields that are tuning knobs of the engine itself, not user settings.
-ENGINE_ONLY_FIELDS = frozenset({"prefix_copy_min_tokens", "speculative_cost_aware"})
+# EngineConfig fields that are tuning knobs of the engine itself, not user settings, or
+# that are built below (the named adapters, from a string setting, for the configured model).
+ENGINE_ONLY_FIELDS = frozenset({"prefix_copy_min_tokens", "speculative_cost_aware", "adapters"})
 
 
 def engine_config(
@@ -30,7 +31,9 @@ def engine_config(
         for field in fields(EngineConfig)
         if field.name not in ENGINE_ONLY_FIELDS
     }
-    if model_path is not None:
+    if model_path is None:  # adapters are made for the configured base, not a candidate's
+        values["adapters"] = settings.adapter_list()
+    else:
         values["model_path"] = model_path
     unknown = sorted(set(overrides) - {f.name for f in fields(EngineConfig)})
     if unknown:

@@ -80,8 +80,10 @@ async def load_served_model(
 ) -> ServedModel:
     """Load and warm ``path`` as model ``version``; raises whatever stops it (nothing swapped)."""
     if path != settings.model_path:
-        # A registry version is a complete GGUF: the runtime LoRA was for the other base.
-        settings = settings.model_copy(update={"model_path": path, "lora_path": None})
+        # A registry version is a complete GGUF: the runtime LoRAs were for the other base.
+        settings = settings.model_copy(
+            update={"model_path": path, "lora_path": None, "lora_adapters": ""}
+        )
     engine, meta = await asyncio.to_thread(create_engine, settings)
     try:
         model_id = settings.model_alias or meta.manifest_name or path.stem

@@ -52,3 +52,21 @@ def test_trusted_proxies_parse_cidrs_and_refuse_anything_else(
         monkeypatch.setenv("GGSERVE_TRUSTED_PROXIES", bad)
         with pytest.raises(ValueError, match="trusted_proxies"):
             Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_named_adapters_parse_and_bad_entries_fail_at_start() -> None:
+    from pathlib import Path
+
+    from server.settings import parse_adapters
+
+    assert parse_adapters("") == ()
+    assert parse_adapters(" a=x.gguf , b=/m/y.gguf:0.5 ") == (
+        ("a", Path("x.gguf"), 1.0),
+        ("b", Path("/m/y.gguf"), 0.5),
+    )
+    assert parse_adapters("c=C:/w/z.gguf") == (("c", Path("C:/w/z.gguf"), 1.0),)
+    for bad in ("noequals", "=x.gguf", "a=", "a=x.gguf:9", "a=x.gguf:-1", "a=x,a=y"):
+        with pytest.raises(ValueError, match="GGSERVE_LORA_ADAPTERS"):
+            parse_adapters(bad)
+    with pytest.raises(ValueError, match="GGSERVE_LORA_ADAPTERS"):
+        Settings(_env_file=None, lora_adapters="a=x.gguf:lots:9")

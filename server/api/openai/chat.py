@@ -81,6 +81,7 @@ class ChatServing:
         generation.check_choices(request.n)
         generation.set_priority(ctx, request.priority)
         ctx.cache_salt = request.cache_salt or ""
+        generation.pick_adapter(ctx, request.model)
         chat = await prepare_chat_off_loop(request, generation)
         ctx.record = ResponseRecord(
             f"chatcmpl-{ctx.request_id}",
@@ -91,7 +92,7 @@ class ChatServing:
         items = generation.stream(
             ctx, chat.prompt, chat.params, input_text=chat.input_text, n=request.n
         )
-        model = self.services.model_id
+        model = ctx.adapter or self.services.model_id
         if request.stream:
             fmt = ChatChunkFormat(
                 f"chatcmpl-{ctx.request_id}",

@@ -56,6 +56,7 @@ class CompletionServing:
         generation.check_choices(request.n)
         generation.set_priority(ctx, request.priority)
         ctx.cache_salt = request.cache_salt or ""
+        generation.pick_adapter(ctx, request.model)
         if request.suffix:
             raise BadRequestError("suffix is not supported.", param="suffix")
         if request.best_of not in (None, 1):
@@ -67,7 +68,7 @@ class CompletionServing:
                 param="max_tokens",
             )
         prompt_text, prompt = _completion_prompt(generation, request.prompt)
-        model = self.services.model_id
+        model = ctx.adapter or self.services.model_id
         scoring = request.echo and request.logprobs is not None
         if request.max_tokens == 0 and not scoring:  # echo only: nothing to compute
             return _echo_only(f"cmpl-{ctx.request_id}", model, prompt_text, len(prompt), request.n)

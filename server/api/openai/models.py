@@ -1,4 +1,5 @@
-"""``/v1/models``: the served model version (and the embedder once it is loaded)."""
+"""``/v1/models``: the served model version, its named LoRA adapters (a request picks one by
+``model``) and the embedder once it is loaded."""
 
 import time
 
@@ -27,6 +28,11 @@ class ModelsServing:
                 version=self.services.served_version,
             )
         ]
+        created = cards[0].created
+        for name in engine.adapter_names if engine else ():
+            cards.append(
+                ModelCard(id=name, created=created, kind="adapter", parent=self.services.model_id)
+            )
         embedder = self.services.embedder.loaded
         if embedder is not None:
             cards.append(ModelCard(id=embedder.name, created=int(time.time()), kind="embedding"))

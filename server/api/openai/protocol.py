@@ -367,8 +367,9 @@ class ModelCard(BaseModel):
     # ggserve extras: where the model came from (from the conversion manifest when present)
     quantization: str | None = None
     context_length: int | None = None
-    kind: Literal["llm", "embedding"] = "llm"
+    kind: Literal["llm", "embedding", "adapter"] = "llm"
     version: str | None = None  # registry version ("v2") or "unregistered"
+    parent: str | None = None  # an adapter's base model (vLLM's field for LoRA modules)
 
 
 class ModelList(BaseModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -29,6 +29,7 @@ class FakeSlot:
     cached_tokens: list[int] = field(default_factory=list)
     last_used: float = 0.0
     salt: str = ""
+    adapter: str = ""
 
 
 @dataclass
@@ -44,6 +45,7 @@ class FakeSeq:
     draft: tuple[int, ...] = ()
     salt: str = ""
     shared_prefix: int = 0
+    adapter: str = ""
 
 
 def state(
@@ -390,3 +392,39 @@ def test_a_busy_slot_of_another_tenant_is_neither_copied_nor_waited_for() -> Non
     step = plan(state(slots, running=[leader], waiting=[follower], capacity=1024))
     assert step.waits == () and step.copies == ()
     assert {c.key for c in step.chunks} == {0, 1}
+
+
+# --- LoRA adapters: one adapter set per step, groups take turns -----------------------------
+
+
+def test_sequences_of_different_adapters_take_turns_step_by_step() -> None:
+    slots = [FakeSlot(i, question(i)) for i in range(3)]
+    base = decoding(0, 0)
+    tuned = [replace_adapter(decoding(1, 1), "fix"), replace_adapter(decoding(2, 2), "fix")]
+    running = [base, *tuned]
+    first = plan(replace(state(slots, running=running), previous_adapter=""))
+    assert first.adapter == "fix" and {d.key for d in first.decodes} == {1, 2}
+    second = plan(replace(state(slots, running=running), previous_adapter="fix"))
+    assert second.adapter == "" and {d.key for d in second.decodes} == {0}
+
+
+def test_one_adapter_alone_runs_every_step() -> None:
+    slots = [FakeSlot(0, question(0))]
+    running = [replace_adapter(decoding(0, 0), "fix")]
+    for previous in ("", "fix", "other"):
+        step = plan(replace(state(slots, running=running), previous_adapter=previous))
+        assert step.adapter == "fix" and len(step.decodes) == 1
+
+
+def test_a_cache_computed_under_another_adapter_is_never_reused() -> None:
+    prompt = SYSTEM + question(1)
+    slots = [FakeSlot(0, [*prompt, 9]), FakeSlot(1)]
+    tuned = replace_adapter(FakeSeq(5, prompt + question(2), shared_prefix=len(SYSTEM)), "fix")
+    step = plan(state(slots, waiting=[tuned]))
+    assert step.admissions[0].keep == 0 and step.copies == ()
+    assert step.adapter == "fix" and step.chunks[0].start == 0
+
+
+def replace_adapter(seq: FakeSeq, adapter: str) -> FakeSeq:
+    seq.adapter = adapter
+    return seq

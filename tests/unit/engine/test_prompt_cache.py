@@ -19,6 +19,7 @@ class Entry:
     entry_id: int
     tokens: tuple[int, ...]
     salt: str = ""
+    adapter: str = ""
 
 
 def ram_state(
