@@ -290,8 +290,9 @@ def _apply_gateway_headers(request: Request, services: Services, ctx: RequestCon
     priority = objective if objective is not None else services.keys.default_priority(ctx.key_id)
     if priority is not None and priority < settings.min_priority:
         source = OBJECTIVE_HEADER if objective is not None else "priority"
+        origin = OBJECTIVE_HEADER if objective is not None else "this API key's default"
         raise BadRequestError(
-            f"priority is {priority} (from {source}); this server accepts "
+            f"priority is {priority} (from {origin}); this server accepts "
             f"{settings.min_priority} or more (GGSERVE_MIN_PRIORITY).",
             code="invalid_value",
             param=source,

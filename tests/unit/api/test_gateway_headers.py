@@ -127,3 +127,13 @@ def test_a_malformed_fairness_id_from_the_proxy_is_a_400(
     )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == FAIRNESS
+
+
+def test_a_key_default_below_the_floor_is_a_400_that_says_where_it_came_from(
+    make_client: Callable[..., TestClient],
+) -> None:
+    client = make_client(api_keys=[f"vip:{hash_key(KEY_A)}:priority=-5"])
+    _wait_ready(client)
+    response = _chat(client)
+    assert response.status_code == 400
+    assert "API key's default" in response.json()["error"]["message"]
