@@ -83,6 +83,16 @@ class Cluster:
             if r["pxname"] == "ggserve" and r["svname"] in self.replicas
         }
 
+    def retries(self) -> dict[str, int]:
+        """The backend's retries and redispatches so far (HAProxy's wretr and wredis)."""
+        text = httpx.get(self.stats_url + "/stats;csv", timeout=5).text.lstrip("# ")
+        [row] = [
+            r
+            for r in csv.DictReader(io.StringIO(text))
+            if (r["pxname"], r["svname"]) == ("ggserve", "BACKEND")
+        ]
+        return {"retries": int(row["wretr"] or 0), "redispatches": int(row["wredis"] or 0)}
+
     def wait_state(self, name: str, state: str, timeout: float) -> float:
         """Seconds until HAProxy reports ``name`` as ``state``."""
         started = time.monotonic()
@@ -360,6 +370,7 @@ def test_kill_9_of_a_replica_under_load_fails_no_non_streamed_request(cluster: C
         "streams_failed": len(failed_streams),
         "router_marked_down_s": round(down_after, 1),
         "load_s": round(load_s, 1),
+        "router_so_far": cluster.retries(),
     }
     assert len(chats) >= 10 and len(streams) >= 4  # real load, even on a busy machine
     assert not load.failed("chat"), [o.error for o in load.failed("chat")]
@@ -408,6 +419,7 @@ def test_sigterm_drains_a_replica_out_of_the_pool_and_its_streams_finish(
         "requests_during_drain": len(load.outcomes),
         "requests_failed": len(load.failed("chat")) + len(load.failed("stream")),
         "exit_code": exit_code,
+        "router_so_far": cluster.retries(),
     }
     assert exit_code == 0
     assert out_at - signalled < 10
