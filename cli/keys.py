@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from server.security.api_keys import hash_key, new_key
+from server.security.api_keys import PRIORITY_FIELD, hash_key, new_key
 
 app = typer.Typer(help="API keys (stored only as sha256 hashes).")
 
@@ -18,6 +18,12 @@ app = typer.Typer(help="API keys (stored only as sha256 hashes).")
 def create(
     name: str | None = typer.Option(None, help="A human name shown in logs, e.g. 'mobile-app'."),
     key_id: str | None = typer.Option(None, "--id", help="Key id for logs/metrics (random)."),
+    priority: int | None = typer.Option(
+        None,
+        min=-(2**31),
+        max=2**31 - 1,
+        help="Default request priority of this key (lower goes first; requests that set none).",
+    ),
 ) -> None:
     """Print a new random key ONCE, and the line to add to the keys file or GGSERVE_API_KEYS."""
     key = new_key()
@@ -25,6 +31,8 @@ def create(
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", key_id):
         raise typer.BadParameter("use letters, digits, '_', '.', '-' (max 64)", param_hint="--id")
     entry = f"{key_id}:{name}:{hash_key(key)}" if name else f"{key_id}:{hash_key(key)}"
+    if priority is not None:
+        entry += f":{PRIORITY_FIELD}{priority}"
     typer.echo(f"key (shown once, give it to the client): {key}")
     typer.echo(f"config line (keys file, or GGSERVE_API_KEYS comma list): {entry}")
 

@@ -7,6 +7,7 @@ the two never drift apart.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -57,6 +58,25 @@ def _split_csv(value: object) -> object:
 
 
 CsvList = Annotated[list[str], NoDecode]
+
+_OBJECTIVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_OBJECTIVE_VALUE = re.compile(r"[+-]?[0-9]{1,11}")
+
+
+def parse_objectives(text: str) -> dict[str, int]:
+    """``critical=-10,standard=0`` → ``{"critical": -10, "standard": 0}``; ValueError names
+    the bad entry."""
+    objectives: dict[str, int] = {}
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        name, sep, value = (s.strip() for s in entry.partition("="))
+        if not sep or not _OBJECTIVE_NAME.fullmatch(name) or not _OBJECTIVE_VALUE.fullmatch(value):
+            raise ValueError(f"objective {entry[:40]!r} must be 'name=integer'")
+        if not -(2**31) <= int(value) < 2**31 or name in objectives:
+            raise ValueError(f"objective {name!r}: duplicate or outside the 32-bit range")
+        objectives[name] = int(value)
+    return objectives
 
 
 def is_loopback_host(host: str) -> bool:
@@ -168,6 +188,11 @@ class Settings(BaseSettings):
         description="The most urgent request priority accepted (lower goes first, as vLLM's "
         "priority); requests may ask for larger values (batch work) freely.",
     )
+    inference_objectives: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict,
+        description="Named priorities for the x-gateway-inference-objective header, e.g. "
+        "'critical=-10,standard=0,sheddable=10'; an integer header value is the priority itself.",
+    )
     request_timeout_s: float = Field(300.0, gt=0, description="Wall-clock limit per request.")
     max_tokens_default: int = Field(256, ge=1, description="max_tokens when a request has none.")
     max_tokens_limit: int = Field(2048, ge=1, description="Largest max_tokens accepted.")
@@ -187,10 +212,11 @@ class Settings(BaseSettings):
     # --- security ------------------------------------------------------------------------
     api_keys: CsvList = Field(
         default_factory=list,
-        description="API key hashes, comma list of 'id:sha256hex' or 'id:name:sha256hex'.",
+        description="API key hashes, comma list of 'id:sha256hex' or 'id:name:sha256hex', "
+        "optionally ending ':priority=N' (the key's default request priority).",
     )
     api_keys_file: Path | None = Field(
-        None, description="File with one 'id[:name]:sha256hex' line per key."
+        None, description="File with one 'id[:name]:sha256hex[:priority=N]' line per key."
     )
     api_key: SecretStr | None = Field(
         None, description="One plaintext key (dev convenience; hashed at start, never logged)."
@@ -328,6 +354,11 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("inference_objectives", mode="before")
+    @classmethod
+    def _objectives(cls, value: object) -> object:
+        return parse_objectives(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _batch_holds_every_slot(self) -> Settings:

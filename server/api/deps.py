@@ -20,6 +20,13 @@ from server.engine.boundary import lone_surrogate_path
 from server.runtime.services import ServedModel, Services
 from server.security.client_address import client_address
 from server.security.concurrency import Lease, requested_choices
+from server.security.gateway_headers import (
+    FAIRNESS_HEADER,
+    OBJECTIVE_HEADER,
+    GatewayHeaderError,
+    fairness_tenant,
+    objective_priority,
+)
 
 
 async def reject_invalid_text(request: Request) -> None:
@@ -253,14 +260,44 @@ def get_generation(services: ServicesDep, served: ServedModelDep) -> GenerationS
 GenerationDep = Annotated[GenerationService, Depends(get_generation)]
 
 
-def request_context(request: Request, key_id: KeyIdDep) -> RequestContext:
+def request_context(request: Request, services: ServicesDep, key_id: KeyIdDep) -> RequestContext:
     route = getattr(request.scope.get("route"), "path", request.url.path)
-    return RequestContext(
+    ctx = RequestContext(
         request_id=getattr(request.state, "request_id", "-"),
         key_id=key_id,
         route=str(route),
         log_fields=_log_fields(request),
     )
+    _apply_gateway_headers(request, services, ctx)
+    return ctx
+
+
+def _apply_gateway_headers(request: Request, services: Services, ctx: RequestContext) -> None:
+    """The priority (objective header, else the key's default) and the fair-share tenant
+    (fairness header, from a trusted proxy only); docs/observability.md, "Gateway headers"."""
+    settings = services.settings
+    try:
+        objective = objective_priority(
+            request.headers.getlist(OBJECTIVE_HEADER), settings.inference_objectives
+        )
+        ctx.tenant = fairness_tenant(
+            request.headers.getlist(FAIRNESS_HEADER),
+            request.client.host if request.client else None,
+            settings.trusted_proxies,
+        )
+    except GatewayHeaderError as exc:
+        raise BadRequestError(str(exc), code="invalid_header", param=exc.header) from None
+    priority = objective if objective is not None else services.keys.default_priority(ctx.key_id)
+    if priority is not None and priority < settings.min_priority:
+        source = OBJECTIVE_HEADER if objective is not None else "priority"
+        origin = OBJECTIVE_HEADER if objective is not None else "this API key's default"
+        raise BadRequestError(
+            f"priority is {priority} (from {origin}); this server accepts "
+            f"{settings.min_priority} or more (GGSERVE_MIN_PRIORITY).",
+            code="invalid_value",
+            param=source,
+        )
+    ctx.priority = priority or 0
 
 
 RequestContextDep = Annotated[RequestContext, Depends(request_context)]

@@ -101,6 +101,7 @@ class RequestContext:
     cache_salt: str = ""  # the client's own prefix-cache scope within its key (vLLM's field)
     shared_prefix: int = 0  # prompt tokens the server wrote itself, shareable across keys
     adapter: str = ""  # the named LoRA adapter the request picked by ``model`` ("" = base)
+    tenant: str | None = None  # whose turn (fair share); None: the key's (server/api/deps.py)
 
 
 @dataclass(frozen=True)
@@ -294,7 +295,9 @@ class GenerationService:
 
     def set_priority(self, ctx: RequestContext, priority: int) -> None:
         """Queue ``ctx``'s generations at ``priority``; 400 when it is more urgent than this
-        server lets a request ask for (any key could otherwise jump every queue)."""
+        server lets a request ask for (any key could otherwise jump every queue). The body's
+        default, 0, keeps what the gateway header or the key's default set (server/api/deps.py)."""
+        priority = priority or ctx.priority
         if priority < self.min_priority:
             raise BadRequestError(
                 f"priority is {priority}; this server accepts {self.min_priority} or more "
@@ -370,7 +373,7 @@ class GenerationService:
             params,
             n=n,
             priority=ctx.priority,
-            tenant=ctx.key_id,
+            tenant=ctx.tenant or ctx.key_id,
             cache_salt=self.cache_salt(ctx),
             shared_prefix=ctx.shared_prefix,
             adapter=ctx.adapter,

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 KEY_PREFIX = "ggs-"
 _HEX = set("0123456789abcdef")
+PRIORITY_FIELD = "priority="
+_PRIORITY = re.compile(r"[+-]?[0-9]{1,11}")
 
 
 @dataclass(frozen=True)
 class ApiKey:
-    """A known key: its id (safe to log), an optional name, and the sha256 of the secret."""
+    """A known key: its id (safe to log), an optional name, the sha256 of the secret, and the
+    priority its requests get when they ask for none (None: the server's default, 0)."""
 
     key_id: str
     name: str | None
     sha256: str
+    priority: int | None = None
 
 
 class KeyConfigError(ValueError):
@@ -50,8 +55,11 @@ def new_key() -> str:
 
 
 def parse_key_entry(entry: str) -> ApiKey:
-    """Parse ``id:sha256`` or ``id:name:sha256``."""
+    """Parse ``id:sha256`` or ``id:name:sha256``, optionally followed by ``:priority=N``."""
     parts = entry.strip().split(":")
+    priority: int | None = None
+    if len(parts) > 2 and parts[-1].startswith(PRIORITY_FIELD):
+        priority = _parse_priority(parts.pop()[len(PRIORITY_FIELD) :], parts[0])
     if len(parts) not in (2, 3):
         raise KeyConfigError(
             f"API key entry {entry[:12]!r}… must be 'id:sha256hex' or 'id:name:sha256hex'"
@@ -63,7 +71,16 @@ def parse_key_entry(entry: str) -> ApiKey:
             f"API key entry for id {key_id!r}: the last field must be a 64-character sha256 hex "
             "digest (make one with 'ggserve keys create')"
         )
-    return ApiKey(key_id=key_id, name=name, sha256=digest)
+    return ApiKey(key_id=key_id, name=name, sha256=digest, priority=priority)
+
+
+def _parse_priority(text: str, key_id: str) -> int:
+    if not _PRIORITY.fullmatch(text) or not -(2**31) <= int(text) < 2**31:
+        raise KeyConfigError(
+            f"API key entry for id {key_id!r}: priority must be a 32-bit integer, e.g. "
+            "'priority=10' (lower goes first)"
+        )
+    return int(text)
 
 
 def load_keys_file(path: Path) -> list[ApiKey]:
@@ -92,6 +109,11 @@ class KeyStore:
         """The opaque label /metrics shows for ``key_id`` (see ``metrics_label``)."""
         key = self._by_id.get(key_id)
         return metrics_label(key_id, key.sha256 if key is not None else None)
+
+    def default_priority(self, key_id: str) -> int | None:
+        """The priority ``key_id``'s requests get when they ask for none; None: not set."""
+        key = self._by_id.get(key_id)
+        return key.priority if key is not None else None
 
     def verify(self, presented: str) -> ApiKey | None:
         """The key whose hash matches ``presented``, else None."""

@@ -18,9 +18,18 @@ VARIANTS = ("cpu", "gpu")
 # The oldest Kubernetes release we promise to run on, and the newest the schemas know.
 KUBERNETES_VERSIONS = ("1.30.0", "latest")
 HELM_VALUES = {"extras/prometheus-adapter-values.yaml"}
-# Objects of a CRD (the Prometheus Operator's PrometheusRule) have no schema in
-# kubernetes-validate; tests/deploy/test_observability_assets.py checks them instead.
-CUSTOM_RESOURCES = {"extras/prometheus-rules.yaml"}
+# Objects of a CRD (the Prometheus Operator's PrometheusRule, the Inference Extension's
+# InferencePool, Gateway API routes, KEDA) have no schema in kubernetes-validate;
+# tests/deploy/test_observability_assets.py and test_inference_gateway.py check them instead.
+CUSTOM_RESOURCES = {
+    "extras/prometheus-rules.yaml",
+    "extras/keda-scaledobject.yaml",
+    "inference-gateway/inferencepool.yaml",
+    "inference-gateway/gateway.yaml",
+    "inference-gateway/inferenceobjectives.yaml",
+}
+# Pods that talk to the API server (the endpoint picker watches pods and InferencePools).
+API_CLIENTS = {"inference-gateway/epp.yaml"}
 
 Object = dict[str, Any]
 
@@ -118,7 +127,7 @@ def test_kustomization_lists_existing_files(variant: str) -> None:
 def test_every_manifest_is_used_by_a_variant_or_documented_as_applied_by_hand() -> None:
     used = {
         (K8S / variant / r).resolve()
-        for variant in (*VARIANTS, "common")
+        for variant in (*VARIANTS, "common", "inference-gateway")
         for r in yaml.safe_load((K8S / variant / "kustomization.yaml").read_text())["resources"]
     }
     by_hand = {K8S / "secret.example.yaml", *(K8S / "extras").glob("*.yaml")}
@@ -292,7 +301,10 @@ def test_pods_meet_the_restricted_pod_security_standard(path: Path) -> None:
         pod = _pod_spec(obj)
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
-        assert pod["automountServiceAccountToken"] is False
+        if str(path.relative_to(K8S)) in API_CLIENTS:  # its own ServiceAccount, bound by a Role
+            assert pod["automountServiceAccountToken"] is True and pod["serviceAccountName"]
+        else:
+            assert pod["automountServiceAccountToken"] is False
         for container in pod["containers"]:
             context = container["securityContext"]
             assert context["allowPrivilegeEscalation"] is False

