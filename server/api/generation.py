@@ -293,11 +293,12 @@ class GenerationService:
             raise _context_error(prompt_tokens, 1, self.n_ctx)
         return min(self.max_tokens_default, room)
 
-    def set_priority(self, ctx: RequestContext, priority: int) -> None:
+    def set_priority(self, ctx: RequestContext, priority: int | None) -> None:
         """Queue ``ctx``'s generations at ``priority``; 400 when it is more urgent than this
-        server lets a request ask for (any key could otherwise jump every queue). The body's
-        default, 0, keeps what the gateway header or the key's default set (server/api/deps.py)."""
-        priority = priority or ctx.priority
+        server lets a request ask for (any key could otherwise jump every queue). A body
+        without one keeps what the gateway header or the key's default set
+        (server/api/deps.py); an explicit value, 0 included, wins."""
+        priority = ctx.priority if priority is None else priority
         if priority < self.min_priority:
             raise BadRequestError(
                 f"priority is {priority}; this server accepts {self.min_priority} or more "

@@ -62,7 +62,7 @@ class SamplingFields(_Lenient):
     min_p: float = Field(0.05, ge=0.0, le=1.0)
     repeat_penalty: float = Field(1.0, gt=0.0)
     # vLLM's request priority: lower values are admitted first when requests wait for slots.
-    priority: int = Field(0, ge=-(2**31), le=2**31 - 1)
+    priority: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
     # ggserve: false opts this request out of prompt-lookup speculation (GGSERVE_SPECULATIVE).
     speculative: bool = True
     # vLLM's: only requests with the same salt (within one key) share cached prompt prefixes.

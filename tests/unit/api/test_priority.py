@@ -43,8 +43,17 @@ def test_an_operator_may_allow_urgent_requests(
     assert fake_engine.requests[-1].priority == -10
 
 
-@pytest.mark.parametrize("bad", ["high", 2**40, 1.5, None, [1]])
+@pytest.mark.parametrize("bad", ["high", 2**40, 1.5, "", {"p": 1}, [1]])
 def test_a_priority_that_is_not_a_32_bit_integer_is_a_400(client: TestClient, bad: Any) -> None:
     response = client.post("/v1/chat/completions", json={**CHAT, "priority": bad}, headers=auth())
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "priority"
+
+
+def test_null_or_absent_priority_keeps_the_default_and_an_explicit_zero_is_zero(
+    client: TestClient, fake_engine: Any
+) -> None:
+    _wait_ready(client)
+    for body in ({**CHAT, "priority": None}, CHAT, {**CHAT, "priority": 0}):
+        assert client.post("/v1/chat/completions", json=body, headers=auth()).is_success
+        assert fake_engine.requests[-1].priority == 0
