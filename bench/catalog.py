@@ -59,6 +59,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("all", "bench.all", "tool"),
     Command("table", "bench.table", "tool"),
     Command("capture_overhead", "bench.experiments.capture_overhead", "experiment"),
+    Command("profile_engine", "bench.experiments.profile_engine", "experiment"),
     Command("kv_share_probe", "bench.experiments.kv_share_probe", "experiment"),
     Command("logprobs_overhead", "bench.experiments.logprobs_overhead", "experiment"),
 )
