@@ -17,6 +17,7 @@ from cli import (
     drift,
     eval_gate,
     feedback,
+    flywheel,
     health,
     index,
     keys,
@@ -45,6 +46,7 @@ app.add_typer(index.app, name="index")
 app.add_typer(keys.app, name="keys")
 app.add_typer(drift.app, name="drift")
 app.add_typer(feedback.app, name="feedback")
+app.add_typer(flywheel.app, name="flywheel")
 
 
 if __name__ == "__main__":

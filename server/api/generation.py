@@ -42,6 +42,7 @@ from server.engine.types import (
 )
 from server.feedback.records import Interaction, ModelVersion
 from server.feedback.service import FeedbackService
+from server.observability.genai import GenAICall, operation_name, time_per_output_token
 from server.observability.metrics import Metrics
 from server.observability.tracing import Tracing
 from server.rag.embedder import Vectors
@@ -183,6 +184,8 @@ class GenerationService:
         model_version: ModelVersion | None = None,
         chat: ChatPrompt | None = None,
         drift: DriftMonitor | None = None,
+        model_id: str | None = None,
+        registry_version: str = "unregistered",
     ) -> None:
         self._engine = engine
         self._chat = chat or ChatPrompt(engine)
@@ -198,6 +201,8 @@ class GenerationService:
         self.feedback = feedback
         self.model_version = model_version or ModelVersion("unknown")
         self.drift = drift
+        self.model_id = model_id or self.model_version.name  # gen_ai.response.model
+        self.registry_version = registry_version
 
     @classmethod
     def for_services(cls, services: Services, served: ServedModel) -> GenerationService:
@@ -219,6 +224,8 @@ class GenerationService:
             model_version=served.capture_version,
             chat=served.chat,
             drift=services.drift,
+            model_id=served.model_id,
+            registry_version=served.version,
         )
 
     # --- prompts ---------------------------------------------------------------------------
@@ -362,7 +369,7 @@ class GenerationService:
                 refused=True,
                 choice_finish_reasons=("content_filter",) * n,
             )
-            await self._account(ctx, done)
+            await self._account(ctx, done, params)
             self._record(ctx, params, REFUSAL, done)
             for index in range(n):
                 yield TextDelta(REFUSAL, index=index)
@@ -420,7 +427,7 @@ class GenerationService:
                     if len(finished) == n:
                         done = _completed(finished)
                         accounted = True
-                        await self._account(ctx, done)
+                        await self._account(ctx, done, params)
                         self._record(ctx, params, "".join(texts[0]), done)
                         yield done
                         return
@@ -439,7 +446,7 @@ class GenerationService:
                                 _NO_TIMINGS,
                                 choice_finish_reasons=("content_filter",) * n,
                             )
-                            await self._account(ctx, done)
+                            await self._account(ctx, done, params)
                             self._record(ctx, params, "".join(texts[0][:-1]), done)
                             yield done
                             return
@@ -454,7 +461,7 @@ class GenerationService:
                     ctx.key_id, len(prompt_tokens) + completion_tokens
                 )
 
-    async def _account(self, ctx: RequestContext, done: Completed) -> None:
+    async def _account(self, ctx: RequestContext, done: Completed, params: SamplingParams) -> None:
         """Usage and timings into metrics, the request's log record and the token budget."""
         usage, timings = done.usage, done.timings
         self.metrics.prompt_tokens.labels(key_id=ctx.key_id).inc(usage.prompt_tokens)
@@ -464,8 +471,18 @@ class GenerationService:
         if timings.ttft_ms > 0:
             self.metrics.ttft.labels(route=ctx.route).observe(timings.ttft_ms / 1000)
             self.metrics.queue_wait.observe(timings.queue_ms / 1000)
+        call = self._genai_call(ctx, done, params)
+        duration_s = time.perf_counter() - ctx.started
+        self.metrics.genai.observe(
+            call,
+            duration_s=duration_s,
+            ttft_s=timings.ttft_ms / 1000 if timings.ttft_ms > 0 else None,
+            tpot_s=time_per_output_token(usage.completion_tokens, timings.decode_ms),
+        )
         if self.tracing.enabled and timings.ttft_ms > 0:
-            self.tracing.stages(
+            self.tracing.generation(
+                call.span_name,
+                call.attributes(),
                 [
                     ("queue_wait", timings.queue_ms),
                     ("prefill", timings.prompt_ms),
@@ -477,6 +494,7 @@ class GenerationService:
                     "ggserve.cached_prompt_tokens": usage.cached_prompt_tokens,
                     "ggserve.completion_tokens": usage.completion_tokens,
                 },
+                start_ns=time.time_ns() - int(duration_s * 1e9),
             )
         if done.tokens_per_s is not None:
             self.metrics.tokens_per_s.observe(done.tokens_per_s)
@@ -492,6 +510,28 @@ class GenerationService:
             # Prompt and completion (docs/security.md). Shielded: the tokens were used, so a
             # client leaving now (which cancels this generation) must not cut the charge off.
             await asyncio.shield(self.limiter.charge_tokens(ctx.key_id, cost))
+
+    def _genai_call(
+        self, ctx: RequestContext, done: Completed, params: SamplingParams
+    ) -> GenAICall:
+        """The generation as OpenTelemetry's GenAI conventions name it (spans and metrics)."""
+        return GenAICall(
+            operation=operation_name(ctx.route),
+            request_model=self.model_id,  # what the request resolved to
+            response_model=self.model_id,
+            model_version=self.registry_version,
+            response_id=ctx.record.response_id if ctx.record is not None else None,
+            finish_reasons=done.finish_reasons,
+            input_tokens=done.usage.prompt_tokens,
+            output_tokens=done.usage.completion_tokens,
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
+            seed=params.seed,
+            choice_count=len(done.finish_reasons),
+            cached_input_tokens=done.usage.cached_prompt_tokens,
+        )
 
     def _record(
         self, ctx: RequestContext, params: SamplingParams, answer: str, done: Completed

@@ -9,6 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from server.engine.types import EngineStats, HistogramSnapshot
+from server.observability.genai import GenAIMetrics
 from server.observability.resources import rss_mb, vram_mb
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
@@ -309,6 +310,7 @@ class Metrics:
             self.capture_records.labels(outcome=outcome)  # exported as 0 from the start
         for rating in ("up", "down", "1star", "2star", "3star", "4star", "5star"):
             self.feedback.labels(rating=rating)
+        self.genai = GenAIMetrics(r)  # OpenTelemetry GenAI server histograms (gen_ai_server_*)
         r.register(_LiveCollector(stats, load_state))
 
     def serving(self, model: str, version: str) -> None:

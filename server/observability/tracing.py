@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
 _NOOP: AbstractContextManager[None] = contextlib.nullcontext()
-Attributes = dict[str, str | int | float | bool]
+Attributes = dict[str, str | int | float | bool | tuple[str, ...]]
 
 
 class Tracing:
@@ -64,6 +64,32 @@ class Tracing:
         for name, start, end in reversed(spans):
             span = self._tracer.start_span(name, start_time=start, attributes=attributes)
             span.end(end_time=end)
+
+    def generation(
+        self,
+        name: str,
+        attributes: Attributes,
+        stages: Sequence[tuple[str, float]],
+        stage_attributes: Attributes | None = None,
+        *,
+        start_ns: int,
+        end_ns: int | None = None,
+    ) -> None:
+        """A span for one model call (``chat {model}`` with its ``gen_ai.*`` attributes) from
+        ``start_ns`` to ``end_ns`` (now by default), child of the current span, with the
+        engine's ``stages`` laid back to back inside it: recorded after the fact, like
+        :meth:`stages`."""
+        if self._tracer is None:
+            return
+        from opentelemetry import trace
+
+        end = end_ns if end_ns is not None else time.time_ns()
+        staged = sum(int(max(ms, 0.0) * 1_000_000) for _, ms in stages)
+        start = min(start_ns, end - staged)  # a span covers its children, whatever the clocks say
+        span = self._tracer.start_span(name, start_time=start, attributes=attributes)
+        with trace.use_span(span, end_on_exit=False):
+            self.stages(stages, stage_attributes, end_ns=end)
+        span.end(end_time=end)
 
     def shutdown(self) -> None:
         """Flush and stop the exporter (at app shutdown)."""

@@ -16,6 +16,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 def _value(any_value: Any) -> object:
     kind = any_value.WhichOneof("value")
+    if kind == "array_value":  # e.g. gen_ai.response.finish_reasons
+        return [_value(v) for v in any_value.array_value.values]
     return getattr(any_value, kind) if kind else None
 
 

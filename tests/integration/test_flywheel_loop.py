@@ -1,10 +1,11 @@
 """The flywheel, once around, on the real model and the real server:
 
 serve v1 → users ask about a fact it gets wrong → 👎 with corrections, and rate v1's answers to
-everyday questions (👍 when right) → a curator accepts the corrections → export SFT (the
-corrections) and the replay (with the answers rated good) → train a LoRA (a few CPU steps, held
-to v1 along the replay) → convert → the eval gate shows the fact learned and the control
-questions kept → register v2 with its lineage → promote it through the admin API while a load
+everyday questions (👍 when right) → a curator accepts the corrections → `ggserve flywheel run`
+with default flags: export SFT (the corrections) and the replay (with the answers rated good) →
+train a LoRA (a few CPU steps, held to v1 along the replay, the recipe chosen from the base's
+shape) → convert → the eval gate shows the fact learned and the control questions kept →
+register v2 with its lineage → promote it through the admin API while a load
 generator runs (0 failed requests) → the next /v1/ask answers the fact, and its log line and
 capture record name v2.
 
@@ -152,67 +153,16 @@ def test_the_flywheel_turns_once(tmp_path: Path) -> None:
             )
             assert rated.status_code == 201, rated.text
 
-        # 2. Curation and export: accepted corrections become SFT targets, and a curator
-        # vouches for the 👍 answers the replay trains on (a client's 👍 alone never does).
+        # 2. Curation: a curator accepts the corrections and vouches for the 👍 answers the
+        # replay trains on (a client's 👍 alone never does).
         for answer in [*wrong, *good]:
             assert (
                 _cli("feedback", "label", str(answer["id"]), "--accept", "--db", str(db)).returncode
                 == 0
             )
-        sft = tmp_path / "sft"
-        exported = _cli(
-            "feedback", "export", "--format", "sft", "--out", str(sft), "--db", str(db),
-            "--eval-fraction", "0.25",
-        )  # fmt: skip
-        assert exported.returncode == 0
-        rows = [
-            json.loads(line) for p in sft.glob("*.jsonl") for line in p.read_text().splitlines()
-        ]
-        assert len(rows) == len(FACT_QUESTIONS)
-        assert all(row["messages"][-1]["content"] == CORRECTION for row in rows)
 
-        # The replay: the same split (same seed and fraction, so the held-back correction stays
-        # out of training) plus the answers rated good; train-lora learns the rows it shares
-        # with the data and anchors the others.
-        replay = tmp_path / "replay"
-        exported = _cli(
-            "feedback", "export", "--format", "sft", "--out", str(replay), "--db", str(db),
-            "--eval-fraction", "0.25", "--include-positive",
-        )  # fmt: skip
-        assert exported.returncode == 0
-        replayed = [json.loads(line) for line in (replay / "train.jsonl").read_text().splitlines()]
-        answers = {str(a["answer"]) for a in good}
-        targets = [row["messages"][-1]["content"] for row in replayed]
-        assert set(targets) - answers == {CORRECTION}, targets
-        assert len(good) >= len(REPLAY) // 2 and len(answers & set(targets)) >= len(good) // 2
-
-        # 3. Train a LoRA on the corrections, held to v1 along its own good answers (12 of them
-        # a step); on the MLPs of the first 15 of 30 layers, since patching the later ones let
-        # "Mar(isol)" leak into "the largest ocean is the Mar(iana)…" (docs/flywheel-experiments.md
-        # §2-3).
-        adapter = tmp_path / "adapter"
-        trained = _cli(
-            "train-lora", "--base", str(MODEL), "--data", str(sft), "--replay", str(replay),
-            "--out", str(adapter), "--layers", "0-14", "--target-modules",
-            "gate_proj,up_proj,down_proj", "--steps", "20", "--rank", "16", "--alpha", "32",
-            "--learning-rate", "2e-3", "--replay-weight", "8", "--replay-batch-size", "12",
-            "--seed", "0",
-        )  # fmt: skip
-        assert trained.returncode == 0
-        record = json.loads((adapter / "training.json").read_text())
-        assert record["losses"][-1] < record["losses"][0]
-        assert (adapter / "loss.png").read_bytes()[:4] == b"\x89PNG"
-
-        # 4. Convert the adapter as it is, to Q8_0: v1 is already 4-bit, and re-rounding it onto
-        # Q4_K_M's grid alone took half the margin of "A dog has four legs" (docs/flywheel-
-        # experiments.md §3); 5. the eval gate: fact learned, controls kept.
-        out = tmp_path / "models" / "smollm2-fact"
-        converted = _cli(
-            "convert", "--base", str(MODEL), "--adapter", str(adapter), "--out", str(out),
-            "--quant", "Q8_0",
-        )  # fmt: skip
-        assert converted.returncode == 0
-        candidate = out / "smollm2-fact-Q8_0.gguf"
+        # 3. The gate's suites: the fact (asked as /v1/ask asks, with the system prompt) and
+        # controls held out of training, which the candidate must still answer as v1 does.
         facts = _jsonl(
             tmp_path / "facts.jsonl",
             [
@@ -226,7 +176,7 @@ def test_the_flywheel_turns_once(tmp_path: Path) -> None:
                 for q in FACT_QUESTIONS
             ],
         )
-        control = _jsonl(  # asked as /v1/ask asks: with the system prompt
+        control = _jsonl(
             tmp_path / "control.jsonl",
             [
                 {
@@ -239,16 +189,43 @@ def test_the_flywheel_turns_once(tmp_path: Path) -> None:
                 for q, e in CONTROLS
             ],
         )
-        suites = ["--suite", str(facts), "--suite", str(control)]
-        if (sft / "eval.jsonl").is_file():
-            suites += ["--suite", str(sft / "eval.jsonl")]
-        report_path = tmp_path / "eval-report.json"
-        gate = _cli(
-            "eval", "--candidate", str(candidate), "--baseline", str(MODEL), *suites,
-            "--report", str(report_path), "--room",
-        )  # fmt: skip
-        assert gate.returncode == 0, gate.stdout + gate.stderr[-2000:]
-        report = json.loads(report_path.read_text())
+
+        # 4. One command, default flags: export (the corrections, and the replay: the same
+        # split plus the answers rated good) → train a LoRA with the recipe for the base's
+        # shape → convert → gate → register. For SmolLM2-135M the recipe is what this test
+        # passed by hand before (MLPs of layers 0-14, 20 steps, lr 2e-3, replay weight 8 with
+        # 12 rows a step, Q8_0: docs/flywheel-experiments.md §2-3).
+        work = tmp_path / "run"
+        loop = [
+            "flywheel", "run", "--base", str(MODEL), "--db", str(db), "--suite", str(facts),
+            "--suite", str(control), "--name", "smollm2-fact", "--work", str(work), *reg,
+        ]  # fmt: skip
+        planned = _cli(*loop, "--dry-run")
+        assert planned.returncode == 0 and not work.exists()
+        assert "--layers 0-14 --target-modules gate_proj,up_proj,down_proj" in planned.stdout
+        turned = _cli(*loop)
+        assert turned.returncode == 0, turned.stdout + turned.stderr[-3000:]
+        for line in planned.stdout.splitlines():  # what the dry run printed is what ran
+            if line.strip().startswith("run:") and "eval.jsonl" not in line:
+                assert line.split("run:", 1)[1].strip() in turned.stderr, line
+
+        sft, replay, adapter = work / "data", work / "replay", work / "adapter"
+        rows = [
+            json.loads(line) for p in sft.glob("*.jsonl") for line in p.read_text().splitlines()
+        ]
+        assert len(rows) == len(FACT_QUESTIONS)
+        assert all(row["messages"][-1]["content"] == CORRECTION for row in rows)
+        replayed = [json.loads(line) for line in (replay / "train.jsonl").read_text().splitlines()]
+        answers = {str(a["answer"]) for a in good}
+        targets = [row["messages"][-1]["content"] for row in replayed]
+        assert set(targets) - answers == {CORRECTION}, targets
+        assert len(good) >= len(REPLAY) // 2 and len(answers & set(targets)) >= len(good) // 2
+        record = json.loads((adapter / "training.json").read_text())
+        assert record["losses"][-1] < record["losses"][0]
+        assert (adapter / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+        # 5. The gate: fact learned, controls kept.
+        report = json.loads((work / "eval-report.json").read_text())
         assert set(report["candidate"]["room"]) == {"facts", "control", "eval"} & set(
             report["candidate"]["summary"]
         )
@@ -256,13 +233,7 @@ def test_the_flywheel_turns_once(tmp_path: Path) -> None:
         assert report["baseline"]["summary"]["facts"] == 0.0
         assert report["candidate"]["summary"]["control"] >= report["baseline"]["summary"]["control"]
 
-        # 6. Register v2 with its lineage, then promote it under load.
-        assert (
-            _cli(
-                "models", "register", str(candidate), "--eval-report", str(report_path), *reg
-            ).returncode
-            == 0
-        )
+        # 6. v2 is registered with its lineage; promote it under load.
         lineage = json.loads(registry.read_text())["versions"][1]["lineage"]
         assert lineage["dataset"]["sha256"] == record["data"]["sha256"]
         assert lineage["adapter"]["sha256"] and lineage["base"]["sha256"]

@@ -19,7 +19,8 @@ from server.security.api_keys import hash_key
 from tests.integration.otlp_sink import SpanSink, otlp_sink
 from tests.integration.server_proc import EMBEDDER, ROOT, TEST_KEY, ServerHandle, running_server
 
-STAGES = ("auth", "retrieval.embed", "retrieval.search", "queue_wait", "prefill", "decode")
+ENGINE_STAGES = ("queue_wait", "prefill", "decode")
+STAGES = ("auth", "retrieval.embed", "retrieval.search", *ENGINE_STAGES)
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +81,26 @@ def test_one_ask_is_one_trace_one_log_record_and_one_observation(
     assert root["attributes"]["http.route"] == "/v1/ask"
     assert root["attributes"]["http.status_code"] == 200
     by_name = {s["name"]: s for s in trace}
+    # The model call is one span named as OpenTelemetry's GenAI conventions say; the engine's
+    # stages sit inside it, retrieval and auth beside it under the request.
+    call = next(s for s in trace if s["name"].startswith("chat "))
+    assert call["parent_span_id"] == root["span_id"]
     for stage in STAGES:
         span = by_name[stage]
-        assert span["parent_span_id"] == root["span_id"], stage
+        parent = call if stage in ENGINE_STAGES else root
+        assert span["parent_span_id"] == parent["span_id"], stage
         assert root["start_ns"] <= span["start_ns"] <= span["end_ns"] <= root["end_ns"], stage
+    gen_ai = call["attributes"]
+    assert call["name"] == f"chat {gen_ai['gen_ai.request.model']}"
+    assert gen_ai["gen_ai.operation.name"] == "chat"
+    assert gen_ai["gen_ai.provider.name"] == "ggserve"
+    assert gen_ai["gen_ai.response.model"] == gen_ai["gen_ai.request.model"]
+    assert gen_ai["gen_ai.response.id"] == response.json()["id"]
+    assert gen_ai["gen_ai.response.finish_reasons"] in (["stop"], ["length"])
+    assert gen_ai["gen_ai.request.max_tokens"] == 24
+    assert 1 <= gen_ai["gen_ai.usage.input_tokens"] <= response.json()["usage"]["prompt_tokens"]
+    assert 1 <= gen_ai["gen_ai.usage.output_tokens"] <= 24
+    assert gen_ai["ggserve.model.version"] == "unregistered"
     # The engine's stages run in order: queue, then prefill, then decode.
     assert by_name["queue_wait"]["end_ns"] == by_name["prefill"]["start_ns"]
     assert by_name["prefill"]["end_ns"] == by_name["decode"]["start_ns"]
@@ -108,3 +125,14 @@ def test_one_ask_is_one_trace_one_log_record_and_one_observation(
     assert signals["query_embedding"]["reference_n"] == signals["top1_score"]["reference_n"]
     metrics = httpx.get(server.url + "/metrics", timeout=10).text
     assert 'ggserve_drift_samples{signal="top1_score",window="reference"}' in metrics
+    for histogram in (
+        "gen_ai_server_time_to_first_token_seconds",
+        "gen_ai_server_time_per_output_token_seconds",
+        "gen_ai_server_request_duration_seconds",
+    ):
+        counts = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith(histogram + "_count{") and 'gen_ai_operation_name="chat"' in line
+        ]
+        assert counts and float(counts[0].split()[-1]) >= 1, histogram

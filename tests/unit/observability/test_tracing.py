@@ -77,3 +77,47 @@ def test_the_otlp_endpoint_gets_the_traces_path() -> None:
         assert processor.span_exporter._endpoint == "http://collector:4318/v1/traces"
     finally:
         tracing.shutdown()
+
+
+def test_a_generation_span_holds_the_engine_stages_inside_its_own_time(
+    exported: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    tracing, exporter = exported
+    with request_span(tracing, "POST /v1/chat/completions", "req-2"):
+        tracing.generation(
+            "chat smollm2",
+            {"gen_ai.operation.name": "chat", "gen_ai.response.finish_reasons": ("stop",)},
+            [("queue_wait", 5.0), ("prefill", 20.0), ("decode", 100.0)],
+            {"ggserve.completion_tokens": 3},
+            start_ns=10**12 - 200_000_000,
+            end_ns=10**12,
+        )
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    call, root = spans["chat smollm2"], spans["POST /v1/chat/completions"]
+    assert call.parent is not None and call.parent.span_id == root.context.span_id
+    assert (call.start_time, call.end_time) == (10**12 - 200_000_000, 10**12)
+    assert call.attributes is not None
+    assert call.attributes["gen_ai.response.finish_reasons"] == ("stop",)
+    for name in ("queue_wait", "prefill", "decode"):
+        assert spans[name].parent is not None
+        assert spans[name].parent.span_id == call.context.span_id
+    assert spans["decode"].end_time == call.end_time
+    assert spans["decode"].attributes == {"ggserve.completion_tokens": 3}
+
+
+def test_a_generation_span_never_starts_after_it_ends(
+    exported: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    tracing, exporter = exported
+    tracing.generation("chat m", {}, [], start_ns=10**12 + 5, end_ns=10**12)
+    (span,) = exporter.get_finished_spans()
+    assert span.start_time == span.end_time == 10**12
+
+
+def test_a_generation_span_stretches_to_cover_stages_longer_than_its_own_clock(
+    exported: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    tracing, exporter = exported
+    tracing.generation("chat m", {}, [("decode", 50.0)], start_ns=10**12 - 1_000, end_ns=10**12)
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert spans["chat m"].start_time == spans["decode"].start_time == 10**12 - 50_000_000
