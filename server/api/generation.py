@@ -517,8 +517,8 @@ class GenerationService:
         """The generation as OpenTelemetry's GenAI conventions name it (spans and metrics)."""
         return GenAICall(
             operation=operation_name(ctx.route),
-            request_model=self.model_id,  # what the request resolved to
-            response_model=self.model_id,
+            request_model=ctx.adapter or self.model_id,  # what the request resolved to
+            response_model=ctx.adapter or self.model_id,
             model_version=self.registry_version,
             response_id=ctx.record.response_id if ctx.record is not None else None,
             finish_reasons=done.finish_reasons,
