@@ -247,11 +247,12 @@ class Settings(BaseSettings):
         0, ge=0, description="Tokens (prompt + generated) per minute per key; 0 = unlimited."
     )
     max_concurrent_per_key: int = Field(
-        8,
+        0,
         ge=0,
         le=100_000,
         description="Requests one key may have in flight (n choices count n, streams until "
-        "they end); 429 beyond it; 0 = no cap.",
+        "they end); 429 beyond it; 0 = no cap (one tenant). Set it below the slot count when "
+        "several tenants share a server.",
     )
     rate_limit_storage: str = Field(
         "memory://", description="limits storage URI: memory:// or redis://host:port/db."

@@ -1,7 +1,8 @@
 """Where a serving step's time goes: py-spy samples of a ggserve server under 1 and 8 streams.
 
-Starts ggserve (as the HTTP benchmark does), records it with ``py-spy record --native --idle``
-while closed-loop clients stream short chats, and prints, per concurrency, the share of samples
+Starts ggserve (as the HTTP benchmark does), records it with ``py-spy record --idle
+--nonblocking`` at 50 Hz (Python frames: a native call counts under the Python line that made
+it; py-spy itself takes CPU, so rates are lower than unprofiled) while closed-loop clients stream short chats, and prints, per concurrency, the share of samples
 in each part of the server: llama.cpp's decode, sampling, the planner and the rest of the engine
 loop, the HTTP layer (event loop: FastAPI, pydantic, chat template, SSE) and idle waits. The
 engine thread and the event loop are reported separately (they run in parallel).
@@ -29,9 +30,11 @@ from bench.harness.server import ROOT, ggserve, running
 # (category, substrings of a frame: the deepest frame matching one names the sample)
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("llama_decode (native)", ("llama_decode", "ggml_", "llama_context", "llm_graph")),
+    ("batch fill", ("_put (server/engine/executor.py",)),
+    ("llama_decode call", ("decode (server/engine/executor.py",)),
     ("sampling", ("sampling.py", "llama_sampler", "logprobs.py")),
     ("planner", ("planner.py", "scheduling.py", "speculation.py")),
-    ("executor batch fill", ("executor.py",)),
+    ("executor other", ("executor.py",)),
     ("detokenize/stop strings", ("detokenizer.py", "stop_strings.py", "token_to_piece")),
     ("engine loop other", ("llama_engine.py", "outbox.py")),
     ("chat template/tokenize", ("jinja2", "chat/prompt.py", "chat/template.py", "llama_tokenize")),
@@ -44,6 +47,8 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 def categorize(stack: str) -> str:
     """The category of a collapsed stack (frames joined by ';', outermost first)."""
     frames = stack.split(";")
+    if any(w in frames[-1] for w in ("wait (threading", "_wait", "select", "epoll", "sleep")):
+        return "idle wait"
     for frame in reversed(frames):
         for name, needles in CATEGORIES:
             if any(n in frame for n in needles):

@@ -138,7 +138,7 @@ def test_a_cap_of_zero_turns_it_off(make_client: Callable[..., TestClient]) -> N
 
 def test_an_empty_cap_setting_takes_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GGSERVE_MAX_CONCURRENT_PER_KEY", "")
-    assert Settings(_env_file=None).max_concurrent_per_key == 8
+    assert Settings(_env_file=None).max_concurrent_per_key == 0
 
 
 @pytest.mark.parametrize("value", ["-1", "many", "1.5", "9" * 400])
