@@ -2,7 +2,8 @@
 
 The section between :data:`START` and :data:`END` in README.md is generated, never edited by
 hand: the HTTP tables from ``latest.json`` (what ``http_serving`` wrote last), the RAG burst
-from ``burst.json`` and the returning conversations from ``returning.json``. ``--check``
+from ``burst.json``, the returning conversations from ``returning.json`` and speculative
+decoding from ``speculative.json``. ``--check``
 changes nothing and exits 1 when the README differs from what the results give
 (``tests/unit/bench/test_table.py`` runs the same comparison).
 
@@ -118,7 +119,35 @@ def readme_section(results: Path = RESULTS) -> str:
             "",
             report.markdown_table(returning_table(back)),
         ]
+    speculative_path = results / "speculative.json"
+    if speculative_path.exists():
+        spec = json.loads(speculative_path.read_text())
+        parts += [
+            "",
+            f"**Speculative decoding** (run {spec['date']}, load before {spec['load_before']}): "
+            f"single-client decode tok/s with prompt lookup on vs off, same engine, greedy, "
+            f"{spec['max_tokens']} tokens max; `ask` is the RAG eval set's grounded prompts:",
+            "",
+            report.markdown_table(speculative_table(spec)),
+        ]
     return "\n".join(parts) + "\n"
+
+
+def speculative_table(spec: dict[str, Any]) -> list[list[str]]:
+    """Rows (header first): per workload, decode tok/s off / on, the ratio, identical answers."""
+    rows = [["workload", "off tok/s", "on tok/s", "on / off", "identical answers", "accepted"]]
+    for name, r in spec["workloads"].items():
+        rows.append(
+            [
+                name,
+                f"{r['off_tok_s']:.1f}",
+                f"{r['on_tok_s']:.1f}",
+                f"{r['ratio']:.2f}x",
+                f"{r['identical']}/{r['requests']}",
+                f"{r['accepted']}/{r['drafted']}",
+            ]
+        )
+    return rows
 
 
 def render(readme_text: str, results: Path = RESULTS) -> str:

@@ -167,6 +167,9 @@ class _Counters:
     draft_tokens: int = 0
     accepted_tokens: int = 0
     adapter_switches: int = 0
+    busy_s: float = 0.0  # loop iterations that ran a step (planning to delivery)
+    decode_s: float = 0.0  # of which in executor.decode (batch fill + llama_decode)
+    idle_s: float = 0.0  # waiting for work
     ttft: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(TTFT_BOUNDS))
     inter_token: LatencyHistogram = field(
         default_factory=lambda: LatencyHistogram(INTER_TOKEN_BOUNDS)
@@ -403,6 +406,9 @@ class LlamaEngine:
             prompt_cache_evictions_total=ram.evictions,
             prompt_cache_bytes=ram.bytes,
             prompt_cache_entries=ram.entries,
+            engine_busy_seconds_total=c.busy_s,
+            engine_decode_seconds_total=c.decode_s,
+            engine_idle_seconds_total=c.idle_s,
             speculative_draft_tokens_total=c.draft_tokens,
             speculative_accepted_tokens_total=c.accepted_tokens,
             ttft_seconds=c.ttft.snapshot(),
@@ -536,6 +542,8 @@ class LlamaEngine:
 
     def _run(self) -> None:
         while not self._closing:
+            started = time.perf_counter()
+            idle = False
             try:
                 if self._reset_cache_requested:
                     self._reset_cache_requested = False
@@ -557,6 +565,7 @@ class LlamaEngine:
                     )
                 )
                 if step.is_empty:
+                    idle = True
                     self._wake.wait(IDLE_WAIT_S)
                     self._wake.clear()
                     continue
@@ -566,6 +575,11 @@ class LlamaEngine:
                 self._fail_active("internal engine error (see the server log)")
             finally:
                 self._outbox.flush()
+                spent = time.perf_counter() - started
+                if idle:
+                    self._counters.idle_s += spent
+                else:
+                    self._counters.busy_s += spent
         self._shutdown()
         self._outbox.flush()
 
@@ -653,7 +667,9 @@ class LlamaEngine:
             self._counters.adapter_switches += 1
         started = time.perf_counter()
         result = self._executor.decode(step, lambda key: running[key].prompt)
-        self._step_cost.observe(step.n_tokens, time.perf_counter() - started)
+        decoded = time.perf_counter() - started
+        self._step_cost.observe(step.n_tokens, decoded)
+        self._counters.decode_s += decoded
         self._counters.decode_steps += 1
         if result.status != 0:
             self._fail_active(f"llama_decode failed with status {result.status}")

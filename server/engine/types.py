@@ -198,6 +198,10 @@ class EngineStats:
     prompt_tokens_cached_total: int = 0  # reused from the KV cache
     tokens_generated_total: int = 0
     decode_steps_total: int = 0  # llama_decode calls
+    # Where the engine thread's time goes: steps (of which the decode call) and idle waits.
+    engine_busy_seconds_total: float = 0.0
+    engine_decode_seconds_total: float = 0.0
+    engine_idle_seconds_total: float = 0.0
     queue_wait_seconds_total: float = 0.0  # summed over admitted requests
     # Prefix cache: a hit reused at least one prompt token from a KV cache (its own slot's or
     # copied from another slot); tokens saved = prompt tokens not evaluated thanks to it.

@@ -80,6 +80,21 @@ class _LiveCollector(Collector):
                 ),
                 ("engine_decode_steps", "llama_decode calls.", stats.decode_steps_total),
                 (
+                    "engine_busy_seconds",
+                    "Engine-thread time in steps (planning, KV edits, decode, sampling, delivery).",
+                    stats.engine_busy_seconds_total,
+                ),
+                (
+                    "engine_decode_seconds",
+                    "Of the busy time, in the decode call (batch fill and llama_decode).",
+                    stats.engine_decode_seconds_total,
+                ),
+                (
+                    "engine_idle_seconds",
+                    "Engine-thread time waiting for work.",
+                    stats.engine_idle_seconds_total,
+                ),
+                (
                     "engine_requests_rejected",
                     "Requests refused because the queue was full.",
                     stats.requests_rejected_total,
