@@ -73,7 +73,12 @@ def load_engine(model: Path, settings: Settings) -> Engine:
     if model != settings.model_path:
         # As serving does for a registry version: the runtime LoRA was for the configured base.
         settings = settings.model_copy(update={"lora_path": None})
-    return LlamaEngine(engine_config(settings, model_path=model, max_queue=EVAL_MAX_QUEUE))
+    # Speculation off: how many tokens it drafts depends on measured step times, and past 512
+    # cached tokens llama.cpp's CPU kernels round a drafted row differently from a lone one, so
+    # a model could "regress" against itself. It changes speed, never what the model knows.
+    return LlamaEngine(
+        engine_config(settings, model_path=model, max_queue=EVAL_MAX_QUEUE, speculative="off")
+    )
 
 
 async def run_model(

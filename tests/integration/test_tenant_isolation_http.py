@@ -49,8 +49,10 @@ def test_another_keys_prompt_prefix_is_never_reused(capturing: ServerHandle) -> 
     assert first.json()["usage"]["prompt_tokens"] > 100
     # The cache works: the same key gets its own prefix back ...
     assert cached(chat(capturing, TEST_KEY, messages)) > 100
-    # ... another key probing the same text gets nothing, and so learns nothing.
-    assert cached(chat(capturing, OTHER_KEY, messages)) == 0
+    # ... another key probing the same text gets none of it, and so learns nothing: at most the
+    # chat template's opening (`<|im_start|>system\n`), which that key's own earlier requests
+    # in this session put in its cache.
+    assert cached(chat(capturing, OTHER_KEY, messages)) <= 3
     # A client can narrow its own scope further, as with vLLM's cache_salt.
     assert cached(chat(capturing, TEST_KEY, messages, cache_salt="session-2")) == 0
     assert cached(chat(capturing, TEST_KEY, messages, cache_salt="session-2")) > 100
