@@ -32,7 +32,13 @@ def lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(lora: Path) -> Iterator[LlamaEngine]:
-    config = EngineConfig(model_path=MODEL, n_slots=4, n_ctx=256, adapters=(("fix", lora, 1.0),))
+    config = EngineConfig(
+        model_path=MODEL,
+        n_slots=4,
+        n_ctx=256,
+        adapters=(("fix", lora, 1.0),),
+        speculative="off",  # drafts follow step timings; these comparisons are bit for bit
+    )
     eng = LlamaEngine(config)
     yield eng
     eng.close()
@@ -47,7 +53,8 @@ async def answers(eng: LlamaEngine, adapter: str = "") -> list[list[int]]:
 
 
 async def reference(lora: Path | None) -> list[list[int]]:
-    eng = LlamaEngine(EngineConfig(model_path=MODEL, n_slots=1, n_ctx=256, lora_path=lora))
+    config = EngineConfig(model_path=MODEL, n_slots=1, n_ctx=256, lora_path=lora, speculative="off")
+    eng = LlamaEngine(config)
     try:
         return await answers(eng)
     finally:
