@@ -41,7 +41,11 @@ def test_the_candidate_is_gated_under_the_serving_settings(
     assert config.model_path == candidate
     assert config.max_queue >= 1024  # every item is submitted at once
     serving = engine_config(settings, model_path=candidate)
-    assert {**vars(config), "max_queue": 0} == {**vars(serving), "max_queue": 0}
+    # Everything as served but the queue (every item at once) and speculation (off: its draft
+    # lengths follow step timings, which must not decide a gate).
+    assert config.speculative == "off"
+    differ = {"max_queue": 0, "speculative": "off"}
+    assert {**vars(config), **differ} == {**vars(serving), **differ}
 
 
 def test_the_runtime_lora_applies_only_to_the_model_it_was_configured_for(
