@@ -2,6 +2,10 @@
 
     base ─▶ adapter ─▶ dataset sha256 ─▶ eval results ─▶ promoted at / by
 
+A version is a full model (``kind="model"``) or a GGUF LoRA over a base (``kind="adapter"``):
+then ``model_path``/``sha256`` are the adapter file's, ``base_sha256`` the GGUF it applies over
+(a server refuses to apply it over another one) and ``scale`` its strength.
+
 Versions are numbered 1, 2, 3 … in registration order and never renumbered. ``active`` names
 the version in service; ``history`` lists every promotion and rollback, newest last, so a
 rollback goes back to what served before. Each change is a read-modify-write under an
@@ -25,6 +29,7 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 MAX_NAME_CHARS = 128
+KINDS = ("model", "adapter")
 
 
 class RegistryError(ValueError):
@@ -45,7 +50,7 @@ class Lineage:
 
 @dataclass
 class RegisteredVersion:
-    """One registered GGUF."""
+    """One registered GGUF: a model, or a LoRA adapter over the base whose sha256 it names."""
 
     version: int
     name: str
@@ -55,6 +60,13 @@ class RegisteredVersion:
     lineage: Lineage = field(default_factory=Lineage)
     promoted_at: str | None = None  # the latest promotion
     promoted_by: str | None = None
+    kind: str = "model"  # "model" | "adapter"; files written before adapters read as models
+    base_sha256: str | None = None  # an adapter's base GGUF (None for a model)
+    scale: float = 1.0  # an adapter's strength when applied
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.kind == "adapter"
 
     @property
     def label(self) -> str:
@@ -66,6 +78,12 @@ class RegisteredVersion:
         """Parse one entry of the file; RegistryError naming what is malformed."""
         try:
             lineage = Lineage(**data.get("lineage", {}))
+            kind = str(data.get("kind", "model"))
+            base_sha256 = data.get("base_sha256")
+            if kind not in KINDS:
+                raise ValueError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+            if (kind == "adapter") != isinstance(base_sha256, str):
+                raise ValueError("an adapter, and only an adapter, names its base_sha256")
             return cls(
                 version=int(data["version"]),
                 name=str(data["name"]),
@@ -75,6 +93,9 @@ class RegisteredVersion:
                 lineage=lineage,
                 promoted_at=data.get("promoted_at"),
                 promoted_by=data.get("promoted_by"),
+                kind=kind,
+                base_sha256=base_sha256,
+                scale=float(data.get("scale", 1.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RegistryError(f"registry entry is malformed ({exc!r})") from exc
@@ -159,10 +180,17 @@ class ModelRegistry:
         *,
         name: str,
         lineage: Lineage | None = None,
+        base_sha256: str | None = None,
+        scale: float = 1.0,
     ) -> RegisteredVersion:
-        """Add a version (the next number) for the GGUF at ``model_path``; not yet active."""
+        """Add a version (the next number) for the GGUF at ``model_path``; not yet active. With
+        ``base_sha256`` it is an adapter applied over that base at ``scale``."""
         if not name.strip() or len(name) > MAX_NAME_CHARS or not name.isprintable():
             raise RegistryError(f"a version name must be 1-{MAX_NAME_CHARS} printable characters")
+        if base_sha256 == sha256:
+            raise RegistryError(f"{model_path} cannot be an adapter over itself")
+        if not 0.0 < scale <= 4.0:
+            raise RegistryError(f"an adapter's scale is {scale}; give one in (0, 4]")
         with self._locked() as state:
             for existing in state.versions:
                 if existing.sha256 == sha256:
@@ -177,6 +205,9 @@ class ModelRegistry:
                 sha256=sha256,
                 created_at=now(),
                 lineage=lineage or Lineage(),
+                kind="model" if base_sha256 is None else "adapter",
+                base_sha256=base_sha256,
+                scale=scale,
             )
             state.versions.append(entry)
         return entry

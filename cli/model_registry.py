@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from artifacts.names import REGISTRY
-from artifacts.registry import ModelRegistry, RegisteredVersion, RegistryError
+from artifacts.registry import ModelRegistry, RegisteredVersion, RegistryError, RegistryState
 from flywheel.promote import (
     Action,
     PromoteError,
@@ -42,7 +42,11 @@ def _fail(message: str) -> typer.Exit:
 
 
 def register(
-    model: Path = typer.Argument(..., help="The GGUF to register."),
+    model: Path = typer.Argument(..., help="The GGUF to register: a model or a GGUF LoRA."),
+    base: Path | None = typer.Option(
+        None, help="For a GGUF LoRA adapter: the model GGUF it applies over (required then)."
+    ),
+    scale: float = typer.Option(1.0, help="For an adapter: its strength when applied."),
     name: str | None = typer.Option(None, help="Display name (default: the manifest's name)."),
     adapter: Path | None = typer.Option(
         None, help="Adapter folder it was trained into (default: the manifest's adapter path)."
@@ -50,12 +54,25 @@ def register(
     eval_report: Path | None = typer.Option(None, help="JSON written by 'ggserve eval --report'."),
     registry: Path = RegistryOption,
 ) -> None:
-    """Add a GGUF as the next version, with its lineage (base, adapter, dataset, eval)."""
+    """Add a GGUF as the next version, with its lineage (base, adapter, dataset, eval); a GGUF
+    LoRA becomes an adapter version over --base."""
     try:
-        entry = register_model(registry, model, name=name, adapter=adapter, eval_report=eval_report)
+        entry = register_model(
+            registry,
+            model,
+            name=name,
+            adapter=adapter,
+            eval_report=eval_report,
+            base=base,
+            scale=scale,
+        )
     except RegistryError as exc:
         raise _fail(str(exc)) from exc
-    out.print(f"registered {entry.label} ({entry.name}, sha256 {entry.sha256[:12]}…) in {registry}")
+    over = f" over base {entry.base_sha256[:12]}…" if entry.base_sha256 else ""
+    out.print(
+        f"registered {entry.label} ({entry.name}, {entry.kind}{over}, "
+        f"sha256 {entry.sha256[:12]}…) in {registry}"
+    )
 
 
 def list_versions(registry: Path = RegistryOption) -> None:
@@ -68,7 +85,7 @@ def list_versions(registry: Path = RegistryOption) -> None:
         out.print(f"no versions in {registry}; add one with 'ggserve models register MODEL.gguf'")
         return
     table = Table(title=f"model registry {registry}")
-    for column in ("", "version", "name", "sha256", "base", "adapter", "dataset", "eval"):
+    for column in ("", "version", "name", "kind", "sha256", "base", "adapter", "dataset", "eval"):
         table.add_column(column)
     table.add_column("promoted")
     for entry in state.versions:
@@ -76,8 +93,9 @@ def list_versions(registry: Path = RegistryOption) -> None:
             "●" if entry.version == state.active else "",
             entry.label,
             entry.name,
+            entry.kind,
             entry.sha256[:12],
-            _sha(entry.lineage.base),
+            _base(entry, state),
             _sha(entry.lineage.adapter),
             _sha(entry.lineage.dataset),
             _eval(entry),
@@ -119,6 +137,17 @@ def _switch(
     api_key: str | None,
     by: str | None,
 ) -> None:
+    try:
+        entry = ModelRegistry(registry).read().get(version)
+    except RegistryError as exc:
+        raise _fail(str(exc)) from exc
+    if entry.is_adapter:
+        # Activation loads a version as the served model; an adapter GGUF is not one.
+        raise _fail(
+            f"{entry.label} is a LoRA adapter over base {entry.base_sha256 or '?'}, not a "
+            f"model: it cannot replace the served model. Serve it beside its base with "
+            f"GGSERVE_LORA_ADAPTERS={entry.name}={entry.model_path}:{entry.scale:g}"
+        )
     if url is None:
         try:
             entry = switch_pointer(registry, version, by or getpass.getuser(), action)
@@ -137,6 +166,14 @@ def _switch(
         f"{action}: the server now serves {done.version} ({done.model}), loaded in "
         f"{done.load_s} s; {done.previous} drains and is freed"
     )
+
+
+def _base(entry: RegisteredVersion, state: RegistryState) -> str:
+    """An adapter's base as its version label when registered; else the base's sha prefix."""
+    if entry.base_sha256 is None:
+        return _sha(entry.lineage.base)
+    base = next((v for v in state.versions if v.sha256 == entry.base_sha256), None)
+    return base.label if base is not None else entry.base_sha256[:12]
 
 
 def _sha(part: dict[str, object] | None) -> str:

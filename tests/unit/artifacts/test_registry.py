@@ -99,3 +99,76 @@ def test_concurrent_writers_lose_no_version(tmp_path: Path) -> None:
     assert sorted(v.version for v in state.versions) == list(range(1, 21))
     assert not list(tmp_path.glob(".*.tmp"))
     json.loads((tmp_path / "registry.json").read_text())
+
+
+def test_a_file_written_before_adapters_reads_its_versions_as_models(tmp_path: Path) -> None:
+    path = tmp_path / "registry.json"
+    old = {
+        "versions": [
+            {
+                "version": 1,
+                "name": "smollm2",
+                "model_path": "/m/a.gguf",
+                "sha256": "a" * 64,
+                "created_at": "2026-12-01T00:00:00+00:00",
+                "lineage": {},
+            }
+        ],
+        "active": 1,
+        "history": [],
+        "schema": 1,
+    }
+    path.write_text(json.dumps(old))
+    entry = ModelRegistry(path).read().get(1)
+    assert (entry.kind, entry.base_sha256, entry.scale, entry.is_adapter) == (
+        "model",
+        None,
+        1.0,
+        False,
+    )
+
+
+def test_an_adapter_version_keeps_its_base_and_scale_through_the_file(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "registry.json")
+    registry.register(_gguf(tmp_path, "base.gguf"), "a" * 64, name="base")
+    registry.register(
+        _gguf(tmp_path, "lora.gguf"), "b" * 64, name="fact", base_sha256="a" * 64, scale=0.5
+    )
+    entry = ModelRegistry(tmp_path / "registry.json").read().get(2)
+    assert (entry.kind, entry.base_sha256, entry.scale) == ("adapter", "a" * 64, 0.5)
+    assert ModelRegistry(tmp_path / "registry.json").read().get(1).kind == "model"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"kind": "lora"}, "kind 'lora'"),
+        ({"kind": "adapter"}, "names its base_sha256"),
+        ({"base_sha256": "a" * 64}, "names its base_sha256"),
+        ({"kind": "adapter", "base_sha256": "a" * 64, "scale": "strong"}, "strong"),
+    ],
+)
+def test_a_malformed_adapter_entry_is_reported(
+    tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    entry = {
+        "version": 1,
+        "name": "x",
+        "model_path": "/m/x.gguf",
+        "sha256": "b" * 64,
+        "created_at": "2026-12-01T00:00:00+00:00",
+        **change,
+    }
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps({"versions": [entry]}))
+    with pytest.raises(RegistryError, match=message):
+        ModelRegistry(path).read()
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, 5.0])
+def test_an_adapter_scale_out_of_range_is_refused(tmp_path: Path, scale: float) -> None:
+    with pytest.raises(RegistryError, match="scale"):
+        ModelRegistry(tmp_path / "r.json").register(
+            _gguf(tmp_path, "l.gguf"), "b" * 64, name="l", base_sha256="a" * 64, scale=scale
+        )
+    assert not (tmp_path / "r.json").exists()

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from tests.fixtures.tiny_gguf import write_gguf
 
 runner = CliRunner()
 GOOD_ROW = {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A"}]}
@@ -23,9 +24,7 @@ def _errors(output: str) -> list[str]:
 
 @pytest.fixture
 def gguf(tmp_path: Path) -> Path:
-    path = tmp_path / "model.gguf"
-    path.write_bytes(b"GGUF" + b"\0" * 64)
-    return path
+    return write_gguf(tmp_path / "model.gguf")
 
 
 @pytest.fixture
@@ -121,8 +120,7 @@ def test_eval_refuses_bad_input_with_exit_2(
 
 def test_models_register_list_promote_rollback(tmp_path: Path, gguf: Path) -> None:
     registry = tmp_path / "registry.json"
-    second = tmp_path / "second.gguf"
-    second.write_bytes(b"GGUF" + b"\1" * 64)
+    second = write_gguf(tmp_path / "second.gguf", fill=1.0)
     reg = ["--registry", str(registry)]
     assert (
         runner.invoke(app, ["models", "register", str(gguf), "--name", "base", *reg]).exit_code == 0
@@ -189,3 +187,101 @@ def test_a_corrupt_registry_is_reported_not_overwritten(tmp_path: Path, gguf: Pa
         result = runner.invoke(app, ["models", *args, "--registry", str(registry)])
         assert result.exit_code == 1 and "corrupt" in result.output, (args, result.output)
     assert registry.read_bytes() == b'{"versions": [\xff'
+
+
+def test_a_gguf_lora_registers_as_an_adapter_over_its_registered_base(
+    tmp_path: Path, gguf: Path
+) -> None:
+    reg = ["--registry", str(tmp_path / "registry.json")]
+    lora = write_gguf(tmp_path / "fact-lora.gguf", adapter=True, fill=2.0)
+    assert (
+        runner.invoke(app, ["models", "register", str(gguf), "--name", "base", *reg]).exit_code == 0
+    )
+    added = runner.invoke(
+        app, ["models", "register", str(lora), "--base", str(gguf), "--scale", "0.8", *reg]
+    )
+    assert added.exit_code == 0, added.output
+    assert "adapter over base" in added.output
+    entry = json.loads((tmp_path / "registry.json").read_text())["versions"][1]
+    assert (entry["kind"], entry["scale"]) == ("adapter", 0.8)
+    assert entry["base_sha256"] == entry["lineage"]["base"]["sha256"]
+    assert (
+        entry["base_sha256"]
+        == json.loads((tmp_path / "registry.json").read_text())["versions"][0]["sha256"]
+    )
+    listed = runner.invoke(app, ["models", "list", *reg], env={"COLUMNS": "220"})
+    row = next(line for line in listed.output.splitlines() if "fact-lora" in line)
+    assert "adapter" in row and "v1" in row.split("adapter", 1)[1]  # its base, by label
+
+
+def test_an_unregistered_base_is_listed_by_its_sha_prefix(tmp_path: Path, gguf: Path) -> None:
+    reg = ["--registry", str(tmp_path / "registry.json")]
+    lora = write_gguf(tmp_path / "fact-lora.gguf", adapter=True, fill=2.0)
+    assert (
+        runner.invoke(app, ["models", "register", str(lora), "--base", str(gguf), *reg]).exit_code
+        == 0
+    )
+    sha = json.loads((tmp_path / "registry.json").read_text())["versions"][0]["base_sha256"]
+    listed = runner.invoke(app, ["models", "list", *reg], env={"COLUMNS": "220"})
+    assert sha[:12] in listed.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["LORA"], "is a LoRA adapter: name the GGUF it applies over with --base"),
+        (
+            ["MODEL", "--base", "MODEL2"],
+            "is a full model, not a LoRA adapter: register it without --base",
+        ),
+        (["LORA", "--base", "LORA2"], "is itself a LoRA adapter"),
+        (
+            ["LORA", "--base", "/nonexistent/base.gguf"],
+            "--base /nonexistent/base.gguf is not a file",
+        ),
+        (["LORA", "--base", "NOTGGUF"], "is not a GGUF file"),
+        (["TORN"], "unreadable GGUF metadata"),
+        (["LORA", "--base", "MODEL", "--scale", "0"], "scale"),
+    ],
+)
+def test_register_refuses_a_wrong_base_or_a_gguf_that_is_neither(
+    tmp_path: Path, gguf: Path, args: list[str], message: str
+) -> None:
+    files = {
+        "MODEL": gguf,
+        "MODEL2": write_gguf(tmp_path / "other.gguf", fill=3.0),
+        "LORA": write_gguf(tmp_path / "lora.gguf", adapter=True, fill=1.0),
+        "LORA2": write_gguf(tmp_path / "lora2.gguf", adapter=True, fill=2.0),
+        "NOTGGUF": tmp_path / "x.gguf",
+        "TORN": tmp_path / "torn.gguf",
+    }
+    files["NOTGGUF"].write_text("hello")
+    files["TORN"].write_bytes(gguf.read_bytes()[:40])  # the magic, then a cut header
+    argv = [str(files[a]) if a in files else a for a in args]
+    registry = tmp_path / "registry.json"
+    result = runner.invoke(app, ["models", "register", *argv, "--registry", str(registry)])
+    assert result.exit_code == 1, result.output
+    assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert not registry.exists()
+
+
+def test_promote_refuses_an_adapter_version_and_says_how_to_serve_it(
+    tmp_path: Path, gguf: Path
+) -> None:
+    registry = tmp_path / "registry.json"
+    reg = ["--registry", str(registry)]
+    lora = write_gguf(tmp_path / "lora.gguf", adapter=True, fill=1.0)
+    assert runner.invoke(app, ["models", "register", str(gguf), *reg]).exit_code == 0
+    assert (
+        runner.invoke(app, ["models", "register", str(lora), "--base", str(gguf), *reg]).exit_code
+        == 0
+    )
+    assert runner.invoke(app, ["models", "promote", "1", *reg]).exit_code == 0
+    before = registry.read_text()
+    for extra in ([], ["--url", "http://127.0.0.1:9"]):
+        result = runner.invoke(app, ["models", "promote", "2", *reg, *extra])
+        assert result.exit_code == 1, result.output
+        flat = " ".join(result.output.split())
+        assert "is a LoRA adapter" in flat and "GGSERVE_LORA_ADAPTERS=lora=" in flat
+        assert "cannot reach" not in flat  # refused before any server is asked
+    assert registry.read_text() == before
