@@ -35,8 +35,18 @@ def _fail(message: str) -> typer.Exit:
 
 
 def evaluate(
-    candidate: Path = typer.Option(..., help="The new GGUF (e.g. models/NAME/NAME-Q4_K_M.gguf)."),
+    candidate: Path | None = typer.Option(
+        None,
+        help="The new GGUF (e.g. models/NAME/NAME-Q4_K_M.gguf); with --candidate-adapter, the "
+        "model it applies over (default: --baseline).",
+    ),
     baseline: Path = typer.Option(..., help="The GGUF in service today."),
+    candidate_adapter: Path | None = typer.Option(
+        None,
+        help="Gate a GGUF LoRA: the candidate is --candidate (default --baseline) with this "
+        "adapter applied at run time, as the server applies it per request.",
+    ),
+    adapter_scale: float = typer.Option(1.0, help="Strength of --candidate-adapter."),
     suite: list[Path] = typer.Option(
         ...,
         help="JSONL suite: the export's eval split or {question, expected} rows; repeat the "
@@ -70,10 +80,19 @@ def evaluate(
         raise _fail(f"--max-drop is {max_drop}; give a share between 0 and 1")
     if not 1 <= max_tokens <= 1024:
         raise _fail(f"--max-tokens is {max_tokens}; give 1 to 1024")
-    for path, what in ((candidate, "--candidate"), (baseline, "--baseline")):
+    if candidate is None:
+        if candidate_adapter is None:
+            raise _fail("give --candidate GGUF, or --candidate-adapter LORA.gguf over --baseline")
+        candidate = baseline
+    checks = [(candidate, "--candidate"), (baseline, "--baseline")]
+    if candidate_adapter is not None:
+        checks.append((candidate_adapter, "--candidate-adapter"))
+    for path, what in checks:
         problem = gguf_problem(path)
         if problem is not None:
             raise _fail(f"{what} {path} {problem}")
+    if candidate_adapter is not None:
+        _check_adapter(candidate_adapter, candidate, adapter_scale)
     try:
         items = [item for path in suite for item in load_suite(path)]
     except SuiteError as exc:
@@ -85,13 +104,15 @@ def evaluate(
         raise _fail(f"the GGSERVE_* settings are invalid: {exc}") from exc
     retriever = _retriever(index, embedder or settings.embedder_path) if index is not None else None
 
-    results = []
-    for path in (candidate, baseline):
-        results.append(_run(path, items, settings, retriever, max_tokens, room))
+    lora = None if candidate_adapter is None else (candidate_adapter, adapter_scale)
+    results = [
+        _run(candidate, items, settings, retriever, max_tokens, room, lora),
+        _run(baseline, items, settings, retriever, max_tokens, room, None),
+    ]
     gate = compare(
         results[0],
         results[1],
-        candidate_path=candidate,
+        candidate_path=candidate_adapter or candidate,
         baseline_path=baseline,
         suites=suites,
         max_drop=max_drop,
@@ -107,6 +128,21 @@ def evaluate(
         console.print("[red]REGRESSED:[/red] " + "; ".join(gate.regressions), soft_wrap=True)
         raise typer.Exit(EXIT_REGRESSED)
     console.print("[green]passed[/green]: no measure fell by more than the margin")
+
+
+def _check_adapter(adapter: Path, model: Path, scale: float) -> None:
+    """A GGUF LoRA over a model, at a sane strength; exit 2 naming the flag otherwise."""
+    from artifacts.gguf import is_lora_adapter
+
+    if not 0.0 < scale <= 4.0:
+        raise _fail(f"--adapter-scale is {scale}; give one in (0, 4]")
+    try:
+        if not is_lora_adapter(adapter):
+            raise _fail(f"--candidate-adapter {adapter} is a full model, not a GGUF LoRA")
+        if is_lora_adapter(model):
+            raise _fail(f"--candidate {model} is a LoRA adapter; give the model it applies over")
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
 
 
 def _retriever(index: Path, embedder: Path) -> Searcher:
@@ -130,14 +166,16 @@ def _run(
     retriever: Searcher | None,
     max_tokens: int,
     room: bool,
+    lora: tuple[Path, float] | None,
 ) -> ModelResult:
     from flywheel.gate.runner import load_engine, run_model
     from server.engine.types import ModelLoadError
 
+    name = model.name if lora is None else f"{model.name} + {lora[0].name}"
     try:
-        engine = load_engine(model, settings)
+        engine = load_engine(model, settings, adapter=lora)
     except (ModelLoadError, ValueError) as exc:
-        raise _fail(f"cannot load {model}: {exc}") from exc
+        raise _fail(f"cannot load {name}: {exc}") from exc
     total = len(items) * (2 if retriever is not None else 1)
     try:
         with Progress(
@@ -148,11 +186,11 @@ def _run(
             console=console,
             transient=True,
         ) as bar:
-            task = bar.add_task(f"answering with {model.name}", total=total)
+            task = bar.add_task(f"answering with {name}", total=total)
             return asyncio.run(
                 run_model(
                     engine,
-                    model.name,
+                    name,
                     items,
                     retriever=retriever,
                     settings=settings,

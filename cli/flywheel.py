@@ -14,7 +14,9 @@ from artifacts.names import REGISTRY
 from flywheel.loop import LoopError, LoopOptions, plan_loop, run_plan
 from flywheel.recipe import RecipeError
 
-app = typer.Typer(help="The improvement loop: export → train → convert → gate → register.")
+app = typer.Typer(
+    help="The improvement loop: export → train → adapter GGUF (or merge) → gate → register."
+)
 console = Console(stderr=True)
 
 
@@ -39,6 +41,11 @@ def run(
         REGISTRY, "--registry", envvar="GGSERVE_REGISTRY_PATH", help="Registry file."
     ),
     seed: int = typer.Option(0, help="Training seed."),
+    ship: str = typer.Option(
+        "adapter",
+        help="adapter: the LoRA as a GGUF LoRA over the base (minutes; served per request "
+        "beside it); merged: merged into the base and re-quantized (a full model).",
+    ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the recipe and each stage's command; run nothing."
     ),
@@ -54,6 +61,7 @@ def run(
         name=chosen,
         suites=tuple(suite),
         seed=seed,
+        ship=ship,
     )
     try:
         plan = plan_loop(options)
@@ -65,9 +73,16 @@ def run(
     except (LoopError, RecipeError) as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(1) from exc
+    if plan.ship == "adapter":
+        how = (
+            f"serve it beside the base with GGSERVE_LORA_ADAPTERS={chosen}={plan.candidate} "
+            f"(a request picks it with model={chosen!r})"
+        )
+    else:
+        how = "serve it with: ggserve models promote N --url URL"
     console.print(
-        f"[green]registered[/green] {plan.candidate} (gate report {plan.report}); "
-        "serve it with: ggserve models promote N --url URL"
+        f"[green]registered[/green] {plan.candidate} (gate report {plan.report}); {how}",
+        soft_wrap=True,
     )
 
 

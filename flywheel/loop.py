@@ -1,5 +1,11 @@
 """The loop as one command: export → train → convert → gate → register, planned then run.
 
+What it ships is ``ship``: an ``adapter`` (the default: the LoRA exported alone as a GGUF LoRA,
+gated as base + adapter, registered as an adapter version over the base; an improvement in
+minutes, served per request beside the base with no second copy of the weights) or a
+``merged`` model (the LoRA merged into the base and re-quantized: a full version that
+replaces the served model).
+
 :func:`plan_loop` turns a base model, a feedback database and the gate's suites into a
 :class:`Plan`: the recipe chosen from the base's shape (``flywheel/recipe.py``) and one
 :class:`Step` per stage of ``flywheel/stages.py``, each naming what it reads, what it writes
@@ -22,6 +28,7 @@ from flywheel.recipe import Recipe, read_shape, recipe_for
 from flywheel.stages import STAGES, Stage
 
 _STAGE = {stage.name: stage for stage in STAGES}
+SHIPS = ("adapter", "merged")
 
 
 class LoopError(Exception):
@@ -39,6 +46,7 @@ class LoopOptions:
     name: str  # the candidate's name (models/NAME, the registry's display name)
     suites: tuple[Path, ...] = ()  # gate suites besides the export's held-out split
     seed: int = 0
+    ship: str = "adapter"  # "adapter" (a GGUF LoRA over the base) or "merged" (a full model)
 
 
 @dataclass(frozen=True)
@@ -69,13 +77,14 @@ class Step:
 @dataclass(frozen=True)
 class Plan:
     """The recipe and the steps, in order; ``candidate`` and ``report`` are what the gate
-    judges and writes."""
+    judges and writes (``candidate`` is the GGUF LoRA when the loop ships an adapter)."""
 
     recipe: Recipe
     steps: tuple[Step, ...]
     data: Path
     candidate: Path
     report: Path
+    ship: str = "adapter"
 
     def render(self) -> str:
         """The plan as ``--dry-run`` prints it."""
@@ -106,15 +115,22 @@ def plan_loop(options: LoopOptions) -> Plan:
         raise LoopError(f"{options.work} is not empty: give --work a new or empty folder")
     if not options.name or "/" in options.name or options.name.startswith("."):
         raise LoopError(f"--name {options.name!r} must be a plain file name")
+    if options.ship not in SHIPS:
+        raise LoopError(f"--ship {options.ship!r}: choose {' or '.join(SHIPS)}")
     recipe = recipe_for(read_shape(options.base), seed=options.seed)
     work, base, db = options.work, str(options.base), str(options.db)
     data, replay, adapter = work / "data", work / "replay", work / "adapter"
     out = work / "models" / options.name
-    candidate = out / f"{options.name}-{recipe.quant}.gguf"
     report = work / "eval-report.json"
     held_out = data / DATASET_EVAL
     fraction = f"{recipe.eval_fraction:g}"
     suites = [arg for suite in options.suites for arg in ("--suite", str(suite))]
+    if options.ship == "adapter":
+        candidate = out / f"{options.name}-lora-{recipe.adapter_outtype}.gguf"
+        ship = _adapter_steps(options, recipe, adapter, candidate, report, held_out, suites)
+    else:
+        candidate = out / f"{options.name}-{recipe.quant}.gguf"
+        ship = _merged_steps(options, recipe, adapter, candidate, report, held_out, suites)
     steps = (
         Step(
             _STAGE["export"],
@@ -171,6 +187,23 @@ def plan_loop(options: LoopOptions) -> Plan:
                 *recipe.train_args(),
             ),
         ),
+        *ship,
+    )
+    return Plan(recipe, steps, data, candidate, report, options.ship)
+
+
+def _merged_steps(
+    options: LoopOptions,
+    recipe: Recipe,
+    adapter: Path,
+    candidate: Path,
+    report: Path,
+    held_out: Path,
+    suites: list[str],
+) -> tuple[Step, ...]:
+    """Convert, gate and register a merged, re-quantized model: a full version."""
+    base, out = str(options.base), candidate.parent
+    return (
         Step(
             _STAGE["convert"],
             f"the adapter merged into the base, written as {recipe.quant}",
@@ -224,7 +257,79 @@ def plan_loop(options: LoopOptions) -> Plan:
             ),
         ),
     )
-    return Plan(recipe, steps, data, candidate, report)
+
+
+def _adapter_steps(
+    options: LoopOptions,
+    recipe: Recipe,
+    adapter: Path,
+    candidate: Path,
+    report: Path,
+    held_out: Path,
+    suites: list[str],
+) -> tuple[Step, ...]:
+    """Export the LoRA alone, gate base + LoRA, register it as an adapter over the base."""
+    base = str(options.base)
+    return (
+        Step(
+            _STAGE["convert"],
+            f"the adapter alone as a GGUF LoRA ({recipe.adapter_outtype}), applied over the "
+            "base at run time: no merge, no re-quantization",
+            (base, str(adapter)),
+            (str(candidate),),
+            (
+                "convert-adapter",
+                "--base",
+                base,
+                "--adapter",
+                str(adapter),
+                "--out",
+                str(candidate),
+                "--outtype",
+                recipe.adapter_outtype,
+            ),
+        ),
+        Step(
+            _STAGE["gate"],
+            "the base with the adapter applied against the base alone, on the suites (and "
+            "the held-out rows)",
+            (str(candidate), base, *(str(s) for s in options.suites), f"{held_out} (if any)"),
+            (str(report),),
+            (
+                "eval",
+                "--candidate-adapter",
+                str(candidate),
+                "--baseline",
+                base,
+                *suites,
+                "--suite",
+                str(held_out),
+                "--report",
+                str(report),
+                "--room",
+            ),
+            optional_suite=held_out,
+        ),
+        Step(
+            _STAGE["register"],
+            "the gated adapter as the registry's next version, over the base (not yet serving)",
+            (str(candidate), base, str(adapter), str(report)),
+            (str(options.registry),),
+            (
+                "models",
+                "register",
+                str(candidate),
+                "--base",
+                base,
+                "--adapter",
+                str(adapter),
+                "--eval-report",
+                str(report),
+                "--registry",
+                str(options.registry),
+            ),
+        ),
+    )
 
 
 Runner = Callable[[Sequence[str]], int]  # runs ``ggserve ARGV``, returns its exit code

@@ -17,7 +17,10 @@ parameters     learning rate   steps  rank  alpha  layers  measured
 Every row patches ``gate_proj, up_proj, down_proj`` (the MLPs, where a fact lives: patching
 every layer let the new name leak into other answers), anchors 12 replay rows a step with
 weight 8, and converts to Q8_0 when the base is already a quantized GGUF (a second 4-bit
-rounding costs the gate its room, §3), Q4_K_M from a float base.
+rounding costs the gate its room, §3), Q4_K_M from a float base. Shipped as an adapter
+(``--ship adapter``, the default), the LoRA is exported in f32: it is a few MiB, and then the
+only rounding is the base's own (the merged Q8_0 model rounds W + s·BA once more;
+docs/flywheel.md, "adapter vs merged").
 """
 
 from __future__ import annotations
@@ -88,7 +91,8 @@ class Recipe:
     replay_weight: float
     replay_batch_size: int
     seed: int
-    quant: str  # what convert writes
+    quant: str  # what convert writes (a merged model)
+    adapter_outtype: str  # what convert-adapter writes (an adapter shipped alone)
     eval_fraction: float  # of the export held out for the gate
     why: str
 
@@ -131,6 +135,7 @@ def recipe_for(shape: BaseShape, *, seed: int = 0) -> Recipe:
         replay_batch_size=12,
         seed=seed,
         quant="Q8_0" if shape.quantized else "Q4_K_M",
+        adapter_outtype="f32",
         eval_fraction=0.25,
         why=f"{shape.architecture}, {shape.layers} layers, hidden {shape.hidden_size}, "
         f"{_size(shape.parameters)} parameters → the ≤ {_billions(row.max_billions)} row: "

@@ -66,11 +66,17 @@ class ModelResult:
         return min(probed, key=lambda i: i.room.lead if i.room else 0.0, default=None)
 
 
-def load_engine(model: Path, settings: Settings) -> Engine:
-    """The serving engine over ``model``, configured by ``settings`` as the server would be."""
+def load_engine(
+    model: Path, settings: Settings, *, adapter: tuple[Path, float] | None = None
+) -> Engine:
+    """The serving engine over ``model``, configured by ``settings`` as the server would be;
+    with ``adapter`` (a GGUF LoRA and its scale) applied to every answer, as a candidate that
+    ships as an adapter is served: base weights as they are, ``s·B(A·x)`` added at run time."""
     from server.engine.llama_engine import LlamaEngine
 
-    if model != settings.model_path:
+    if adapter is not None:
+        settings = settings.model_copy(update={"lora_path": adapter[0], "lora_scale": adapter[1]})
+    elif model != settings.model_path:
         # As serving does for a registry version: the runtime LoRA was for the configured base.
         settings = settings.model_copy(update={"lora_path": None})
     # Speculation off: how many tokens it drafts depends on measured step times, and past 512

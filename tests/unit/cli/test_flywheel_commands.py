@@ -285,3 +285,25 @@ def test_promote_refuses_an_adapter_version_and_says_how_to_serve_it(
         assert "is a LoRA adapter" in flat and "GGSERVE_LORA_ADAPTERS=lora=" in flat
         assert "cannot reach" not in flat  # refused before any server is asked
     assert registry.read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--candidate-adapter", "MODEL"], "is a full model, not a GGUF LoRA"),
+        (["--candidate-adapter", "LORA", "--candidate", "LORA"], "--candidate"),
+        (["--candidate-adapter", "/nonexistent/l.gguf"], "is not a file"),
+        (["--candidate-adapter", "LORA", "--adapter-scale", "0"], "--adapter-scale is 0.0"),
+        ([], "give --candidate GGUF, or --candidate-adapter"),
+    ],
+)
+def test_eval_refuses_a_bad_candidate_adapter_with_exit_2(
+    tmp_path: Path, gguf: Path, args: list[str], message: str
+) -> None:
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text(json.dumps({"question": "Q?", "expected": "A"}) + "\n")
+    files = {"MODEL": gguf, "LORA": write_gguf(tmp_path / "lora.gguf", adapter=True)}
+    argv = [str(files[a]) if a in files else a for a in args]
+    result = runner.invoke(app, ["eval", "--baseline", str(gguf), "--suite", str(suite), *argv])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()) and "Traceback" not in result.output

@@ -78,8 +78,12 @@ def test_the_plan_walks_the_stages_in_their_defined_order(options: LoopOptions) 
     )
 
 
-def test_each_stage_reads_what_the_one_before_wrote(options: LoopOptions) -> None:
-    export, replay, train, convert, gate, register = plan_loop(options).steps
+def test_each_stage_reads_what_the_one_before_wrote_when_shipping_merged(
+    options: LoopOptions,
+) -> None:
+    export, replay, train, convert, gate, register = plan_loop(
+        LoopOptions(**{**options.__dict__, "ship": "merged"})
+    ).steps
     assert train.argv[train.argv.index("--data") + 1] == export.argv[export.argv.index("--out") + 1]
     assert (
         train.argv[train.argv.index("--replay") + 1] == replay.argv[replay.argv.index("--out") + 1]
@@ -110,8 +114,54 @@ def test_the_dry_run_prints_every_command_and_runs_none(options: LoopOptions) ->
     for step in plan_loop(options).steps:
         assert f"run:    {step.command}" in out
     assert "--layers 0-14 --target-modules gate_proj,up_proj,down_proj" in out
-    assert "--quant Q8_0" in out
+    assert (
+        "ggserve convert-adapter" in out and "--outtype f32" in out
+    )  # the default ships an adapter
+    assert "--quant" not in out
     assert not options.work.exists() and not options.registry.exists()
+
+
+def test_an_adapter_ship_gates_base_plus_lora_and_registers_it_over_the_base(
+    options: LoopOptions,
+) -> None:
+    plan = plan_loop(options)
+    assert plan.ship == "adapter"
+    *_, train, convert, gate, register = plan.steps
+    adapter = train.argv[train.argv.index("--out") + 1]
+    assert convert.argv[0] == "convert-adapter"
+    assert convert.argv[convert.argv.index("--adapter") + 1] == adapter
+    lora = convert.argv[convert.argv.index("--out") + 1]
+    assert lora == str(plan.candidate) and lora.endswith(".gguf")
+    # The gate: the base alone against the base with the LoRA applied at run time.
+    assert gate.argv[gate.argv.index("--candidate-adapter") + 1] == lora
+    assert gate.argv[gate.argv.index("--baseline") + 1] == str(options.base)
+    assert "--candidate" not in gate.argv
+    # Registered over the base it was trained on, its lineage read from the adapter folder.
+    assert register.argv[2] == lora
+    assert register.argv[register.argv.index("--base") + 1] == str(options.base)
+    assert register.argv[register.argv.index("--adapter") + 1] == adapter
+    report = gate.argv[gate.argv.index("--report") + 1]
+    assert register.argv[register.argv.index("--eval-report") + 1] == report
+
+
+def test_the_dry_run_with_ship_merged_merges_and_quantizes(options: LoopOptions) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "flywheel", "run", "--base", str(options.base), "--db", str(options.db),
+            "--suite", str(options.suites[0]), "--work", str(options.work),
+            "--name", options.name, "--registry", str(options.registry), "--dry-run",
+            "--ship", "merged",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "ggserve convert --base" in result.output and "--quant Q8_0" in result.output
+    assert "convert-adapter" not in result.output and "--candidate-adapter" not in result.output
+
+
+def test_an_unknown_ship_is_refused(options: LoopOptions) -> None:
+    with pytest.raises(LoopError, match="--ship 'lora': choose adapter or merged"):
+        plan_loop(LoopOptions(**{**options.__dict__, "ship": "lora"}))
 
 
 def test_a_run_executes_the_planned_commands_in_order(options: LoopOptions) -> None:
@@ -137,7 +187,12 @@ def test_no_suite_and_no_held_out_rows_stops_before_the_gate(options: LoopOption
     fake = FakeGgserve(eval_rows=0)
     with pytest.raises(LoopError, match="no suite"):
         run_plan(plan, fake, echo=lambda _: None)
-    assert [c[0] for c in fake.calls] == ["feedback", "feedback", "train-lora", "convert"]
+    assert [c[0] for c in fake.calls] == [
+        "feedback",
+        "feedback",
+        "train-lora",
+        "convert-adapter",
+    ]
 
 
 def test_an_empty_export_stops_before_training(options: LoopOptions) -> None:
