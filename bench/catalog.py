@@ -51,6 +51,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("burst", "bench.burst", "benchmark", step="http", quick=("--quick",)),
     Command("returning", "bench.returning", "benchmark", step="http", quick=("--quick",)),
     Command("speculative", "bench.speculative", "benchmark", step="engine", quick=("--quick",)),
+    Command("adapters", "bench.adapters", "benchmark"),
     Command("rag_embed", "bench.rag_embed", "benchmark", step="rag"),
     Command("rag_eval", "bench.rag_eval", "benchmark", step="rag"),
     Command("rag_search", "bench.rag_search", "benchmark", step="rag", quick=("--sizes", "10000")),

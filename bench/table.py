@@ -3,7 +3,7 @@
 The section between :data:`START` and :data:`END` in README.md is generated, never edited by
 hand: the HTTP tables from ``latest.json`` (what ``http_serving`` wrote last), the RAG burst
 from ``burst.json``, the returning conversations from ``returning.json`` and speculative
-decoding from ``speculative.json``. ``--check``
+decoding from ``speculative.json``, adapter mixing from ``adapters.json``. ``--check``
 changes nothing and exits 1 when the README differs from what the results give
 (``tests/unit/bench/test_table.py`` runs the same comparison).
 
@@ -130,7 +130,45 @@ def readme_section(results: Path = RESULTS) -> str:
             "",
             report.markdown_table(speculative_table(spec)),
         ]
+    adapters_path = results / "adapters.json"
+    if adapters_path.exists():
+        mixing = json.loads(adapters_path.read_text())
+        parts += [
+            "",
+            f"**Adapter mixing** (run {mixing['date']}, load before {mixing['load_before']}): "
+            f"{mixing['clients']} clients over one base, {mixing['requests']} requests of "
+            f"{mixing['max_tokens']} tokens per scenario; the engine applies one adapter set "
+            "per step, so requests on different adapters take turns (`python -m bench "
+            "adapters`):",
+            "",
+            report.markdown_table(adapters_table(mixing)),
+        ]
     return "\n".join(parts) + "\n"
+
+
+ADAPTER_SCENARIOS = {
+    "base": "all on the base",
+    "one": "all on one adapter",
+    "half": "half base, half one adapter",
+    "spread": "spread over 3 adapters",
+}
+
+
+def adapters_table(mixing: dict[str, Any]) -> list[list[str]]:
+    """Rows (header first): per scenario, tok/s, its ratio to the base, p50 TTFT, switches."""
+    rows = [["scenario", "tok/s", "vs base", "p50 TTFT s", "adapter switches"]]
+    for name, r in mixing["scenarios"].items():
+        ratio = (mixing.get("ratios") or {}).get(name)
+        rows.append(
+            [
+                ADAPTER_SCENARIOS.get(name, name),
+                f"{r['tok_s']:.1f}",
+                "-" if ratio is None else f"{ratio:.2f}x",
+                _seconds(r["ttft_p50_s"]),
+                str(r["adapter_switches"]),
+            ]
+        )
+    return rows
 
 
 def speculative_table(spec: dict[str, Any]) -> list[list[str]]:
