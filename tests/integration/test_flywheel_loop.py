@@ -261,10 +261,10 @@ def test_the_flywheel_turns_once(tmp_path: Path) -> None:
 
     # 8. Adapter vs merged at the same precision: base + LoRA (f32, picked per request) vs the
     # merged model the loop ships with --ship merged (Q8_0 over this Q4_1 base). Measured
-    # (docs/flywheel.md 6.7): 10 of 15 answers identical, 72 % of answer tokens before the first
-    # difference, the fact 4 of 4 both ways; merging rounds W + s·BA to Q8_0, the adapter adds
-    # s·B(A·x) in float over the Q4_1 weights as they are. (Merged back to Q4_1, the fact was
-    # lost: 0 of 4.)
+    # (docs/flywheel.md 6.7), two runs: 10 and 11 of 15 answers identical, 72 % and 84 % of
+    # answer tokens before the first difference, the fact 4 of 4 both ways; merging rounds
+    # W + s·BA to Q8_0, the adapter adds s·B(A·x) in float over the Q4_1 weights as they are.
+    # (Merged back to Q4_1, the fact was lost: 0 of 4.)
     merged = tmp_path / "merged"
     converted = _cli(
         "convert", "--base", str(MODEL), "--adapter", str(adapter), "--out", str(merged),
