@@ -45,7 +45,7 @@ class Lineage:
 
 @dataclass
 class RegisteredVersion:
-    """One registered GGUF."""
+    """One registered GGUF: a whole model, or a LoRA adapter over one base model."""
 
     version: int
     name: str
@@ -55,6 +55,13 @@ class RegisteredVersion:
     lineage: Lineage = field(default_factory=Lineage)
     promoted_at: str | None = None  # the latest promotion
     promoted_by: str | None = None
+    kind: str = "model"  # "model" | "adapter"
+    base_sha256: str | None = None  # adapter: the sha256 of the GGUF base it applies over
+    scale: float = 1.0  # adapter: its strength
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.kind == "adapter"
 
     @property
     def label(self) -> str:
@@ -75,6 +82,9 @@ class RegisteredVersion:
                 lineage=lineage,
                 promoted_at=data.get("promoted_at"),
                 promoted_by=data.get("promoted_by"),
+                kind=str(data.get("kind", "model")),
+                base_sha256=data.get("base_sha256"),
+                scale=float(data.get("scale", 1.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RegistryError(f"registry entry is malformed ({exc!r})") from exc
@@ -99,6 +109,10 @@ class RegistryState:
     active: int | None = None
     history: list[HistoryEntry] = field(default_factory=list)
     schema: int = SCHEMA_VERSION
+    # The adapter version applied by default over the active model (a promoted challenger).
+    default_adapter: int | None = None
+    # Every champion/challenger decision with its figures (server/rollout), oldest first.
+    rollouts: list[dict[str, Any]] = field(default_factory=list)
 
     def get(self, version: int) -> RegisteredVersion:
         """The entry of ``version``; RegistryError listing the known ones when absent."""
@@ -146,6 +160,8 @@ class ModelRegistry:
                 active=data.get("active"),
                 history=[HistoryEntry(**h) for h in data.get("history", [])],
                 schema=int(data.get("schema", SCHEMA_VERSION)),
+                default_adapter=data.get("default_adapter"),
+                rollouts=list(data.get("rollouts", [])),
             )
         except (ValueError, TypeError) as exc:
             raise RegistryError(
@@ -189,7 +205,20 @@ class ModelRegistry:
             state.history.append(HistoryEntry(action, version, state.active, at, by))
             state.active = version
             entry.promoted_at, entry.promoted_by = at, by
+            if state.default_adapter is not None:  # an adapter applies to one base only
+                adapter = state.get(state.default_adapter)
+                if adapter.base_sha256 != entry.sha256:
+                    state.default_adapter = None
         return entry
+
+    def record_rollout(self, decision: dict[str, Any], *, default_adapter: int | None) -> None:
+        """Append a rollout's decision and set the adapter served by default from now on
+        (the promoted challenger's version, or the champion's when it stays)."""
+        with self._locked() as state:
+            if default_adapter is not None:
+                state.get(default_adapter)  # RegistryError when unknown
+            state.rollouts.append(decision)
+            state.default_adapter = default_adapter
 
     def rollback_target(self) -> RegisteredVersion:
         """The version that served before the active one (RegistryError when there is none)."""

@@ -19,9 +19,11 @@ fork it (a KV copy), then sample independently.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import itertools
 import logging
+import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -278,6 +280,13 @@ class LlamaEngine:
             self._model.close()
             raise
         self._adapter_now = ""  # the named adapter applied to the context now ("" = none)
+        # Adapters loaded and unloaded at run time (admin API): the native calls run on the
+        # engine thread between steps; new requests see only the names in ``_offered``, and
+        # an unloaded adapter is freed once no request still holds it.
+        self._offered = set(self._adapters)
+        self._offer_lock = threading.Lock()  # a submit's check and its enqueue vs an unload
+        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._unloading: dict[str, concurrent.futures.Future[None]] = {}
         self._fair_share = FairShare()
         self._executor = StepExecutor(
             self._model.ctx, self._model.memory, self._model.n_batch, self._slots
@@ -465,7 +474,84 @@ class LlamaEngine:
     @property
     def adapter_names(self) -> tuple[str, ...]:
         """The named LoRA adapters a request may pick (``GenerationRequest.adapter``)."""
-        return tuple(self._adapters)
+        return tuple(name for name in self._adapters if name in self._offered)
+
+    async def load_adapter(self, name: str, path: Path, scale: float) -> None:
+        """Load a GGUF LoRA over this model as ``name`` without a restart (on the engine
+        thread, between two steps); ``ModelLoadError`` naming the file when it is refused."""
+        if name in self._adapters:
+            raise InvalidRequestError(f"an adapter named {name!r} is loaded already.", param="name")
+
+        def load() -> None:
+            if name in self._adapters:
+                raise InvalidRequestError(
+                    f"an adapter named {name!r} is loaded already.", param="name"
+                )
+            handle = self._model.load_adapter(path)
+            with self._offer_lock:
+                self._adapters[name] = (handle, scale)
+                self._offered.add(name)
+
+        await self._on_engine_thread(load)
+
+    async def unload_adapter(self, name: str) -> None:
+        """Stop offering ``name`` and free it once the requests that picked it have ended."""
+        freed: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def unload() -> None:
+            with self._offer_lock:
+                if name not in self._offered:
+                    raise InvalidRequestError(f"no adapter named {name!r} is loaded.", param="name")
+                self._offered.discard(name)
+            self._unloading[name] = freed
+
+        await self._on_engine_thread(unload)
+        await asyncio.wrap_future(freed)
+
+    async def _on_engine_thread(self, command: Callable[[], None]) -> None:
+        """Run ``command`` on the engine thread before its next step; its exception here."""
+        if self._closing:
+            raise EngineNotReadyError("The engine is shut down.")
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._commands.put((command, done))
+        self._wake.set()
+        await asyncio.wrap_future(done)
+
+    def _run_commands(self) -> None:
+        """Admin commands queued for the engine thread, then frees of unloaded adapters."""
+        while True:
+            try:
+                command, done = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                command()
+            except Exception as exc:  # the caller's error (a bad file, a taken name)
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+        for name in list(self._unloading):
+            holders = [*self._running.values(), *self._queue.snapshot()]
+            if any(g.adapter == name for g in holders):
+                continue
+            self._forget_adapter(name)
+            self._unloading.pop(name).set_result(None)
+
+    def _forget_adapter(self, name: str) -> None:
+        """Free ``name`` and every cache computed with it: a later adapter of the same name
+        may be another file."""
+        for entry in self._prompt_cache.entries():
+            if entry.adapter == name:
+                self._prompt_cache.drop(entry.entry_id)
+        for slot in self._slots:
+            if slot.adapter == name and slot.generation is None:
+                self._executor.clear(slot.seq_id)
+                slot.adapter = ""
+        if self._adapter_now == name:
+            self._model.set_adapters([])
+            self._adapter_now = ""
+        handle, _ = self._adapters.pop(name)
+        self._model.free_adapter(handle)
 
     # --- submission (any thread) ---------------------------------------------------------------
 
@@ -479,10 +565,10 @@ class LlamaEngine:
             raise InvalidRequestError("The prompt is empty: send at least one token of text.")
         n_vocab = self._model.n_vocab
         check_token_ids(prompt, n_vocab)
-        if request.adapter and request.adapter not in self._adapters:
+        if request.adapter and request.adapter not in self._offered:
             raise InvalidRequestError(
                 f"no adapter named {request.adapter!r}; this server has: "
-                f"{', '.join(self._adapters) or 'none'}.",
+                f"{', '.join(self.adapter_names) or 'none'}.",
                 param="model",
             )
         if not 1 <= request.n <= len(self._slots):
@@ -519,9 +605,14 @@ class LlamaEngine:
         ]
         for fork in generations[1:]:
             fork.fork_of = generations[0].key
-        if not self._queue.try_put_all(generations):
+        with self._offer_lock:
+            offered = not request.adapter or request.adapter in self._offered
+            queued = offered and self._queue.try_put_all(generations)
+        if not queued:
             for sampler in samplers:
                 sampler.free()
+            if not offered:  # unloaded since the check above
+                raise InvalidRequestError(f"no adapter named {request.adapter!r}.", param="model")
             self._counters.requests_rejected += 1
             raise QueueFullError(retry_after_s=self._retry_after_s())
         self._wake.set()
@@ -549,6 +640,7 @@ class LlamaEngine:
                     self._reset_cache_requested = False
                     self._drop_idle_caches()
                 self._reap()
+                self._run_commands()
                 waiting = self._waiting_in_admission_order()
                 step = plan(
                     PlanState(
@@ -895,10 +987,21 @@ class LlamaEngine:
             self._finish(generation, "error", message)
 
     def _shutdown(self) -> None:
+        while True:  # admin calls still waiting get an answer, never a hang
+            try:
+                _, done = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            done.set_exception(EngineNotReadyError("The engine is shut down."))
+        for freed in self._unloading.values():
+            freed.set_result(None)  # close() frees every adapter
         for running in list(self._running.values()):
             self._finish(running, "error", "the server is shutting down")
         while (waiting := self._queue.pop_oldest()) is not None:
             self._finish(waiting, "error", "the server is shutting down")
+
+
+_Command = tuple[Callable[[], None], "concurrent.futures.Future[None]"]
 
 
 def _has_key(key: int) -> Callable[[_Generation], bool]:
