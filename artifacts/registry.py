@@ -216,7 +216,13 @@ class ModelRegistry:
         (the promoted challenger's version, or the champion's when it stays)."""
         with self._locked() as state:
             if default_adapter is not None:
-                state.get(default_adapter)  # RegistryError when unknown
+                entry = state.get(default_adapter)  # RegistryError when unknown
+                if default_adapter != state.default_adapter:  # a promotion: in the history too
+                    at, by = now(), f"rollout {decision.get('id', '?')}"
+                    state.history.append(
+                        HistoryEntry("promote", default_adapter, state.default_adapter, at, by)
+                    )
+                    entry.promoted_at, entry.promoted_by = at, by
             state.rollouts.append(decision)
             state.default_adapter = default_adapter
 

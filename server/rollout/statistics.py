@@ -61,6 +61,9 @@ class Policy:
     slow_margin: float = 0.05  # "no worse": at most 5 points more requests above champion p95
     ttft_quantile: float = 0.95
     ttft_warmup: int = 50  # champion requests whose TTFT fix the slow threshold
+    # The slow threshold is the champion's quantile times (1 + this): 0.2 lets an adapter's
+    # own cost make the challenger's p95 up to 20 % slower before it counts against it.
+    ttft_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1 or self.tau <= 0:
@@ -69,6 +72,8 @@ class Policy:
             raise ValueError("need 1 <= min_samples <= max_samples")
         if not 0 < self.ttft_quantile < 1 or self.ttft_warmup < 1:
             raise ValueError("ttft_quantile must be in (0, 1), ttft_warmup >= 1")
+        if self.ttft_tolerance < 0:
+            raise ValueError("ttft_tolerance must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -151,7 +156,8 @@ class Rollout:
             if variant == "champion":  # the threshold is the champion's own p95
                 self._warmup.append(ttft_s)
                 if len(self._warmup) >= self.policy.ttft_warmup:
-                    self.ttft_threshold_s = _quantile(self._warmup, self.policy.ttft_quantile)
+                    quantile = _quantile(self._warmup, self.policy.ttft_quantile)
+                    self.ttft_threshold_s = quantile * (1 + self.policy.ttft_tolerance)
             return
         arm.timed += 1
         arm.slow += int(ttft_s > self.ttft_threshold_s)
