@@ -47,7 +47,7 @@ class LoadAdapterRequest(BaseModel):
         max_length=64,
         description="What requests send as 'model' to pick it (default: its registry name).",
     )
-    scale: StrictFloat | StrictInt | None = Field(
+    scale: StrictFloat | None = Field(
         None, ge=0, le=4, description="Its strength (default: the registry's, usually 1)."
     )
 

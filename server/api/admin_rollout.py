@@ -27,7 +27,7 @@ from server.runtime.services import ServedModel, Services
 
 router = APIRouter(prefix="/admin", tags=["operations"])
 
-Number = StrictFloat | StrictInt
+Number = StrictFloat  # strict: an int is a float, a string is not
 
 
 class PolicyRequest(BaseModel):
@@ -79,6 +79,7 @@ async def start_rollout(
 ) -> dict[str, Any]:
     """Send ``share`` of the traffic for the served model to ``challenger``, sticky per user
     or key; the rollout promotes it, rolls it back or stops undecided by itself."""
+    policy = body.policy.policy()
     served = current_model(services)
     if body.challenger not in served.engine.adapter_names:
         loaded = ", ".join(served.engine.adapter_names) or "none"
@@ -93,7 +94,7 @@ async def start_rollout(
         challenger=body.challenger,
         share=float(body.share),
         sticky=body.sticky,
-        policy=body.policy.policy(),
+        policy=policy,
         challenger_version=served.adapter_versions.get(body.challenger),
         champion_version=served.adapter_versions.get(controller.default_adapter),
     )
