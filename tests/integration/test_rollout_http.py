@@ -17,6 +17,9 @@ both decisions are in the registry with their figures.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -30,7 +33,7 @@ import pytest
 
 from artifacts.digest import sha256_file
 from artifacts.registry import ModelRegistry, RegisteredVersion
-from tests.integration.server_proc import MODEL, ServerHandle, running_server
+from tests.integration.server_proc import MODEL, ROOT, ServerHandle, running_server
 from tests.integration.test_engine import write_lora
 
 pytestmark = pytest.mark.slow
@@ -106,6 +109,21 @@ def ask(
     if user is not None:
         body["user"] = user
     return client.post(server.url + "/v1/chat/completions", json=body, headers=server.headers)
+
+
+def cli(*args: str, server: ServerHandle) -> subprocess.CompletedProcess[str]:
+    """``ggserve ARGS`` against ``server`` with its (admin) key."""
+    env = {**os.environ, "COLUMNS": "200", "GGSERVE_URL": server.url}
+    env["GGSERVE_API_KEY"] = server.api_key or ""
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def admin(server: ServerHandle, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -200,20 +218,20 @@ def test_a_preferred_challenger_is_promoted_and_a_broken_one_rolled_back(
         assert answer_of(promoted) == wanted  # the model's requests now get the adapter
         assert "x-ggserve-variant" not in promoted.headers
 
-        assert admin(server, "POST", "/admin/adapters", json={"version": 3}).status_code == 201
-        second = admin(
-            server,
-            "POST",
-            "/admin/rollout",
-            json={"challenger": "broken", "share": 0.5, "policy": POLICY},
-        )
-        assert second.status_code == 201, second.text
-        assert second.json()["champion"] == {"adapter": "fixed", "version": 2}
+        # The second one through the CLI: load registry v3 as the challenger and start.
+        flags = [f"--{name.replace('_', '-')}={value}" for name, value in POLICY.items()]
+        second = cli("rollout", "start", "broken", "--version", "3", *flags, server=server)
+        assert second.returncode == 0, second.stderr
+        assert "broken challenges fixed on 50% of traffic" in second.stdout
         users = Users(server, wanted)
         rolled = users.until_decided()
         assert users.failures == []
         assert rolled["status"] == "rolled_back", rolled
+        assert rolled["champion"] == {"adapter": "fixed", "version": 2}
         assert "👎 share is worse" in rolled["reason"]
+        status = cli("rollout", "status", server=server)
+        assert status.returncode == 0 and "rolled_back" in status.stdout, status.stderr
+        assert "thumbs_down" in status.stdout and "challenger" in status.stdout
         assert answer_of(ask(server, client, "someone-else")) == wanted
 
     data = registry_rollouts(registry, 2)
