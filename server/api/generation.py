@@ -567,6 +567,7 @@ class GenerationService:
             seed=params.seed,
             choice_count=len(done.finish_reasons),
             cached_input_tokens=done.usage.cached_prompt_tokens,
+            variant=ctx.log_fields.get("variant"),  # set by pick_adapter while a rollout runs
         )
 
     def _record(
