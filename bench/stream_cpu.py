@@ -5,29 +5,31 @@ streaming short chats of ``--max-tokens`` tokens, then reads the server's CPU ti
 per thread from ``/proc/PID/task/*/schedstat`` over each round. CPU seconds, not wall time: another
 process on the machine slows a round down but barely changes what the server spends per token,
 so the figure holds on a busy box. The main thread is the event loop (HTTP, SSE, the API
-layer); llama.cpp's decode threads and the engine thread are reported apart.
+layer); every other thread (the engine's, llama.cpp's decode threads) is reported apart.
 
-    python -m bench stream_cpu                           # this checkout, 3 rounds
-    python -m bench stream_cpu --root /tmp/base-checkout # the same driver on another commit
+    python -m bench stream_cpu                              # this checkout, 3 rounds
+    python -m bench stream_cpu --against /tmp/base-checkout # before/after, rounds alternating
 
-``--root`` runs the server from another checkout (a ``git worktree`` of the commit to compare,
-with its own ``models`` link), so a before/after pair uses one driver.
+``--against`` also starts a server from another checkout (a ``git worktree`` of the baseline
+commit, with its own ``models`` link) and alternates rounds between the two, so both see the
+same machine and one driver measures both.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from bench.harness.load import run_load, summarize
 from bench.harness.prompts import chat_requests
-from bench.harness.server import ggserve, running
+from bench.harness.server import RunningServer, ServerSpec, ggserve, running
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -52,19 +54,51 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def split(pid: int, before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]):
-    """CPU seconds spent during a round: the event loop (main thread), the engine thread, the
-    rest (llama.cpp's decode threads, worker threads)."""
-    loop = engine = other = 0.0
+def split(
+    pid: int, before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> tuple[float, float]:
+    """CPU seconds spent during a round by the event loop (the main thread) and by every other
+    thread (the engine thread, llama.cpp's decode threads, worker threads)."""
+    loop = other = 0.0
     for tid, (name, seconds) in after.items():
         spent = seconds - before.get(tid, (name, 0.0))[1]
         if tid == pid:
             loop += spent
-        elif "engine" in name:
-            engine += spent
         else:
             other += spent
-    return loop, engine, other
+    return loop, other
+
+
+def measure(server: RunningServer, args: argparse.Namespace, tag: str) -> dict[str, Any]:
+    """One round of closed-loop streamed chats against ``server`` and what it cost it."""
+    pid = server.proc.pid
+    requests = chat_requests(args.concurrency * args.requests, args.max_tokens, run=tag)
+    before, total_before = thread_cpu(pid), process_cpu(pid)
+    load = asyncio.run(run_load(server.url, requests, args.concurrency, headers=server.headers))
+    after, total_after = thread_cpu(pid), process_cpu(pid)
+    stats = summarize(load)
+    tokens = stats["tokens"] or 1
+    loop, other = split(pid, before, after)
+    return {
+        "server": server.spec.name,
+        "tokens": stats["tokens"],
+        "completed": stats["completed"],
+        "tok_s": stats["throughput_tok_s"],
+        "process_cpu_s_per_1k": round(1000 * (total_after - total_before) / tokens, 3),
+        "loop_cpu_s_per_1k": round(1000 * loop / tokens, 4),
+        "other_cpu_s_per_1k": round(1000 * other / tokens, 3),
+    }
+
+
+def spec_for(name: str, root: Path | None) -> ServerSpec:
+    """ggserve with speculation off and 8 slots, from ``root`` (this checkout when None)."""
+    spec = ggserve(
+        {"GGSERVE_N_SLOTS": "8", "GGSERVE_AUTH_DISABLED": "true", "GGSERVE_SPECULATIVE": "off"},
+        name=name,
+    )
+    if root is not None:  # same interpreter and venv, the other checkout's code first
+        spec.command[:0] = ["env", "-C", str(root.resolve())]
+    return spec
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,52 +107,44 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--requests", type=int, default=6, help="Requests per client per round.")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--root", type=Path, default=None, help="Serve from this checkout.")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        default=None,
+        help="A checkout of the baseline commit: both servers run, rounds alternate.",
+    )
     parser.add_argument("--json", type=Path, default=None, help="Also write the rounds here.")
     args = parser.parse_args(argv)
-    spec = ggserve(
-        {
-            "GGSERVE_N_SLOTS": "8",
-            "GGSERVE_AUTH_DISABLED": "true",
-            "GGSERVE_SPECULATIVE": "off",
-        }
-    )
-    if args.root is not None:  # same interpreter and venv, the other checkout's code first
-        spec.command[:0] = ["env", "-C", str(args.root.resolve())]
-    print(f"# stream_cpu — {args.root or 'this checkout'}; load before {os.getloadavg()[0]:.2f}")
-    rounds = []
-    with tempfile.TemporaryDirectory() as tmp, running(spec, Path(tmp)) as server:
-        pid = server.proc.pid
-        warm = chat_requests(args.concurrency, args.max_tokens, run="warm")
-        asyncio.run(run_load(server.url, warm, args.concurrency, headers=server.headers))
+    specs = [spec_for("this", None)]
+    if args.against is not None:
+        specs.insert(0, spec_for("baseline", args.against))
+    print(f"# stream_cpu — load before {os.getloadavg()[0]:.2f}")
+    rounds: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(running(spec, Path(tmp))) for spec in specs]
+        for server in servers:  # warm-up: first-request costs stay out of the rounds
+            warm = chat_requests(args.concurrency, args.max_tokens, run="warm")
+            asyncio.run(run_load(server.url, warm, args.concurrency, headers=server.headers))
         for r in range(args.rounds):
-            requests = chat_requests(
-                args.concurrency * args.requests, args.max_tokens, run=f"cpu{r}"
-            )
-            before, total_before = thread_cpu(pid), process_cpu(pid)
-            load = asyncio.run(
-                run_load(server.url, requests, args.concurrency, headers=server.headers)
-            )
-            after, total_after = thread_cpu(pid), process_cpu(pid)
-            stats = summarize(load)
-            tokens = stats["tokens"] or 1
-            loop, engine, other = split(pid, before, after)
-            row = {
-                "tokens": stats["tokens"],
-                "completed": stats["completed"],
-                "tok_s": stats["throughput_tok_s"],
-                "process_cpu_s_per_1k": round(1000 * (total_after - total_before) / tokens, 3),
-                "loop_cpu_s_per_1k": round(1000 * loop / tokens, 3),
-                "engine_cpu_s_per_1k": round(1000 * engine / tokens, 3),
-                "other_cpu_s_per_1k": round(1000 * other / tokens, 3),
-            }
-            rounds.append(row)
-            print(json.dumps(row), flush=True)
-    for key in ("loop_cpu_s_per_1k", "process_cpu_s_per_1k", "tok_s"):
-        print(f"median {key}: {statistics.median(r[key] for r in rounds)}")
+            for server in servers:  # alternating: both see the same machine, round by round
+                row = measure(server, args, f"cpu{r}")
+                rounds.append(row)
+                print(json.dumps(row), flush=True)
+    medians = {}
+    for spec in specs:
+        mine = [row for row in rounds if row["server"] == spec.name]
+        medians[spec.name] = {
+            key: statistics.median(row[key] for row in mine)
+            for key in ("loop_cpu_s_per_1k", "process_cpu_s_per_1k", "tok_s")
+        }
+        print(
+            f"{spec.name}: median " + ", ".join(f"{k} {v}" for k, v in medians[spec.name].items())
+        )
+    if args.against is not None:
+        ratio = medians["this"]["loop_cpu_s_per_1k"] / medians["baseline"]["loop_cpu_s_per_1k"]
+        print(f"event-loop CPU per token, this / baseline: {ratio:.2f}x")
     if args.json is not None:
         args.json.write_text(json.dumps(rounds, indent=2) + "\n")
-    sys.stdout.flush()
 
 
 if __name__ == "__main__":
