@@ -90,12 +90,30 @@ def measure(server: RunningServer, args: argparse.Namespace, tag: str) -> dict[s
     }
 
 
-def spec_for(name: str, root: Path | None) -> ServerSpec:
+# ``--fake-engine``: ggserve as served, its engine replaced by the tests' scripted one, which
+# yields a token per stream every ``FAKE_TOKEN_S`` without any decode: what is left of the CPU
+# is the HTTP path's (the fake's own timers cost both commits alike).
+FAKE_TOKEN_S = 0.005
+FAKE_SERVER = f"""
+import runpy, sys
+import server.runtime.loading as loading
+from server.runtime.services import ModelMeta
+from tests.fakes import FakeEngine
+engine = FakeEngine(reply=" ".join(["word"] * 4096), n_ctx=1 << 20, token_delay_s={FAKE_TOKEN_S})
+loading.create_engine = lambda settings: (engine, ModelMeta(architecture="fake"))
+sys.argv = ["cli.main", "serve"]
+runpy.run_module("cli.main", run_name="__main__")
+"""
+
+
+def spec_for(name: str, root: Path | None, fake_engine: bool) -> ServerSpec:
     """ggserve with speculation off and 8 slots, from ``root`` (this checkout when None)."""
     spec = ggserve(
         {"GGSERVE_N_SLOTS": "8", "GGSERVE_AUTH_DISABLED": "true", "GGSERVE_SPECULATIVE": "off"},
         name=name,
     )
+    if fake_engine:
+        spec.command[1:] = ["-c", FAKE_SERVER]
     if root is not None:  # same interpreter and venv, the other checkout's code first
         spec.command[:0] = ["env", "-C", str(root.resolve())]
     return spec
@@ -113,11 +131,16 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="A checkout of the baseline commit: both servers run, rounds alternate.",
     )
+    parser.add_argument(
+        "--fake-engine",
+        action="store_true",
+        help=f"No model: a scripted engine yields a token per stream every {FAKE_TOKEN_S}s.",
+    )
     parser.add_argument("--json", type=Path, default=None, help="Also write the rounds here.")
     args = parser.parse_args(argv)
-    specs = [spec_for("this", None)]
+    specs = [spec_for("this", None, args.fake_engine)]
     if args.against is not None:
-        specs.insert(0, spec_for("baseline", args.against))
+        specs.insert(0, spec_for("baseline", args.against, args.fake_engine))
     print(f"# stream_cpu — load before {os.getloadavg()[0]:.2f}")
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
