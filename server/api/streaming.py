@@ -61,10 +61,10 @@ def encode_all(frames: Iterable[Frame]) -> bytes:
 class SseResponse(Response):
     """A server-sent event stream of pre-encoded chunks, one ASGI ``send`` per chunk.
 
-    What sse-starlette's ``EventSourceResponse`` did per stream (an anyio task group with a
-    memory stream, a ping task, an exit-signal watcher) and per event (a ``ServerSentEvent``
-    built from a dict, a lock) cost event-loop CPU that a 2-core machine takes from llama.cpp's
-    decode threads. Here the request's own task sends each chunk as it comes; one helper task
+    sse-starlette's ``EventSourceResponse`` started an anyio task group per stream (four tasks,
+    a shutdown watcher) and built a ``ServerSentEvent`` per frame; without them the event loop's
+    CPU per streamed token fell 0.80x (``python -m bench stream_cpu``, docs/engine.md). Here the
+    request's own task sends each chunk as it comes; one helper task
     per stream waits for the client's disconnect (it then cancels the request's task, so the
     generation is cancelled where it waits, as before) and sends a ``: ping`` comment after
     ``ping_s`` without a frame. A slow reader holds only its own task (uvicorn's flow control);
@@ -111,6 +111,8 @@ class SseResponse(Response):
                 raise asyncio.CancelledError  # someone else cancelled this task as well
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if self.background is not None:  # FastAPI's BackgroundTasks, as Starlette runs them
+            await self.background()
 
     async def _watch(self, receive: Receive, send: Send, stream: asyncio.Task[Any]) -> None:
         """Until cancelled: cancel ``stream`` when the client disconnects; ping when idle."""
