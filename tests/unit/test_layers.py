@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = ROOT / "server"
-HTTP_LIBRARIES = ("fastapi", "starlette", "sse_starlette", "fastapi_offline")
+HTTP_LIBRARIES = ("fastapi", "starlette", "fastapi_offline")
 DOMAIN = (
     "chat",
     "agents",
