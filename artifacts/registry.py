@@ -211,20 +211,30 @@ class ModelRegistry:
                     state.default_adapter = None
         return entry
 
-    def record_rollout(self, decision: dict[str, Any], *, default_adapter: int | None) -> None:
-        """Append a rollout's decision and set the adapter served by default from now on
-        (the promoted challenger's version, or the champion's when it stays)."""
+    def record_rollout(
+        self, decision: dict[str, Any], *, promoted: int | None = None, to_base: bool = False
+    ) -> None:
+        """Append a rollout's ending with its figures; with ``promoted`` (the challenger's
+        adapter version), that adapter becomes what the active model serves by default; with
+        ``to_base``, the base model itself won and no adapter is the default any more."""
         with self._locked() as state:
-            if default_adapter is not None:
-                entry = state.get(default_adapter)  # RegistryError when unknown
-                if default_adapter != state.default_adapter:  # a promotion: in the history too
-                    at, by = now(), f"rollout {decision.get('id', '?')}"
-                    state.history.append(
-                        HistoryEntry("promote", default_adapter, state.default_adapter, at, by)
-                    )
-                    entry.promoted_at, entry.promoted_by = at, by
+            if to_base and state.default_adapter is not None:
+                at, by = now(), f"rollout {decision.get('id', '?')}"
+                state.history.append(
+                    HistoryEntry("rollback", state.default_adapter, state.default_adapter, at, by)
+                )
+                state.default_adapter = None
+            if promoted is not None:
+                entry = state.get(promoted)  # RegistryError when unknown
+                if not entry.is_adapter:
+                    raise RegistryError(f"{entry.label} is not an adapter version")
+                at, by = now(), f"rollout {decision.get('id', '?')}"
+                state.history.append(
+                    HistoryEntry("promote", promoted, state.default_adapter, at, by)
+                )
+                entry.promoted_at, entry.promoted_by = at, by
+                state.default_adapter = promoted
             state.rollouts.append(decision)
-            state.default_adapter = default_adapter
 
     def rollback_target(self) -> RegisteredVersion:
         """The version that served before the active one (RegistryError when there is none)."""

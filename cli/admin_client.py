@@ -37,6 +37,9 @@ def call(
     except httpx.HTTPError as exc:
         console.print(f"[red]error:[/red] cannot reach {base}: {exc}", soft_wrap=True)
         raise typer.Exit(1) from exc
+    except ValueError as exc:  # e.g. nan or inf in a number flag: not JSON
+        console.print(f"[red]error:[/red] cannot send that request: {exc}", soft_wrap=True)
+        raise typer.Exit(1) from exc
     if response.is_success:
         return response.json()
     try:

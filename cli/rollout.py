@@ -42,8 +42,10 @@ def start(
 ) -> None:
     """Send SHARE of the traffic to CHALLENGER; it is promoted or rolled back on its own."""
     if version is not None:
-        body = {"version": version, "name": challenger}
-        call("POST", "/admin/adapters", url, api_key, json=body, timeout=300)
+        loaded = {a["name"]: a["version"] for a in call("GET", "/admin/adapters", url, api_key)}
+        if loaded.get(challenger) != version:  # a rerun after a failed start skips the load
+            body = {"version": version, "name": challenger}
+            call("POST", "/admin/adapters", url, api_key, json=body, timeout=300)
     policy = {
         "alpha": alpha,
         "tau": tau,

@@ -29,7 +29,7 @@ from server.api.errors import (
     NotFoundError,
     ServiceUnavailableError,
 )
-from server.engine.types import InvalidRequestError, ModelLoadError
+from server.engine.types import EngineNotReadyError, InvalidRequestError, ModelLoadError
 from server.runtime.adapters import ADAPTER_NAME, NAME_RULE, default_name
 from server.runtime.services import ServedModel, Services
 
@@ -101,7 +101,13 @@ async def checked_adapter(
     """Registry version ``version``, if it is an adapter over this base whose file is still
     the one registered; BadRequest/NotFound naming ``version`` otherwise."""
     try:
-        entry = (await asyncio.to_thread(registry.read)).get(version)
+        state = await asyncio.to_thread(registry.read)
+    except RegistryError as exc:
+        raise ServiceUnavailableError(
+            f"the registry cannot be read: {exc}", code="registry_unreadable"
+        ) from exc
+    try:
+        entry = state.get(version)
     except RegistryError as exc:
         raise NotFoundError(str(exc), code="unknown_version", param="version") from exc
     if not entry.is_adapter:
@@ -192,6 +198,8 @@ async def load_adapter(
         raise ConflictError(str(exc), code="adapter_loaded", param="name") from exc
     except ModelLoadError as exc:
         raise BadRequestError(str(exc), code="load_failed", param="version") from exc
+    except EngineNotReadyError as exc:  # swapped out while this call ran
+        raise _retired(exc) from exc
     served.adapter_versions[name] = entry.version
     load_s = round(time.perf_counter() - started, 3)
     logger.bind(event="adapter_loaded", by=admin, adapter=name, version=entry.label).info(
@@ -227,9 +235,19 @@ async def unload_adapter(
         await served.engine.unload_adapter(name)
     except InvalidRequestError as exc:  # unloaded by a concurrent call
         raise NotFoundError(str(exc), code="unknown_adapter", param="name") from exc
+    except EngineNotReadyError as exc:
+        raise _retired(exc) from exc
     served.adapter_versions.pop(name, None)
     logger.bind(event="adapter_unloaded", by=admin, adapter=name).info("adapter {} unloaded", name)
     return AdapterInfo(name=name, version=version, default=False, rollout_arm=False)
+
+
+def _retired(exc: Exception) -> ServiceUnavailableError:
+    return ServiceUnavailableError(
+        f"the model was swapped out while this call ran ({exc}); retry against the new one",
+        code="model_swapped",
+        headers={"Retry-After": "1"},
+    )
 
 
 def attach_router(app: FastAPI) -> None:

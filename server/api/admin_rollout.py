@@ -35,8 +35,8 @@ class PolicyRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    alpha: Number = Field(0.05, gt=0, lt=0.5, description="P(a wrong promote or rollback).")
-    tau: Number = Field(0.1, gt=0, le=1, description="Prior scale of the expected difference.")
+    alpha: Number = Field(0.05, ge=1e-6, lt=0.5, description="P(a wrong promote or rollback).")
+    tau: Number = Field(0.1, ge=1e-3, le=1, description="Prior scale of the expected difference.")
     min_samples: StrictInt = Field(30, ge=5, le=1_000_000)
     max_samples: StrictInt = Field(5000, ge=5, le=10_000_000)
     error_margin: Number = Field(0.02, ge=0, le=1)
@@ -70,6 +70,13 @@ class StartRolloutRequest(BaseModel):
     sticky: Literal["user", "key"] = Field(
         "user", description="Keep each key's end user ('user' field) or each key on one arm."
     )
+    min_units: StrictInt = Field(
+        5,
+        ge=1,
+        le=1_000_000,
+        description="Distinct users (or keys) each arm must have seen before a promotion: "
+        "requests of one user are not independent trials.",
+    )
     policy: PolicyRequest = Field(default_factory=PolicyRequest)
 
 
@@ -81,21 +88,25 @@ async def start_rollout(
     or key; the rollout promotes it, rolls it back or stops undecided by itself."""
     policy = body.policy.policy()
     served = current_model(services)
-    if body.challenger not in served.engine.adapter_names:
+    # The served model's own id challenges with the base itself (after an adapter promotion).
+    challenger = "" if body.challenger == served.model_id else body.challenger
+    if challenger and challenger not in served.engine.adapter_names:
         loaded = ", ".join(served.engine.adapter_names) or "none"
         raise BadRequestError(
             f"no adapter named {body.challenger!r} is loaded (loaded: {loaded}); load it with "
-            "POST /admin/adapters first",
+            f"POST /admin/adapters first, or name the served model ({served.model_id}) to "
+            "challenge with the base",
             code="unknown_adapter",
             param="challenger",
         )
     controller = served.rollout
     spec = RolloutSpec(
-        challenger=body.challenger,
+        challenger=challenger,
         share=float(body.share),
         sticky=body.sticky,
         policy=policy,
-        challenger_version=served.adapter_versions.get(body.challenger),
+        min_units=body.min_units,
+        challenger_version=served.adapter_versions.get(challenger),
         champion_version=served.adapter_versions.get(controller.default_adapter),
     )
     controller.on_end = recorder(services, served)
@@ -146,7 +157,8 @@ def recorder(services: Services, served: ServedModel) -> Callable[[RolloutRun], 
     def record(run: RolloutRun) -> None:
         summary = run.summary()
         services.metrics.rollout_decisions.labels(status=run.status).inc()
-        services.metrics.rollout_share.set(0)
+        if services.served is served:  # else a retired model's rollout, stopped by a swap
+            services.metrics.rollout_share.set(0)
         logger.bind(
             event="rollout_ended",
             rollout=run.id,
@@ -155,12 +167,21 @@ def recorder(services: Services, served: ServedModel) -> Callable[[RolloutRun], 
             reason=summary["reason"],
             arms=summary["arms"],
         ).info("rollout {} ended: {} ({})", run.id, run.status, summary["reason"])
+        promoted, to_base = None, False
+        if run.status == "promoted" and services.served is served:
+            promoted = served.adapter_versions.get(run.spec.challenger)
+            to_base = run.spec.challenger == ""
+            if promoted is None and not to_base:
+                logger.bind(event="rollout_promoted_unregistered", rollout=run.id).warning(
+                    "{} serves by default now, but it is not a registry version: after a "
+                    "restart the model serves without it",
+                    run.spec.challenger or "the base model",
+                )
         path = services.settings.registry_path
         if path is None:
             return
-        default = served.adapter_versions.get(served.rollout.default_adapter)
         task = asyncio.get_running_loop().create_task(
-            _write(ModelRegistry(path), summary, default), name=f"record-{run.id}"
+            _write(ModelRegistry(path), summary, promoted, to_base), name=f"record-{run.id}"
         )
         services.background.append(task)
         task.add_done_callback(services.background.remove)
@@ -168,9 +189,13 @@ def recorder(services: Services, served: ServedModel) -> Callable[[RolloutRun], 
     return record
 
 
-async def _write(registry: ModelRegistry, summary: dict[str, Any], default: int | None) -> None:
+async def _write(
+    registry: ModelRegistry, summary: dict[str, Any], promoted: int | None, to_base: bool
+) -> None:
     try:
-        await asyncio.to_thread(registry.record_rollout, summary, default_adapter=default)
+        await asyncio.to_thread(
+            registry.record_rollout, summary, promoted=promoted, to_base=to_base
+        )
     except (RegistryError, OSError) as exc:  # the decision stands; the record is what failed
         logger.bind(event="rollout_record_failed", rollout=summary["id"]).error(
             "rollout {} decided but was not written to the registry: {}", summary["id"], exc

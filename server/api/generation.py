@@ -543,7 +543,10 @@ class GenerationService:
         if assignment is None or assignment.variant is None or self.rollout is None:
             return
         response_id = ctx.record.response_id if ctx.record is not None else None
-        self.rollout.finished(assignment, response_id, error=error, ttft_s=ttft_s)
+        try:
+            self.rollout.finished(assignment, response_id, error=error, ttft_s=ttft_s)
+        except Exception as exc:  # bookkeeping must never cost the user the answer
+            logger.opt(exception=exc).error("rollout outcome dropped")
         outcome = "error" if error else "ok"
         self.metrics.rollout_requests.labels(variant=assignment.variant, outcome=outcome).inc()
 
@@ -613,6 +616,7 @@ class GenerationService:
                 answer=answer,
                 sources=record.sources,
                 params=None if params is None else _sampling_record(params),
+                variant=_variant_label(ctx),
             )
         )
 
@@ -640,6 +644,13 @@ class GenerationService:
             )
         except Exception as exc:  # drift is advisory: a bug here must not cost the user the answer
             logger.opt(exception=exc).warning("drift observation dropped")
+
+
+def _variant_label(ctx: RequestContext) -> str | None:
+    """``ro-…:challenger`` when a rollout chose the request's arm (kept after the outcome)."""
+    variant = ctx.log_fields.get("variant")
+    rollout = ctx.response_headers.get("x-ggserve-rollout")
+    return f"{rollout}:{variant}" if variant and rollout else None
 
 
 def _sampling_record(params: SamplingParams) -> dict[str, Any]:

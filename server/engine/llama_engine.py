@@ -455,11 +455,13 @@ class LlamaEngine:
 
     def close(self) -> None:
         """Stop the loop (open streams end with finish_reason 'error') and free the model."""
-        if self._closing:
-            return
-        self._closing = True
+        with self._offer_lock:  # no admin command is queued after this
+            if self._closing:
+                return
+            self._closing = True
         self._wake.set()
         self._thread.join()
+        self._fail_commands()
         self._executor.close()
         if self._prompt_cache.store is not None:
             self._prompt_cache.store.close()
@@ -474,19 +476,18 @@ class LlamaEngine:
     @property
     def adapter_names(self) -> tuple[str, ...]:
         """The named LoRA adapters a request may pick (``GenerationRequest.adapter``)."""
-        return tuple(name for name in self._adapters if name in self._offered)
+        with self._offer_lock:  # the engine thread adds and removes entries
+            return tuple(name for name in self._adapters if name in self._offered)
 
     async def load_adapter(self, name: str, path: Path, scale: float) -> None:
         """Load a GGUF LoRA over this model as ``name`` without a restart (on the engine
         thread, between two steps); ``ModelLoadError`` naming the file when it is refused."""
-        if name in self._adapters:
-            raise InvalidRequestError(f"an adapter named {name!r} is loaded already.", param="name")
 
         def load() -> None:
-            if name in self._adapters:
-                raise InvalidRequestError(
-                    f"an adapter named {name!r} is loaded already.", param="name"
-                )
+            with self._offer_lock:
+                if name in self._adapters:
+                    state = "is loaded" if name in self._offered else "is still unloading"
+                    raise InvalidRequestError(f"an adapter named {name!r} {state}.", param="name")
             handle = self._model.load_adapter(path)
             with self._offer_lock:
                 self._adapters[name] = (handle, scale)
@@ -495,25 +496,23 @@ class LlamaEngine:
         await self._on_engine_thread(load)
 
     async def unload_adapter(self, name: str) -> None:
-        """Stop offering ``name`` and free it once the requests that picked it have ended."""
+        """Stop offering ``name`` at once (new requests cannot pick it from this call on) and
+        free it once the requests that picked it have ended."""
+        with self._offer_lock:
+            if name not in self._offered:
+                raise InvalidRequestError(f"no adapter named {name!r} is loaded.", param="name")
+            self._offered.discard(name)
         freed: concurrent.futures.Future[None] = concurrent.futures.Future()
-
-        def unload() -> None:
-            with self._offer_lock:
-                if name not in self._offered:
-                    raise InvalidRequestError(f"no adapter named {name!r} is loaded.", param="name")
-                self._offered.discard(name)
-            self._unloading[name] = freed
-
-        await self._on_engine_thread(unload)
+        await self._on_engine_thread(lambda: self._unloading.__setitem__(name, freed))
         await asyncio.wrap_future(freed)
 
     async def _on_engine_thread(self, command: Callable[[], None]) -> None:
         """Run ``command`` on the engine thread before its next step; its exception here."""
-        if self._closing:
-            raise EngineNotReadyError("The engine is shut down.")
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._commands.put((command, done))
+        with self._offer_lock:  # against close(): a command put after the last drain hangs
+            if self._closing:
+                raise EngineNotReadyError("The engine is shut down.")
+            self._commands.put((command, done))
         self._wake.set()
         await asyncio.wrap_future(done)
 
@@ -524,6 +523,8 @@ class LlamaEngine:
                 command, done = self._commands.get_nowait()
             except queue.Empty:
                 break
+            if not done.set_running_or_notify_cancel():  # its caller gave up waiting
+                continue
             try:
                 command()
             except Exception as exc:  # the caller's error (a bad file, a taken name)
@@ -535,7 +536,20 @@ class LlamaEngine:
             if any(g.adapter == name for g in holders):
                 continue
             self._forget_adapter(name)
-            self._unloading.pop(name).set_result(None)
+            _settle(self._unloading.pop(name))
+
+    def _fail_commands(self) -> None:
+        """Answer every admin call still waiting: the engine is closing."""
+        while True:
+            try:
+                _, done = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if done.set_running_or_notify_cancel():
+                done.set_exception(EngineNotReadyError("The engine is shut down."))
+        for freed in self._unloading.values():
+            _settle(freed)  # close() frees every adapter
+        self._unloading.clear()
 
     def _forget_adapter(self, name: str) -> None:
         """Free ``name`` and every cache computed with it: a later adapter of the same name
@@ -550,7 +564,8 @@ class LlamaEngine:
         if self._adapter_now == name:
             self._model.set_adapters([])
             self._adapter_now = ""
-        handle, _ = self._adapters.pop(name)
+        with self._offer_lock:
+            handle, _ = self._adapters.pop(name)
         self._model.free_adapter(handle)
 
     # --- submission (any thread) ---------------------------------------------------------------
@@ -987,14 +1002,7 @@ class LlamaEngine:
             self._finish(generation, "error", message)
 
     def _shutdown(self) -> None:
-        while True:  # admin calls still waiting get an answer, never a hang
-            try:
-                _, done = self._commands.get_nowait()
-            except queue.Empty:
-                break
-            done.set_exception(EngineNotReadyError("The engine is shut down."))
-        for freed in self._unloading.values():
-            freed.set_result(None)  # close() frees every adapter
+        self._fail_commands()  # admin calls still waiting get an answer, never a hang
         for running in list(self._running.values()):
             self._finish(running, "error", "the server is shutting down")
         while (waiting := self._queue.pop_oldest()) is not None:
@@ -1002,6 +1010,12 @@ class LlamaEngine:
 
 
 _Command = tuple[Callable[[], None], "concurrent.futures.Future[None]"]
+
+
+def _settle(future: concurrent.futures.Future[None]) -> None:
+    """Resolve ``future`` unless its waiter cancelled it (then nobody is listening)."""
+    if not future.done():
+        future.set_result(None)
 
 
 def _has_key(key: int) -> Callable[[_Generation], bool]:

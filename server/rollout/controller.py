@@ -24,7 +24,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from server.rollout.statistics import Decision, Policy, Rollout, Variant
@@ -54,6 +54,9 @@ class RolloutSpec:
     share: float = 0.5  # of the traffic to the challenger
     sticky: Sticky = "user"
     policy: Policy = field(default_factory=Policy)
+    # Distinct users (or keys) each arm must have served before a promotion: a user's
+    # requests are not independent trials, and a few heavy users are not the population.
+    min_units: int = 5
     challenger_version: int | None = None  # registry versions, when the variants have one
     champion_version: int | None = None
 
@@ -65,6 +68,7 @@ class Assignment:
     adapter: str  # "" = the base model
     variant: Variant | None = None  # None: no rollout is running
     rollout_id: str | None = None
+    unit: bytes = b""  # the sticky unit (user or key), hashed
 
 
 @dataclass
@@ -81,6 +85,9 @@ class RolloutRun:
     decision: Decision | None = None
     ended_at: float | None = None
     ended_by: str | None = None  # "rollout" (the statistics) or the admin key that stopped it
+    units: dict[str, set[bytes]] = field(
+        default_factory=lambda: {"champion": set(), "challenger": set()}
+    )  # the sticky units (hashed) each arm has served
 
     def summary(self) -> dict[str, Any]:
         """Everything about it, JSON-ready: the API's answer and the registry's record."""
@@ -103,7 +110,11 @@ class RolloutRun:
             "verdict": decision.verdict,
             "reason": decision.reason,
             "ttft_threshold_s": decision.ttft_threshold_s,
-            "arms": {name: asdict(arm) for name, arm in self.statistics.arms.items()},
+            "arms": {
+                name: {**asdict(arm), "units": len(self.units[name])}
+                for name, arm in self.statistics.arms.items()
+            },
+            "min_units": self.spec.min_units,
             "intervals": {name: asdict(i) for name, i in decision.intervals.items()},
         }
 
@@ -169,8 +180,8 @@ class RolloutController:
         who = key_id if run.spec.sticky == "key" else f"{key_id}\x00{user or ''}"
         digest = hashlib.sha256(f"{run.id}\x00{who}".encode()).digest()
         if int.from_bytes(digest[:8], "big") / 2**64 < run.spec.share:
-            return Assignment(run.spec.challenger, "challenger", run.id)
-        return Assignment(run.champion, "champion", run.id)
+            return Assignment(run.spec.challenger, "challenger", run.id, digest[8:24])
+        return Assignment(run.champion, "champion", run.id, digest[8:24])
 
     def finished(
         self,
@@ -186,6 +197,7 @@ class RolloutController:
         if run is None or variant is None or assignment.rollout_id != run.id:
             return  # no rollout, or one that ended while this request ran
         run.statistics.observe(variant, error=error, ttft_s=ttft_s)
+        run.units[variant].add(assignment.unit)
         if response_id is not None and not error:
             self._responses[response_id] = (run.id, variant)
             while len(self._responses) > self._remembered:
@@ -204,6 +216,19 @@ class RolloutController:
 
     def _check(self, run: RolloutRun) -> None:
         decision = run.statistics.decide()
+        policy, arms = run.spec.policy, run.statistics.arms
+        if decision.verdict == "promote" and min(map(len, run.units.values())) < run.spec.min_units:
+            decision = replace(
+                decision,
+                verdict="continue",
+                reason=f"better, but an arm has served fewer than {run.spec.min_units} users",
+            )
+        total = sum(arm.requests for arm in arms.values())
+        if decision.verdict == "continue" and total >= policy.max_samples / run.spec.share:
+            # The challenger should have had max_samples by now: its units are too few.
+            decision = replace(
+                decision, verdict="undecided", reason=f"{total} requests without a decision"
+            )
         if decision.verdict == "continue":
             return
         run.decision = decision

@@ -66,8 +66,12 @@ class Policy:
     ttft_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.alpha < 1 or self.tau <= 0:
-            raise ValueError("alpha must be in (0, 1) and tau > 0")
+        floats = (self.alpha, self.tau, self.error_margin, self.slow_margin, self.ttft_tolerance)
+        if not all(math.isfinite(value) for value in floats):
+            raise ValueError("every rate, margin and scale must be a finite number")
+        # Below these the interval's arithmetic underflows (tau² = 0, ln(1/alpha) = inf).
+        if not 1e-6 <= self.alpha < 1 or not 1e-3 <= self.tau <= 10:
+            raise ValueError("alpha must be in [1e-6, 1) and tau in [0.001, 10]")
         if not 1 <= self.min_samples <= self.max_samples:
             raise ValueError("need 1 <= min_samples <= max_samples")
         if not 0 < self.ttft_quantile < 1 or self.ttft_warmup < 1:
@@ -110,6 +114,8 @@ def confidence_sequence(
         * (2 * math.log(1 / alpha) + math.log((variance + t2) / variance))
     )
     estimate = p_b - p_a
+    if not math.isfinite(half):  # degenerate inputs: say nothing rather than fail
+        return Interval(estimate, -1.0, 1.0, champion, challenger)
     return Interval(estimate, estimate - half, estimate + half, champion, challenger)
 
 

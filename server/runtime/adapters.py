@@ -38,6 +38,8 @@ async def adopt_default_adapter(registry: ModelRegistry, served: ServedModel) ->
         if await asyncio.to_thread(sha256_file, Path(entry.model_path)) != entry.sha256:
             raise ValueError(f"{entry.model_path} changed since {entry.label} was registered")
         name = default_name(entry)
+        if name == served.model_id or not 0 <= entry.scale <= 4:
+            raise ValueError(f"{entry.label}: name {name!r} or scale {entry.scale} is unusable")
         await served.engine.load_adapter(name, Path(entry.model_path), entry.scale)
     except Exception as exc:
         logger.bind(event="default_adapter_failed").error(

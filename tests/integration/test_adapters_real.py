@@ -169,3 +169,22 @@ async def test_loading_refuses_a_bad_file_and_a_taken_name(
         await engine.unload_adapter("never-loaded")
     assert unknown.value.param == "name"
     assert await answers(engine, "fix") == await reference(lora)  # still serving
+
+
+async def test_a_cancelled_admin_call_never_fails_the_requests_in_flight(
+    engine: LlamaEngine, lora: Path
+) -> None:
+    await engine.load_adapter("gone", lora, 1.0)
+    params = replace(GREEDY, max_tokens=32, ignore_eos=True)
+    request = GenerationRequest("t", chat(engine, "Count."), params, adapter="gone")
+    running = asyncio.ensure_future(collect(engine.generate(request)))
+    await asyncio.sleep(0.05)
+    unload = asyncio.ensure_future(engine.unload_adapter("gone"))
+    loading = asyncio.ensure_future(engine.load_adapter("never", lora, 1.0))
+    await asyncio.sleep(0)
+    unload.cancel()  # a client timeout, a shutdown: the waiters give up
+    loading.cancel()
+    result = await running
+    assert result.finish.finish_reason == "length" and len(result.tokens) == 32
+    assert "gone" not in engine.adapter_names  # the unload still happened
+    assert await answers(engine, "fix") == await reference(lora)  # and the engine serves

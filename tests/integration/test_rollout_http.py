@@ -33,6 +33,7 @@ import pytest
 
 from artifacts.digest import sha256_file
 from artifacts.registry import ModelRegistry, RegisteredVersion
+from server.feedback.store import FeedbackStore
 from tests.integration.server_proc import MODEL, ROOT, ServerHandle, running_server
 from tests.integration.test_engine import write_lora
 
@@ -51,7 +52,7 @@ POLICY = {
     "ttft_tolerance": 1.0,
     "max_samples": 400,
 }
-USERS = 24
+USERS = 40
 BUDGET = 900  # requests per rollout before the test gives up
 
 
@@ -92,6 +93,7 @@ def server(registry: Path) -> Iterator[ServerHandle]:
         "GGSERVE_REGISTRY_PATH": str(registry),
         "GGSERVE_ADMIN_KEY_IDS": "test",
         "GGSERVE_SPECULATIVE": "off",  # greedy answers users compare, bit for bit
+        "GGSERVE_FEEDBACK_DB": str(registry.parent / "feedback.db"),
     }
     with running_server(env=env) as handle:
         yield handle
@@ -143,6 +145,7 @@ class Users:
     wanted: str
     failures: list[str] = field(default_factory=list)
     variants: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    answered: dict[str, str] = field(default_factory=dict)  # variant -> a response id
     requests: int = 0
 
     def one(self, client: httpx.Client, user: str) -> None:
@@ -151,7 +154,9 @@ class Users:
         if response.status_code != 200:
             self.failures.append(f"{response.status_code} {response.text[:200]}")
             return
-        self.variants[user].add(response.headers.get("x-ggserve-variant", "-"))
+        variant = response.headers.get("x-ggserve-variant", "-")
+        self.variants[user].add(variant)
+        self.answered[variant] = response.json()["id"]
         rating = 1 if answer_of(response) == self.wanted else -1
         feedback = client.post(
             self.server.url + "/v1/feedback",
@@ -214,6 +219,11 @@ def test_a_preferred_challenger_is_promoted_and_a_broken_one_rolled_back(
         assert first["status"] == "promoted", first
         assert all(len(seen) == 1 for seen in users.variants.values()), users.variants
         assert {v for seen in users.variants.values() for v in seen} == {"champion", "challenger"}
+        captured = FeedbackStore(registry.parent / "feedback.db", create=False)
+        for variant, adapter in (("challenger", "+fixed"), ("champion", "")):
+            record = captured.get_interaction(users.answered[variant])
+            assert record is not None and record.variant == f"{first['id']}:{variant}"
+            assert record.model.name == "v1" + adapter
         promoted = ask(server, client, "someone-new")
         assert answer_of(promoted) == wanted  # the model's requests now get the adapter
         assert "x-ggserve-variant" not in promoted.headers

@@ -72,7 +72,11 @@ class FeedbackServing:
             # A first rating counts for the rollout arm that answered (a changed mind does
             # not count twice); a rating of an earlier rollout's response counts for none.
             down = rating.polarity < 0
-            variant = served.rollout.rated(body.response_id, thumbs_down=down)
+            try:
+                variant = served.rollout.rated(body.response_id, thumbs_down=down)
+            except Exception as exc:  # stored already: bookkeeping must not fail the request
+                logger.opt(exception=exc).error("rollout rating dropped")
+                variant = None
             if variant is not None:
                 self.services.metrics.rollout_ratings.labels(
                     variant=variant, rating="down" if down else "up"

@@ -122,3 +122,43 @@ def test_remembered_responses_are_bounded() -> None:
         ids.append(f"r{i}")
     assert [controller.rated(r, thumbs_down=False) for r in ids[:20]] == [None] * 20
     assert all(controller.rated(r, thumbs_down=False) is not None for r in ids[20:])
+
+
+def test_a_promotion_waits_for_enough_distinct_users() -> None:
+    ended: list[RolloutRun] = []
+    controller = RolloutController(on_end=ended.append)
+    controller.start(RolloutSpec("fix", policy=FAST, min_units=5), by="admin")
+    for i in range(300):  # two heavy users, one per arm, rating as if the challenger won
+        for user in ("alice", "bob", "carol", "dave"):
+            assignment = controller.assign("key", user)
+            if assignment.variant is None:
+                break
+            controller.finished(assignment, f"{user}{i}", error=False, ttft_s=0.1)
+            controller.rated(f"{user}{i}", thumbs_down=assignment.variant == "champion")
+    assert ended == [] or ended[0].status != "promoted"
+    summary = controller.current.summary()  # type: ignore[union-attr]
+    assert sum(arm["units"] for arm in summary["arms"].values()) == 4
+
+
+def test_one_unit_on_the_champion_ends_undecided_instead_of_running_forever() -> None:
+    ended: list[RolloutRun] = []
+    controller = RolloutController(on_end=ended.append)
+    policy = Policy(min_samples=5, max_samples=50)
+    controller.start(RolloutSpec("fix", sticky="key", policy=policy), by="admin")
+    key = next(
+        f"k{i}" for i in range(100) if controller.assign(f"k{i}", None).variant == "champion"
+    )
+    for i in range(200):
+        assignment = controller.assign(key, None)
+        if assignment.variant is None:
+            break
+        controller.finished(assignment, f"r{i}", error=False, ttft_s=0.1)
+    assert [run.status for run in ended] == ["undecided"]
+    assert controller.assign(key, None) == Assignment("")
+
+
+def test_the_base_can_challenge_a_promoted_adapter() -> None:
+    controller = RolloutController(default_adapter="fix")
+    run = controller.start(RolloutSpec("", policy=FAST), by="admin")
+    assert run.champion == "fix"
+    assert {controller.assign("key", f"u{i}").adapter for i in range(50)} == {"", "fix"}

@@ -158,7 +158,8 @@ def test_no_samples_say_nothing_and_zero_events_still_give_a_finite_interval() -
     "kwargs",
     [{"alpha": 0.0}, {"alpha": 1.0}, {"tau": 0.0}, {"min_samples": 0},
      {"min_samples": 10, "max_samples": 5}, {"ttft_quantile": 1.0}, {"ttft_warmup": 0},
-     {"ttft_tolerance": -0.1}],
+     {"ttft_tolerance": -0.1}, {"alpha": 1e-320}, {"tau": 1e-200}, {"tau": float("nan")},
+     {"error_margin": float("inf")}],
 )  # fmt: skip
 def test_a_policy_out_of_range_is_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):

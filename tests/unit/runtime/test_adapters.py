@@ -32,7 +32,7 @@ def registry_with_default(
                 base_sha256=base,
             )
         )
-    registry.record_rollout({"id": "ro-1", "status": "promoted"}, default_adapter=4)
+    registry.record_rollout({"id": "ro-1", "status": "promoted"}, promoted=4)
     return registry, adapter
 
 
