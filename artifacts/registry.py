@@ -120,6 +120,10 @@ class RegistryState:
     active: int | None = None
     history: list[HistoryEntry] = field(default_factory=list)
     schema: int = SCHEMA_VERSION
+    # The adapter version applied by default over the active model (a promoted challenger).
+    default_adapter: int | None = None
+    # Every champion/challenger decision with its figures (server/rollout), oldest first.
+    rollouts: list[dict[str, Any]] = field(default_factory=list)
 
     def get(self, version: int) -> RegisteredVersion:
         """The entry of ``version``; RegistryError listing the known ones when absent."""
@@ -167,6 +171,8 @@ class ModelRegistry:
                 active=data.get("active"),
                 history=[HistoryEntry(**h) for h in data.get("history", [])],
                 schema=int(data.get("schema", SCHEMA_VERSION)),
+                default_adapter=data.get("default_adapter"),
+                rollouts=list(data.get("rollouts", [])),
             )
         except (ValueError, TypeError) as exc:
             raise RegistryError(
@@ -220,7 +226,36 @@ class ModelRegistry:
             state.history.append(HistoryEntry(action, version, state.active, at, by))
             state.active = version
             entry.promoted_at, entry.promoted_by = at, by
+            if state.default_adapter is not None:  # an adapter applies to one base only
+                adapter = state.get(state.default_adapter)
+                if adapter.base_sha256 != entry.sha256:
+                    state.default_adapter = None
         return entry
+
+    def record_rollout(
+        self, decision: dict[str, Any], *, promoted: int | None = None, to_base: bool = False
+    ) -> None:
+        """Append a rollout's ending with its figures; with ``promoted`` (the challenger's
+        adapter version), that adapter becomes what the active model serves by default; with
+        ``to_base``, the base model itself won and no adapter is the default any more."""
+        with self._locked() as state:
+            if to_base and state.default_adapter is not None:
+                at, by = now(), f"rollout {decision.get('id', '?')}"
+                state.history.append(
+                    HistoryEntry("rollback", state.default_adapter, state.default_adapter, at, by)
+                )
+                state.default_adapter = None
+            if promoted is not None:
+                entry = state.get(promoted)  # RegistryError when unknown
+                if not entry.is_adapter:
+                    raise RegistryError(f"{entry.label} is not an adapter version")
+                at, by = now(), f"rollout {decision.get('id', '?')}"
+                state.history.append(
+                    HistoryEntry("promote", promoted, state.default_adapter, at, by)
+                )
+                entry.promoted_at, entry.promoted_by = at, by
+                state.default_adapter = promoted
+            state.rollouts.append(decision)
 
     def rollback_target(self) -> RegisteredVersion:
         """The version that served before the active one (RegistryError when there is none)."""

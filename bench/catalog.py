@@ -56,6 +56,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("rag_eval", "bench.rag_eval", "benchmark", step="rag"),
     Command("rag_search", "bench.rag_search", "benchmark", step="rag", quick=("--sizes", "10000")),
     Command("drift", "bench.drift", "benchmark"),
+    Command("stream_cpu", "bench.stream_cpu", "benchmark"),
     Command("soak", "bench.soak", "benchmark"),
     Command("all", "bench.all", "tool"),
     Command("table", "bench.table", "tool"),

@@ -12,6 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import typer
 
 from cli import (
+    adapters,
     ask,
     convert,
     drift,
@@ -23,6 +24,7 @@ from cli import (
     keys,
     model_registry,
     models,
+    rollout,
     serve,
     train,
 )
@@ -47,6 +49,8 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(drift.app, name="drift")
 app.add_typer(feedback.app, name="feedback")
 app.add_typer(flywheel.app, name="flywheel")
+app.add_typer(adapters.app, name="adapters")
+app.add_typer(rollout.app, name="rollout")
 
 
 if __name__ == "__main__":

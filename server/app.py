@@ -11,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from loguru import logger
 
-from server.api import admin, health
+from server.api import admin, admin_adapters, admin_rollout, health
 from server.api.ask import api_router as ask_router
 from server.api.deps import reject_invalid_text
 from server.api.errors import install_error_handlers
@@ -92,6 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ask_router.attach_router(app)
     feedback_router.attach_router(app)
     admin.attach_router(app)
+    admin_adapters.attach_router(app)
+    admin_rollout.attach_router(app)
     tokenize_router.attach_router(app)
     responses_router.attach_router(app)
     if settings.ui:

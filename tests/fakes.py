@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from server.engine.types import (
     ChatFormat,
@@ -14,6 +15,7 @@ from server.engine.types import (
     EngineStats,
     FinishEvent,
     GenerationRequest,
+    InvalidRequestError,
     QueueFullError,
     Timings,
     TokenEvent,
@@ -36,6 +38,7 @@ class FakeEngine:
     requests: list[GenerationRequest] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     active: int = 0
+    adapters: dict[str, Path] = field(default_factory=dict)
 
     @property
     def n_ctx_per_slot(self) -> int:
@@ -51,7 +54,16 @@ class FakeEngine:
 
     @property
     def adapter_names(self) -> tuple[str, ...]:
-        return ()
+        return tuple(self.adapters)
+
+    async def load_adapter(self, name: str, path: Path, scale: float) -> None:
+        if name in self.adapters:
+            raise InvalidRequestError(f"an adapter named {name!r} is loaded already.", param="name")
+        self.adapters[name] = path
+
+    async def unload_adapter(self, name: str) -> None:
+        if self.adapters.pop(name, None) is None:
+            raise InvalidRequestError(f"no adapter named {name!r} is loaded.", param="name")
 
     def tokenize(
         self, text: str, *, add_special: bool = True, parse_special: bool = True

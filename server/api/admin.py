@@ -110,6 +110,7 @@ async def activate_model(
         raise ServiceUnavailableError(
             "not ready yet; see /ready", code="model_not_ready", headers={"Retry-After": "5"}
         )
+    previous = services.served
     try:
         result = await activator.activate(body.version, by=admin, action=body.action)
     except ActivationError as exc:
@@ -120,6 +121,9 @@ async def activate_model(
         raise _ACTIVATION_ERRORS[exc.kind](str(exc), code=exc.kind, param="version") from exc
     served = services.served
     assert served is not None  # just installed
+    if previous is not None and previous.rollout.running is not None:
+        # Its arms were adapters of the old model: it ends here, recorded as stopped.
+        previous.rollout.stop(by=f"hot swap to {result.version}")
     services.metrics.model_activations.labels(result="ok").inc()
     services.metrics.serving(served.model_id, served.version)
     services.model_file = ModelFile.observe(Path(served.path))  # /health watches the new file

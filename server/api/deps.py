@@ -267,6 +267,7 @@ def request_context(request: Request, services: ServicesDep, key_id: KeyIdDep) -
         key_id=key_id,
         route=str(route),
         log_fields=_log_fields(request),
+        response_headers=request.scope.setdefault("state", {}).setdefault(RESPONSE_HEADERS_KEY, {}),
     )
     _apply_gateway_headers(request, services, ctx)
     return ctx

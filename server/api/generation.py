@@ -46,6 +46,7 @@ from server.observability.genai import GenAICall, operation_name, time_per_outpu
 from server.observability.metrics import Metrics
 from server.observability.tracing import Tracing
 from server.rag.embedder import Vectors
+from server.rollout.controller import Assignment, RolloutController
 from server.runtime.drain import Drain
 from server.runtime.services import ServedModel, Services
 from server.security.guardrails import REFUSAL, Guardrails
@@ -103,6 +104,10 @@ class RequestContext:
     shared_prefix: int = 0  # prompt tokens the server wrote itself, shareable across keys
     adapter: str = ""  # the named LoRA adapter the request picked by ``model`` ("" = base)
     tenant: str | None = None  # whose turn (fair share); None: the key's (server/api/deps.py)
+    # Its arm when a champion/challenger rollout picked the adapter (server/rollout).
+    assignment: Assignment | None = None
+    # Headers the response carries, whatever its class (the middleware writes them).
+    response_headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,7 @@ class GenerationService:
         drift: DriftMonitor | None = None,
         model_id: str | None = None,
         registry_version: str = "unregistered",
+        rollout: RolloutController | None = None,
     ) -> None:
         self._engine = engine
         self._chat = chat or ChatPrompt(engine)
@@ -203,6 +209,7 @@ class GenerationService:
         self.drift = drift
         self.model_id = model_id or self.model_version.name  # gen_ai.response.model
         self.registry_version = registry_version
+        self.rollout = rollout
 
     @classmethod
     def for_services(cls, services: Services, served: ServedModel) -> GenerationService:
@@ -226,6 +233,7 @@ class GenerationService:
             drift=services.drift,
             model_id=served.model_id,
             registry_version=served.version,
+            rollout=served.rollout,
         )
 
     # --- prompts ---------------------------------------------------------------------------
@@ -315,10 +323,24 @@ class GenerationService:
             )
         ctx.priority = priority
 
-    def pick_adapter(self, ctx: RequestContext, model: str | None) -> None:
-        """A request whose ``model`` names one of the engine's LoRA adapters runs with it;
-        any other name (the base's id, an alias, none) runs on the base model."""
-        ctx.adapter = model if model and model in self._engine.adapter_names else ""
+    def pick_adapter(self, ctx: RequestContext, model: str | None, user: str | None = None) -> None:
+        """A request whose ``model`` names one of the engine's LoRA adapters runs with it.
+        Any other name (the base's id, an alias, none) asks for the served model: the
+        adapter promoted as its default, or, while a rollout runs, the arm this key (or this
+        ``user`` of the key) is sticky to; the response says which in ``x-ggserve-variant``."""
+        if model and model in self._engine.adapter_names:
+            ctx.adapter = model
+            return
+        if self.rollout is None:
+            ctx.adapter = ""
+            return
+        assignment = self.rollout.assign(ctx.key_id, user)
+        ctx.adapter = assignment.adapter
+        if assignment.variant is not None:
+            ctx.assignment = assignment
+            ctx.log_fields["variant"] = assignment.variant
+            ctx.response_headers["x-ggserve-variant"] = assignment.variant
+            ctx.response_headers["x-ggserve-rollout"] = assignment.rollout_id or ""
 
     def cache_salt(self, ctx: RequestContext) -> str:
         """The prefix-cache scope of ``ctx``'s generations: its key (unless the operator
@@ -422,6 +444,7 @@ class GenerationService:
                                 code="shutting_down",
                                 headers={"Retry-After": str(self._drain.retry_after_s())},
                             )
+                        self._rollout_outcome(ctx, error=True)
                         raise RuntimeError(f"engine error: {event.error}")
                     finished[event.index] = event
                     if len(finished) == n:
@@ -471,6 +494,7 @@ class GenerationService:
         if timings.ttft_ms > 0:
             self.metrics.ttft.labels(route=ctx.route).observe(timings.ttft_ms / 1000)
             self.metrics.queue_wait.observe(timings.queue_ms / 1000)
+        self._rollout_outcome(ctx, error=False, ttft_s=timings.ttft_ms / 1000 or None)
         call = self._genai_call(ctx, done, params)
         duration_s = time.perf_counter() - ctx.started
         self.metrics.genai.observe(
@@ -511,6 +535,21 @@ class GenerationService:
             # client leaving now (which cancels this generation) must not cut the charge off.
             await asyncio.shield(self.limiter.charge_tokens(ctx.key_id, cost))
 
+    def _rollout_outcome(
+        self, ctx: RequestContext, *, error: bool, ttft_s: float | None = None
+    ) -> None:
+        """Feed the request's rollout arm, once per request (/v1/ask may generate twice)."""
+        assignment, ctx.assignment = ctx.assignment, None
+        if assignment is None or assignment.variant is None or self.rollout is None:
+            return
+        response_id = ctx.record.response_id if ctx.record is not None else None
+        try:
+            self.rollout.finished(assignment, response_id, error=error, ttft_s=ttft_s)
+        except Exception as exc:  # bookkeeping must never cost the user the answer
+            logger.opt(exception=exc).error("rollout outcome dropped")
+        outcome = "error" if error else "ok"
+        self.metrics.rollout_requests.labels(variant=assignment.variant, outcome=outcome).inc()
+
     def _genai_call(
         self, ctx: RequestContext, done: Completed, params: SamplingParams
     ) -> GenAICall:
@@ -531,6 +570,7 @@ class GenerationService:
             seed=params.seed,
             choice_count=len(done.finish_reasons),
             cached_input_tokens=done.usage.cached_prompt_tokens,
+            variant=ctx.log_fields.get("variant"),  # set by pick_adapter while a rollout runs
         )
 
     def _record(
@@ -565,7 +605,7 @@ class GenerationService:
                 response_id=record.response_id,
                 key_id=ctx.key_id,
                 route=ctx.route,
-                model=self.model_version,
+                model=self._answered_by(ctx.adapter),
                 level=self.feedback.level,
                 latency_ms=round((time.perf_counter() - ctx.started) * 1000, 1),
                 prompt_tokens=usage.prompt_tokens,
@@ -576,8 +616,15 @@ class GenerationService:
                 answer=answer,
                 sources=record.sources,
                 params=None if params is None else _sampling_record(params),
+                variant=_variant_label(ctx),
             )
         )
+
+    def _answered_by(self, adapter: str) -> ModelVersion:
+        """The captured model: the served version, plus ``+adapter`` when one answered."""
+        if not adapter:
+            return self.model_version
+        return dataclasses.replace(self.model_version, name=f"{self.model_version.name}+{adapter}")
 
     def _observe_drift(self, record: ResponseRecord, finish_reason: str, usage: Usage) -> None:
         if self.drift is None:
@@ -597,6 +644,13 @@ class GenerationService:
             )
         except Exception as exc:  # drift is advisory: a bug here must not cost the user the answer
             logger.opt(exception=exc).warning("drift observation dropped")
+
+
+def _variant_label(ctx: RequestContext) -> str | None:
+    """``ro-…:challenger`` when a rollout chose the request's arm (kept after the outcome)."""
+    variant = ctx.log_fields.get("variant")
+    rollout = ctx.response_headers.get("x-ggserve-rollout")
+    return f"{rollout}:{variant}" if variant and rollout else None
 
 
 def _sampling_record(params: SamplingParams) -> dict[str, Any]:

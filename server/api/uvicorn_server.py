@@ -1,10 +1,12 @@
 """Running the app under uvicorn with a graceful drain on SIGTERM/SIGINT.
 
-uvicorn on its own stops accepting connections at the first signal and sse-starlette ends every
-open stream at once, so a rolling update cut users off mid-answer. ``DrainingServer`` takes the
+uvicorn on its own stops accepting connections at the first signal (and sse-starlette, which
+served the streams then, ended every open stream at once), so a rolling update cut users off
+mid-answer. ``DrainingServer`` takes the
 signals itself: the first one starts ``run_drain`` (server/runtime/drain.py) while the server
 keeps accepting, so /ready can answer 503 and new generations 503 + Retry-After; only when the
-drain is over is uvicorn told to exit. A second signal stops at once, as uvicorn would.
+drain is over is uvicorn told to exit. A second signal stops as uvicorn would: what still runs
+gets ``GRACEFUL_SHUTDOWN_S``, then is cancelled.
 The process exits 0 after a drain (uvicorn would re-raise the signal and exit 143/130).
 """
 

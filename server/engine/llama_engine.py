@@ -19,9 +19,11 @@ fork it (a KV copy), then sample independently.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import itertools
 import logging
+import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -278,6 +280,13 @@ class LlamaEngine:
             self._model.close()
             raise
         self._adapter_now = ""  # the named adapter applied to the context now ("" = none)
+        # Adapters loaded and unloaded at run time (admin API): the native calls run on the
+        # engine thread between steps; new requests see only the names in ``_offered``, and
+        # an unloaded adapter is freed once no request still holds it.
+        self._offered = set(self._adapters)
+        self._offer_lock = threading.Lock()  # a submit's check and its enqueue vs an unload
+        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._unloading: dict[str, concurrent.futures.Future[None]] = {}
         self._fair_share = FairShare()
         self._executor = StepExecutor(
             self._model.ctx, self._model.memory, self._model.n_batch, self._slots
@@ -446,11 +455,13 @@ class LlamaEngine:
 
     def close(self) -> None:
         """Stop the loop (open streams end with finish_reason 'error') and free the model."""
-        if self._closing:
-            return
-        self._closing = True
+        with self._offer_lock:  # no admin command is queued after this
+            if self._closing:
+                return
+            self._closing = True
         self._wake.set()
         self._thread.join()
+        self._fail_commands()
         self._executor.close()
         if self._prompt_cache.store is not None:
             self._prompt_cache.store.close()
@@ -465,7 +476,97 @@ class LlamaEngine:
     @property
     def adapter_names(self) -> tuple[str, ...]:
         """The named LoRA adapters a request may pick (``GenerationRequest.adapter``)."""
-        return tuple(self._adapters)
+        with self._offer_lock:  # the engine thread adds and removes entries
+            return tuple(name for name in self._adapters if name in self._offered)
+
+    async def load_adapter(self, name: str, path: Path, scale: float) -> None:
+        """Load a GGUF LoRA over this model as ``name`` without a restart (on the engine
+        thread, between two steps); ``ModelLoadError`` naming the file when it is refused."""
+
+        def load() -> None:
+            with self._offer_lock:
+                if name in self._adapters:
+                    state = "is loaded" if name in self._offered else "is still unloading"
+                    raise InvalidRequestError(f"an adapter named {name!r} {state}.", param="name")
+            handle = self._model.load_adapter(path)
+            with self._offer_lock:
+                self._adapters[name] = (handle, scale)
+                self._offered.add(name)
+
+        await self._on_engine_thread(load)
+
+    async def unload_adapter(self, name: str) -> None:
+        """Stop offering ``name`` at once (new requests cannot pick it from this call on) and
+        free it once the requests that picked it have ended."""
+        with self._offer_lock:
+            if name not in self._offered:
+                raise InvalidRequestError(f"no adapter named {name!r} is loaded.", param="name")
+            self._offered.discard(name)
+        freed: concurrent.futures.Future[None] = concurrent.futures.Future()
+        await self._on_engine_thread(lambda: self._unloading.__setitem__(name, freed))
+        await asyncio.wrap_future(freed)
+
+    async def _on_engine_thread(self, command: Callable[[], None]) -> None:
+        """Run ``command`` on the engine thread before its next step; its exception here."""
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        with self._offer_lock:  # against close(): a command put after the last drain hangs
+            if self._closing:
+                raise EngineNotReadyError("The engine is shut down.")
+            self._commands.put((command, done))
+        self._wake.set()
+        await asyncio.wrap_future(done)
+
+    def _run_commands(self) -> None:
+        """Admin commands queued for the engine thread, then frees of unloaded adapters."""
+        while True:
+            try:
+                command, done = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if not done.set_running_or_notify_cancel():  # its caller gave up waiting
+                continue
+            try:
+                command()
+            except Exception as exc:  # the caller's error (a bad file, a taken name)
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+        for name in list(self._unloading):
+            holders = [*self._running.values(), *self._queue.snapshot()]
+            if any(g.adapter == name for g in holders):
+                continue
+            self._forget_adapter(name)
+            _settle(self._unloading.pop(name))
+
+    def _fail_commands(self) -> None:
+        """Answer every admin call still waiting: the engine is closing."""
+        while True:
+            try:
+                _, done = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if done.set_running_or_notify_cancel():
+                done.set_exception(EngineNotReadyError("The engine is shut down."))
+        for freed in self._unloading.values():
+            _settle(freed)  # close() frees every adapter
+        self._unloading.clear()
+
+    def _forget_adapter(self, name: str) -> None:
+        """Free ``name`` and every cache computed with it: a later adapter of the same name
+        may be another file."""
+        for entry in self._prompt_cache.entries():
+            if entry.adapter == name:
+                self._prompt_cache.drop(entry.entry_id)
+        for slot in self._slots:
+            if slot.adapter == name and slot.generation is None:
+                self._executor.clear(slot.seq_id)
+                slot.adapter = ""
+        if self._adapter_now == name:
+            self._model.set_adapters([])
+            self._adapter_now = ""
+        with self._offer_lock:
+            handle, _ = self._adapters.pop(name)
+        self._model.free_adapter(handle)
 
     # --- submission (any thread) ---------------------------------------------------------------
 
@@ -479,10 +580,10 @@ class LlamaEngine:
             raise InvalidRequestError("The prompt is empty: send at least one token of text.")
         n_vocab = self._model.n_vocab
         check_token_ids(prompt, n_vocab)
-        if request.adapter and request.adapter not in self._adapters:
+        if request.adapter and request.adapter not in self._offered:
             raise InvalidRequestError(
                 f"no adapter named {request.adapter!r}; this server has: "
-                f"{', '.join(self._adapters) or 'none'}.",
+                f"{', '.join(self.adapter_names) or 'none'}.",
                 param="model",
             )
         if not 1 <= request.n <= len(self._slots):
@@ -519,9 +620,14 @@ class LlamaEngine:
         ]
         for fork in generations[1:]:
             fork.fork_of = generations[0].key
-        if not self._queue.try_put_all(generations):
+        with self._offer_lock:
+            offered = not request.adapter or request.adapter in self._offered
+            queued = offered and self._queue.try_put_all(generations)
+        if not queued:
             for sampler in samplers:
                 sampler.free()
+            if not offered:  # unloaded since the check above
+                raise InvalidRequestError(f"no adapter named {request.adapter!r}.", param="model")
             self._counters.requests_rejected += 1
             raise QueueFullError(retry_after_s=self._retry_after_s())
         self._wake.set()
@@ -549,6 +655,7 @@ class LlamaEngine:
                     self._reset_cache_requested = False
                     self._drop_idle_caches()
                 self._reap()
+                self._run_commands()
                 waiting = self._waiting_in_admission_order()
                 step = plan(
                     PlanState(
@@ -895,10 +1002,20 @@ class LlamaEngine:
             self._finish(generation, "error", message)
 
     def _shutdown(self) -> None:
+        self._fail_commands()  # admin calls still waiting get an answer, never a hang
         for running in list(self._running.values()):
             self._finish(running, "error", "the server is shutting down")
         while (waiting := self._queue.pop_oldest()) is not None:
             self._finish(waiting, "error", "the server is shutting down")
+
+
+_Command = tuple[Callable[[], None], "concurrent.futures.Future[None]"]
+
+
+def _settle(future: concurrent.futures.Future[None]) -> None:
+    """Resolve ``future`` unless its waiter cancelled it (then nobody is listening)."""
+    if not future.done():
+        future.set_result(None)
 
 
 def _has_key(key: int) -> Callable[[_Generation], bool]:

@@ -6,6 +6,7 @@ Nothing here knows about HTTP or llama.cpp; the HTTP layer and the tests speak o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol
 
 FinishReason = Literal["stop", "length", "cancelled", "timeout", "error"]
@@ -288,6 +289,17 @@ class Engine(Protocol):
     @property
     def adapter_names(self) -> tuple[str, ...]:
         """The named LoRA adapters a request may pick (``GenerationRequest.adapter``)."""
+        ...
+
+    async def load_adapter(self, name: str, path: Path, scale: float) -> None:
+        """Load a GGUF LoRA over this model as ``name``, for requests from now on (no
+        restart); ``ModelLoadError`` naming the file when llama.cpp refuses it,
+        ``InvalidRequestError`` when the name is taken."""
+        ...
+
+    async def unload_adapter(self, name: str) -> None:
+        """Stop offering ``name`` to new requests; free it once the requests using it end
+        (``InvalidRequestError`` when no adapter has that name)."""
         ...
 
     def generate(self, request: GenerationRequest) -> EventStream:

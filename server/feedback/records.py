@@ -87,6 +87,7 @@ class Interaction:
     answer: str | None = None
     sources: list[dict[str, Any]] | None = None
     params: dict[str, Any] | None = None
+    variant: str | None = None  # "ro-…:challenger": the rollout arm that answered, if any
 
     def at_level(self, level: CaptureLevel) -> Interaction:
         """This record with the content dropped unless ``level`` is ``full``."""

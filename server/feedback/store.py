@@ -33,7 +33,7 @@ from server.feedback.records import (
 )
 from server.feedback.redaction import redact, redact_value
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: interactions.variant (the rollout arm that answered)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS interactions (
     response_id TEXT PRIMARY KEY,
@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS interactions (
     prompt TEXT,
     answer TEXT,
     sources TEXT,
-    params TEXT
+    params TEXT,
+    variant TEXT
 );
 CREATE INDEX IF NOT EXISTS interactions_created_at ON interactions(created_at);
 CREATE TABLE IF NOT EXISTS feedback (
@@ -130,8 +131,10 @@ class FeedbackStore:
             _make_private(path)
             with self._connect(create=create) as conn:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if create and version == 0:  # a new file: the only time the store writes here
+                if create and version == 0:  # a new file
                     version = _create_schema(conn)
+                elif version == 1:  # written before rollouts: one column more, in place
+                    version = _migrate_to_2(conn)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open feedback database {path}: {exc}") from exc
         if version == 0:
@@ -169,7 +172,7 @@ class FeedbackStore:
         rows = [_interaction_row(record) for record in records]
         with self._connect() as conn, conn:
             cursor = conn.executemany(
-                "INSERT OR IGNORE INTO interactions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR IGNORE INTO interactions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
             return cursor.rowcount
@@ -374,6 +377,23 @@ def _create_schema(conn: sqlite3.Connection) -> int:
     return int(version)
 
 
+def _migrate_to_2(conn: sqlite3.Connection) -> int:
+    """Schema 1 → 2: ``interactions.variant``; one transaction, so a racing opener either
+    sees version 1 (and migrates after this one commits, finding 2) or version 2."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version == 1:
+            conn.execute("ALTER TABLE interactions ADD COLUMN variant TEXT")
+            conn.execute("PRAGMA user_version=2")
+            version = 2
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return version
+
+
 def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(redact_value(value), ensure_ascii=False)
 
@@ -400,6 +420,7 @@ def _interaction_row(record: Interaction) -> tuple[Any, ...]:
         None if record.answer is None else redact(record.answer),
         _dumps(record.sources),
         _dumps(record.params),
+        record.variant,
     )
 
 
@@ -420,6 +441,7 @@ def _interaction(row: sqlite3.Row) -> Interaction:
         answer=row["answer"],
         sources=_loads(row["sources"]),
         params=_loads(row["params"]),
+        variant=row["variant"],
     )
 
 

@@ -321,6 +321,31 @@ class Metrics:
             ["rating"],
             registry=r,
         )
+        self.rollout_requests = Counter(
+            "ggserve_rollout_requests",
+            "Requests of a champion/challenger rollout, by variant and outcome (ok/error).",
+            ["variant", "outcome"],
+            registry=r,
+        )
+        self.rollout_ratings = Counter(
+            "ggserve_rollout_ratings",
+            "First ratings of rollout responses, by variant and rating (up/down).",
+            ["variant", "rating"],
+            registry=r,
+        )
+        self.rollout_decisions = Counter(
+            "ggserve_rollout_decisions",
+            "Rollouts ended, by status: promoted, rolled_back, undecided, stopped.",
+            ["status"],
+            registry=r,
+        )
+        self.rollout_share = Gauge(
+            "ggserve_rollout_challenger_share",
+            "Share of traffic sent to the running rollout's challenger (0: none running).",
+            registry=r,
+        )
+        for status in ("promoted", "rolled_back", "undecided", "stopped"):
+            self.rollout_decisions.labels(status=status)
         for outcome in ("written", "duplicate", "dropped", "failed", "purged"):
             self.capture_records.labels(outcome=outcome)  # exported as 0 from the start
         for rating in ("up", "down", "1star", "2star", "3star", "4star", "5star"):

@@ -14,12 +14,13 @@ from loguru import logger
 
 from artifacts.digest import sha256_file
 from artifacts.manifest import manifest_for_model, verify_model_sha256
-from artifacts.registry import ModelRegistry, RegistryError
+from artifacts.registry import ModelRegistry, RegisteredVersion, RegistryError
 from server.agents.runtime import load_ask_runtime, watch_index
 from server.chat.prompt import ChatPrompt
 from server.engine.types import Engine, FinishEvent, GenerationRequest, SamplingParams
 from server.registry.activation import ModelActivator
 from server.registry.deployment import Deployment
+from server.runtime.adapters import adopt_default_adapter
 from server.runtime.engine_config import engine_config
 from server.runtime.model_file import ModelFile
 from server.runtime.services import UNREGISTERED, ModelMeta, ServedModel, Services
@@ -109,13 +110,15 @@ async def _startup_model(services: Services) -> ServedModel:
     if settings.registry_path is None:
         return await load_served_model(settings, settings.model_path, UNREGISTERED)
     registry = ModelRegistry(settings.registry_path)
-    services.activator = ModelActivator(
-        registry,
-        services.models,
-        lambda entry: load_served_model(
+
+    async def load_version(entry: RegisteredVersion) -> ServedModel:
+        served = await load_served_model(
             settings, Path(entry.model_path), entry.label, entry.sha256
-        ),
-    )
+        )
+        await adopt_default_adapter(registry, served)
+        return served
+
+    services.activator = ModelActivator(registry, services.models, load_version)
     active = (await asyncio.to_thread(registry.read)).active_version
     if active is None:
         logger.warning(
@@ -130,7 +133,7 @@ async def _startup_model(services: Services) -> ServedModel:
             f"{active.model_path} changed since {active.label} was registered; register the "
             "new file as a new version and promote it"
         )
-    return await load_served_model(settings, Path(active.model_path), active.label, active.sha256)
+    return await load_version(active)
 
 
 async def load_model(services: Services) -> None:

@@ -27,6 +27,7 @@ from server.observability.model_server import ModelServerCollector, ServedInfo
 from server.observability.tracing import Tracing, build_tracing
 from server.registry.activation import ModelActivator
 from server.registry.deployment import ActiveModel, Deployment
+from server.rollout.controller import RolloutController
 from server.runtime.drain import Drain
 from server.runtime.drift import StoredRatings, build_drift
 from server.runtime.embedder import EmbedderProvider
@@ -70,6 +71,10 @@ class ServedModel:
     version: str  # "v2" from the registry, or UNREGISTERED
     path: str  # the GGUF file
     sha256: str | None = None  # of the GGUF: the registry's, else the manifest's or hashed
+    # Its champion/challenger rollout and the adapter requests for it get by default.
+    rollout: RolloutController = field(default_factory=RolloutController, compare=False)
+    # Adapters loaded from the registry at run time: name -> registry version.
+    adapter_versions: dict[str, int] = field(default_factory=dict, compare=False)
 
     @cached_property
     def chat(self) -> ChatPrompt:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -49,6 +50,36 @@ def test_a_request_picks_the_adapter_by_model(served: ServerHandle) -> None:
     # Any other name is the base model, as before adapters existed (clients send their own).
     other = ask(served, "gpt-4o-mini").json()
     assert other["choices"][0]["message"]["content"] == base["choices"][0]["message"]["content"]
+
+
+def test_the_responses_api_picks_the_adapter_too(served: ServerHandle) -> None:
+    def respond(model: str) -> dict[str, Any]:
+        response = httpx.post(
+            served.url + "/v1/responses",
+            json={
+                "model": model,
+                "input": "Name three fruits.",
+                "max_output_tokens": 24,
+                "temperature": 0,
+            },
+            headers=served.headers,
+            timeout=120,
+        )
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def text(response: dict[str, Any]) -> str:
+        return "".join(
+            part["text"]
+            for item in response["output"]
+            if item["type"] == "message"
+            for part in item["content"]
+        )
+
+    tuned, base = respond("fix"), respond("anything-else")
+    assert tuned["model"] == "fix" and base["model"] != "fix"
+    chat = ask(served, "fix").json()["choices"][0]["message"]["content"]
+    assert text(tuned) == chat != text(base)
 
 
 @pytest.mark.parametrize("model", [123, ["fix"], {"name": "fix"}])

@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = ROOT / "server"
-HTTP_LIBRARIES = ("fastapi", "starlette", "sse_starlette", "fastapi_offline")
+HTTP_LIBRARIES = ("fastapi", "starlette", "fastapi_offline")
 DOMAIN = (
     "chat",
     "agents",
@@ -28,6 +28,7 @@ DOMAIN = (
     "feedback",
     "registry",
     "drift",
+    "rollout",
 )
 # What each part of server/ may import from server/ (besides itself).
 ALLOWED: dict[str, set[str]] = {
@@ -44,6 +45,7 @@ ALLOWED: dict[str, set[str]] = {
     "engine": set(),
     "feedback": set(),
     "registry": set(),
+    "rollout": set(),  # champion/challenger: statistics and who gets which variant, no I/O
     # The engine's config types and the capture level, so each has one definition.
     "settings": {"engine", "feedback"},
 }

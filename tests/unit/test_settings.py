@@ -34,10 +34,13 @@ def test_env_example_documents_every_setting() -> None:
     assert not missing, f".env.example lacks: {missing}"
 
 
-def test_readme_settings_table_lists_every_setting() -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    missing = [name for name in Settings.model_fields if f"`GGSERVE_{name.upper()}`" not in readme]
-    assert not missing, f"README settings table lacks: {missing}"
+def test_settings_reference_lists_every_setting() -> None:
+    reference = (Path(__file__).parents[2] / "docs" / "settings.md").read_text()
+    rows = {line.split("`")[1] for line in reference.splitlines() if line.startswith("| `")}
+    missing = [name for name in Settings.model_fields if f"GGSERVE_{name.upper()}" not in rows]
+    assert not missing, f"docs/settings.md lacks: {missing}"
+    unknown = rows - {f"GGSERVE_{name.upper()}" for name in Settings.model_fields}
+    assert not unknown, f"docs/settings.md lists settings that do not exist: {unknown}"
 
 
 def test_trusted_proxies_parse_cidrs_and_refuse_anything_else(

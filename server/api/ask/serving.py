@@ -129,6 +129,7 @@ class AskServing:
         started = time.perf_counter()
         # An agent may call the model several times, or not at all: the record is the answer.
         ctx.record = ResponseRecord(ctx.request_id, "ask", body.question, per_answer=True)
+        generation.pick_adapter(ctx, None)  # the default adapter, or a rollout's arm
         if violation := generation.input_violation(body.question):
             ctx.log_fields["guardrail"] = violation
             events: AsyncIterator[AnswerEvent] = _refusal()

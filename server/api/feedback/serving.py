@@ -67,6 +67,20 @@ class FeedbackServing:
                 headers={"Retry-After": "30"},
             ) from exc
         self.services.metrics.feedback.labels(rating=rating.label).inc()
+        served = self.services.served
+        if outcome == "created" and served is not None and rating.polarity != 0:
+            # A first rating counts for the rollout arm that answered (a changed mind does
+            # not count twice); a rating of an earlier rollout's response counts for none.
+            down = rating.polarity < 0
+            try:
+                variant = served.rollout.rated(body.response_id, thumbs_down=down)
+            except Exception as exc:  # stored already: bookkeeping must not fail the request
+                logger.opt(exception=exc).error("rollout rating dropped")
+                variant = None
+            if variant is not None:
+                self.services.metrics.rollout_ratings.labels(
+                    variant=variant, rating="down" if down else "up"
+                ).inc()
         response = FeedbackResponse(
             response_id=body.response_id,
             status=outcome,

@@ -81,7 +81,7 @@ class ChatServing:
         generation.check_choices(request.n)
         generation.set_priority(ctx, request.priority)
         ctx.cache_salt = request.cache_salt or ""
-        generation.pick_adapter(ctx, request.model)
+        generation.pick_adapter(ctx, request.model, request.user)
         chat = await prepare_chat_off_loop(request, generation)
         ctx.record = ResponseRecord(
             f"chatcmpl-{ctx.request_id}",

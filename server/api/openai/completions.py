@@ -56,7 +56,7 @@ class CompletionServing:
         generation.check_choices(request.n)
         generation.set_priority(ctx, request.priority)
         ctx.cache_salt = request.cache_salt or ""
-        generation.pick_adapter(ctx, request.model)
+        generation.pick_adapter(ctx, request.model, request.user)
         if request.suffix:
             raise BadRequestError("suffix is not supported.", param="suffix")
         if request.best_of not in (None, 1):

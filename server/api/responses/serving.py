@@ -142,8 +142,9 @@ class ResponsesServing:
         ctx.record = ResponseRecord(
             response_id, "responses", last_user_message(chat.transcript), messages=chat.transcript
         )
+        generation.pick_adapter(ctx, request.model, request.user)
         items = generation.stream(ctx, chat.prompt, chat.params, input_text=chat.input_text)
-        response = _envelope(request, self.services.model_id, response_id)
+        response = _envelope(request, ctx.adapter or self.services.model_id, response_id)
         if request.stream:
             fmt = ResponseEventFormat(
                 response,

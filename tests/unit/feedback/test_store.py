@@ -221,3 +221,26 @@ def test_an_empty_file_is_not_read_as_a_database(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="not a feedback database"):
         FeedbackStore(path, create=False)
     assert FeedbackStore(path).count_interactions() == 0  # creating it is fine
+
+
+def test_the_rollout_variant_round_trips(store: FeedbackStore) -> None:
+    record = replace(interaction("r-variant"), variant="ro-1:challenger")
+    store.add_interactions([record])
+    found = store.get_interaction("r-variant")
+    assert found is not None and found.variant == "ro-1:challenger"
+
+
+def test_a_schema_1_database_gains_the_variant_column_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    FeedbackStore(path).add_interactions([interaction("r-old")])
+    with sqlite3.connect(path) as conn:  # back to how schema 1 wrote the file
+        conn.execute("ALTER TABLE interactions DROP COLUMN variant")
+        conn.execute("PRAGMA user_version=1")
+    reopened = FeedbackStore(path, create=False)  # the CLI opens without create
+    old = reopened.get_interaction("r-old")
+    assert old is not None and old.variant is None
+    reopened.add_interactions([replace(interaction("r-new"), variant="ro-2:champion")])
+    new = reopened.get_interaction("r-new")
+    assert new is not None and new.variant == "ro-2:champion"
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from flywheel.rollout import Decision, Policy, Rollout, confidence_sequence
+from server.rollout.statistics import Decision, Policy, Rollout, confidence_sequence
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,15 @@ def test_the_slow_threshold_is_the_champions_p95_of_its_warmup() -> None:
     assert rollout.arms["challenger"].timed == 0
 
 
+def test_the_ttft_tolerance_raises_the_slow_threshold() -> None:
+    rollout = Rollout(Policy(ttft_warmup=100, ttft_tolerance=0.2))
+    for ms in range(1, 101):
+        rollout.observe("champion", error=False, ttft_s=ms / 1000)
+    assert rollout.ttft_threshold_s == pytest.approx(0.095 * 1.2)
+    rollout.observe("challenger", error=False, ttft_s=0.110)  # above p95, within 20 %
+    assert (rollout.arms["challenger"].timed, rollout.arms["challenger"].slow) == (1, 0)
+
+
 def test_the_confidence_sequence_narrows_and_holds_the_true_difference() -> None:
     wide = confidence_sequence((30, 100), (10, 100), alpha=0.05, tau=0.1)
     narrow = confidence_sequence((300, 1000), (100, 1000), alpha=0.05, tau=0.1)
@@ -148,7 +157,9 @@ def test_no_samples_say_nothing_and_zero_events_still_give_a_finite_interval() -
 @pytest.mark.parametrize(
     "kwargs",
     [{"alpha": 0.0}, {"alpha": 1.0}, {"tau": 0.0}, {"min_samples": 0},
-     {"min_samples": 10, "max_samples": 5}, {"ttft_quantile": 1.0}, {"ttft_warmup": 0}],
+     {"min_samples": 10, "max_samples": 5}, {"ttft_quantile": 1.0}, {"ttft_warmup": 0},
+     {"ttft_tolerance": -0.1}, {"alpha": 1e-320}, {"tau": 1e-200}, {"tau": float("nan")},
+     {"error_margin": float("inf")}],
 )  # fmt: skip
 def test_a_policy_out_of_range_is_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):

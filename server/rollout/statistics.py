@@ -61,14 +61,23 @@ class Policy:
     slow_margin: float = 0.05  # "no worse": at most 5 points more requests above champion p95
     ttft_quantile: float = 0.95
     ttft_warmup: int = 50  # champion requests whose TTFT fix the slow threshold
+    # The slow threshold is the champion's quantile times (1 + this): 0.2 lets an adapter's
+    # own cost make the challenger's p95 up to 20 % slower before it counts against it.
+    ttft_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.alpha < 1 or self.tau <= 0:
-            raise ValueError("alpha must be in (0, 1) and tau > 0")
+        floats = (self.alpha, self.tau, self.error_margin, self.slow_margin, self.ttft_tolerance)
+        if not all(math.isfinite(value) for value in floats):
+            raise ValueError("every rate, margin and scale must be a finite number")
+        # Below these the interval's arithmetic underflows (tau² = 0, ln(1/alpha) = inf).
+        if not 1e-6 <= self.alpha < 1 or not 1e-3 <= self.tau <= 10:
+            raise ValueError("alpha must be in [1e-6, 1) and tau in [0.001, 10]")
         if not 1 <= self.min_samples <= self.max_samples:
             raise ValueError("need 1 <= min_samples <= max_samples")
         if not 0 < self.ttft_quantile < 1 or self.ttft_warmup < 1:
             raise ValueError("ttft_quantile must be in (0, 1), ttft_warmup >= 1")
+        if self.ttft_tolerance < 0:
+            raise ValueError("ttft_tolerance must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,8 @@ def confidence_sequence(
         * (2 * math.log(1 / alpha) + math.log((variance + t2) / variance))
     )
     estimate = p_b - p_a
+    if not math.isfinite(half):  # degenerate inputs: say nothing rather than fail
+        return Interval(estimate, -1.0, 1.0, champion, challenger)
     return Interval(estimate, estimate - half, estimate + half, champion, challenger)
 
 
@@ -151,7 +162,8 @@ class Rollout:
             if variant == "champion":  # the threshold is the champion's own p95
                 self._warmup.append(ttft_s)
                 if len(self._warmup) >= self.policy.ttft_warmup:
-                    self.ttft_threshold_s = _quantile(self._warmup, self.policy.ttft_quantile)
+                    quantile = _quantile(self._warmup, self.policy.ttft_quantile)
+                    self.ttft_threshold_s = quantile * (1 + self.policy.ttft_tolerance)
             return
         arm.timed += 1
         arm.slow += int(ttft_s > self.ttft_threshold_s)
