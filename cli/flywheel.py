@@ -75,8 +75,8 @@ def run(
         raise typer.Exit(1) from exc
     if plan.ship == "adapter":
         how = (
-            f"serve it beside the base with GGSERVE_LORA_ADAPTERS={chosen}={plan.candidate} "
-            f"(a request picks it with model={chosen!r})"
+            "load it beside the base with 'ggserve adapters load N' (N: its version in "
+            "'ggserve models list'); a request picks it by its name"
         )
     else:
         how = "serve it with: ggserve models promote N --url URL"

@@ -145,8 +145,10 @@ def _switch(
         # Activation loads a version as the served model; an adapter GGUF is not one.
         raise _fail(
             f"{entry.label} is a LoRA adapter over base {entry.base_sha256 or '?'}, not a "
-            f"model: it cannot replace the served model. Serve it beside its base with "
-            f"GGSERVE_LORA_ADAPTERS={entry.name}={entry.model_path}:{entry.scale:g}"
+            f"model: it cannot replace the served model. Load it beside its base with "
+            f"'ggserve adapters load {entry.version}' (or start with "
+            f"GGSERVE_LORA_ADAPTERS={entry.name}={entry.model_path}:{entry.scale:g}); "
+            "'ggserve rollout start' promotes it on live traffic"
         )
     if url is None:
         try:
