@@ -32,7 +32,7 @@ import httpx
 import pytest
 
 from artifacts.digest import sha256_file
-from artifacts.registry import ModelRegistry, RegisteredVersion
+from artifacts.registry import ModelRegistry
 from server.feedback.store import FeedbackStore
 from tests.integration.server_proc import MODEL, ROOT, ServerHandle, running_server
 from tests.integration.test_engine import write_lora
@@ -56,23 +56,6 @@ USERS = 40
 BUDGET = 900  # requests per rollout before the test gives up
 
 
-def register_adapter(registry: Path, path: Path, name: str, base: Path) -> int:
-    """An adapter version over ``base`` (what ``ggserve models register --base`` records)."""
-    store = ModelRegistry(registry)
-    with store._locked() as state:
-        entry = RegisteredVersion(
-            version=max((v.version for v in state.versions), default=0) + 1,
-            name=name,
-            model_path=str(path.resolve()),
-            sha256=sha256_file(path),
-            created_at="2026-12-07T00:00:00+00:00",
-            kind="adapter",
-            base_sha256=sha256_file(base),
-        )
-        state.versions.append(entry)
-    return entry.version
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("rollout")
@@ -80,10 +63,16 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = ModelRegistry(path)
     base = store.register(MODEL, sha256_file(MODEL), name="smollm2")
     store.promote(base.version, by="test")
-    fixed = write_lora(folder / "fixed.gguf", rank=4, scale_b=0.5)
-    broken = write_lora(folder / "broken.gguf", rank=8, scale_b=6.0)
-    assert register_adapter(path, fixed, "fixed", MODEL) == 2
-    assert register_adapter(path, broken, "broken", MODEL) == 3
+    for name, rank, scale_b in (("fixed", 4, 0.5), ("broken", 8, 6.0)):
+        lora = write_lora(folder / f"{name}.gguf", rank=rank, scale_b=scale_b)
+        args = ("models", "register", str(lora), "--base", str(MODEL), "--name", name)
+        registered = cli(*args, "--registry", str(path))
+        assert registered.returncode == 0, registered.stderr
+    assert [(v.version, v.kind) for v in store.read().versions] == [
+        (1, "model"),
+        (2, "adapter"),
+        (3, "adapter"),
+    ]
     return path
 
 
@@ -113,10 +102,11 @@ def ask(
     return client.post(server.url + "/v1/chat/completions", json=body, headers=server.headers)
 
 
-def cli(*args: str, server: ServerHandle) -> subprocess.CompletedProcess[str]:
-    """``ggserve ARGS`` against ``server`` with its (admin) key."""
-    env = {**os.environ, "COLUMNS": "200", "GGSERVE_URL": server.url}
-    env["GGSERVE_API_KEY"] = server.api_key or ""
+def cli(*args: str, server: ServerHandle | None = None) -> subprocess.CompletedProcess[str]:
+    """``ggserve ARGS`` (against ``server`` with its admin key, when given)."""
+    env = {**os.environ, "COLUMNS": "200"}
+    if server is not None:
+        env |= {"GGSERVE_URL": server.url, "GGSERVE_API_KEY": server.api_key or ""}
     return subprocess.run(
         [sys.executable, "-m", "cli.main", *args],
         cwd=ROOT,
