@@ -159,10 +159,7 @@ def write_lora(path: Path, model: Path, *, seed: int, rank: int = 16) -> Path:
 def _switches(engine: LlamaEngine) -> tuple[int, int]:
     """The engine's adapter switches and decode steps so far."""
     stats = engine.stats()
-    switches = getattr(stats, "adapter_switches_total", None)
-    if switches is None:  # not on EngineStats yet: the engine's own counter
-        switches = engine._counters.adapter_switches
-    return int(switches), int(stats.decode_steps_total)
+    return stats.adapter_switches_total, stats.decode_steps_total
 
 
 async def run_scenario(

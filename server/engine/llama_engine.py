@@ -420,6 +420,7 @@ class LlamaEngine:
             engine_idle_seconds_total=c.idle_s,
             speculative_draft_tokens_total=c.draft_tokens,
             speculative_accepted_tokens_total=c.accepted_tokens,
+            adapter_switches_total=c.adapter_switches,
             ttft_seconds=c.ttft.snapshot(),
             inter_token_seconds=c.inter_token.snapshot(),
         )

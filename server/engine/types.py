@@ -224,6 +224,7 @@ class EngineStats:
     # Prompt-lookup speculation: tokens drafted and verified, and those the model agreed with.
     speculative_draft_tokens_total: int = 0
     speculative_accepted_tokens_total: int = 0
+    adapter_switches_total: int = 0  # steps that changed the applied LoRA adapter set
     ttft_seconds: HistogramSnapshot | None = None  # submission -> first token, per choice
     inter_token_seconds: HistogramSnapshot | None = None  # gap between a choice's tokens
 

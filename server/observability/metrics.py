@@ -169,6 +169,11 @@ class _LiveCollector(Collector):
                     "Drafted tokens the model agreed with (each saved a decode step).",
                     stats.speculative_accepted_tokens_total,
                 ),
+                (
+                    "engine_adapter_switches",
+                    "Decode steps that changed the applied LoRA adapter set (adapters take turns).",
+                    stats.adapter_switches_total,
+                ),
             ):
                 counter = CounterMetricFamily("ggserve_" + name, help_text)
                 counter.add_metric([], value)
