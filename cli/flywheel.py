@@ -46,6 +46,12 @@ def run(
         help="adapter: the LoRA as a GGUF LoRA over the base (minutes; served per request "
         "beside it); merged: merged into the base and re-quantized (a full model).",
     ),
+    rollout_url: str | None = typer.Option(
+        None,
+        help="A running server: the registered adapter then challenges what serves there "
+        "(ggserve rollout start), promoted or rolled back by live feedback.",
+    ),
+    rollout_share: float = typer.Option(0.5, help="Share of the traffic for the challenger."),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the recipe and each stage's command; run nothing."
     ),
@@ -62,6 +68,8 @@ def run(
         suites=tuple(suite),
         seed=seed,
         ship=ship,
+        rollout_url=rollout_url,
+        rollout_share=rollout_share,
     )
     try:
         plan = plan_loop(options)
@@ -73,7 +81,9 @@ def run(
     except (LoopError, RecipeError) as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(1) from exc
-    if plan.ship == "adapter":
+    if options.rollout_url is not None:
+        how = f"it now challenges on {options.rollout_url}: watch it with 'ggserve rollout status'"
+    elif plan.ship == "adapter":
         how = (
             "load it beside the base with 'ggserve adapters load N' (N: its version in "
             "'ggserve models list'); a request picks it by its name"

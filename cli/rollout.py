@@ -5,13 +5,16 @@ by itself from live traffic (docs/flywheel.md, "Rollout")."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.admin_client import KeyOption, UrlOption, call
+from artifacts.names import REGISTRY
+from artifacts.registry import ModelRegistry, RegistryError
+from cli.admin_client import KeyOption, UrlOption, call, console
 
 app = typer.Typer(help="Champion/challenger rollouts on live traffic.", no_args_is_help=True)
 out = Console()
@@ -22,6 +25,12 @@ def start(
     challenger: str = typer.Argument(..., help="A loaded adapter's name (ggserve adapters)."),
     version: int | None = typer.Option(
         None, help="Load this registry adapter version first (named CHALLENGER)."
+    ),
+    registered: Path | None = typer.Option(
+        None, help="Load the registry's adapter version of this GGUF file first (with --registry)."
+    ),
+    registry: Path = typer.Option(
+        REGISTRY, "--registry", envvar="GGSERVE_REGISTRY_PATH", help="Registry, for --registered."
     ),
     share: float = typer.Option(0.5, help="Share of the traffic sent to the challenger."),
     sticky: str = typer.Option(
@@ -41,6 +50,8 @@ def start(
     api_key: str | None = KeyOption,
 ) -> None:
     """Send SHARE of the traffic to CHALLENGER; it is promoted or rolled back on its own."""
+    if registered is not None:
+        version = registered_version(registry, registered)
     if version is not None:
         loaded = {a["name"]: a["version"] for a in call("GET", "/admin/adapters", url, api_key)}
         if loaded.get(challenger) != version:  # a rerun after a failed start skips the load
@@ -82,6 +93,25 @@ def stop(url: str | None = UrlOption, api_key: str | None = KeyOption) -> None:
     """End the running rollout without a decision: the champion keeps serving."""
     run = call("DELETE", "/admin/rollout", url, api_key)
     out.print(f"rollout {run['id']} stopped; {run['champion']['adapter'] or 'the base'} serves")
+
+
+def registered_version(registry: Path, adapter: Path) -> int:
+    """The newest adapter version of ``registry`` registered from the file ``adapter``."""
+    try:
+        state = ModelRegistry(registry).read()
+    except RegistryError as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from exc
+    path = str(adapter.resolve())
+    found = [v.version for v in state.versions if v.is_adapter and v.model_path == path]
+    if not found:
+        console.print(
+            f"[red]error:[/red] {adapter} is not a registered adapter in {registry}; register "
+            "it with 'ggserve models register FILE --base BASE'",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+    return max(found)
 
 
 def show(run: dict[str, Any]) -> None:

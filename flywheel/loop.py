@@ -47,6 +47,8 @@ class LoopOptions:
     suites: tuple[Path, ...] = ()  # gate suites besides the export's held-out split
     seed: int = 0
     ship: str = "adapter"  # "adapter" (a GGUF LoRA over the base) or "merged" (a full model)
+    rollout_url: str | None = None  # a running server: the adapter then challenges on it
+    rollout_share: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,10 @@ def plan_loop(options: LoopOptions) -> Plan:
         raise LoopError(f"--name {options.name!r} must be a plain file name")
     if options.ship not in SHIPS:
         raise LoopError(f"--ship {options.ship!r}: choose {' or '.join(SHIPS)}")
+    if options.rollout_url is not None and options.ship != "adapter":
+        raise LoopError("--rollout-url needs --ship adapter: a rollout's challenger is an adapter")
+    if not 0 < options.rollout_share < 1:
+        raise LoopError(f"--rollout-share {options.rollout_share}: give one between 0 and 1")
     recipe = recipe_for(read_shape(options.base), seed=options.seed)
     work, base, db = options.work, str(options.base), str(options.db)
     data, replay, adapter = work / "data", work / "replay", work / "adapter"
@@ -188,8 +194,39 @@ def plan_loop(options: LoopOptions) -> Plan:
             ),
         ),
         *ship,
+        *_rollout_steps(options, candidate),
     )
     return Plan(recipe, steps, data, candidate, report, options.ship)
+
+
+def _rollout_steps(options: LoopOptions, candidate: Path) -> tuple[Step, ...]:
+    """With a server to roll out on: load the registered adapter there and let live traffic
+    decide between it and what serves now."""
+    if options.rollout_url is None:
+        return ()
+    return (
+        Step(
+            _STAGE["rollout"],
+            f"the adapter loaded on {options.rollout_url} as {options.name!r}, challenging what "
+            f"serves now on {options.rollout_share:.0%} of the traffic; promoted or rolled back "
+            "by live feedback (ggserve rollout status)",
+            (str(candidate), str(options.registry)),
+            (f"{options.rollout_url}/admin/rollout",),
+            (
+                "rollout",
+                "start",
+                options.name,
+                "--registered",
+                str(candidate),
+                "--registry",
+                str(options.registry),
+                "--share",
+                str(options.rollout_share),
+                "--url",
+                options.rollout_url,
+            ),
+        ),
+    )
 
 
 def _merged_steps(

@@ -91,6 +91,13 @@ STAGES: tuple[Stage, ...] = (
         "ggserve models promote N --url URL",
         "flywheel/promote.py → server/registry/activation.py",
     ),
+    Stage(
+        "rollout",
+        "a registered adapter version and a running server",
+        "the adapter promoted or rolled back by live feedback, the decision in the registry",
+        "ggserve rollout start NAME --version N --url URL",
+        "server/rollout/",
+    ),
 )
 
 

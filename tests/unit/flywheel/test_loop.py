@@ -262,3 +262,32 @@ def test_the_plan_renders_one_block_per_step(options: LoopOptions) -> None:
         lines[1]
         == "1. export: the accepted corrections as SFT rows (a share held out for the gate)"
     )
+
+
+def test_with_a_rollout_url_the_registered_adapter_challenges_on_that_server(
+    options: LoopOptions,
+) -> None:
+    plan = plan_loop(
+        LoopOptions(**{**options.__dict__, "rollout_url": "http://edge:8000", "rollout_share": 0.2})
+    )
+    register, rollout = plan.steps[-2:]
+    assert (register.stage.name, rollout.stage.name) == ("register", "rollout")
+    assert rollout.argv[:3] == ("rollout", "start", options.name)
+    assert rollout.argv[rollout.argv.index("--registered") + 1] == register.argv[2]
+    assert rollout.argv[rollout.argv.index("--registry") + 1] == str(options.registry)
+    assert rollout.argv[-4:] == ("--share", "0.2", "--url", "http://edge:8000")
+    assert "rollout start" in plan.render()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"rollout_url": "http://edge:8000", "ship": "merged"}, "needs --ship adapter"),
+        ({"rollout_url": "http://edge:8000", "rollout_share": 1.0}, "between 0 and 1"),
+    ],
+)
+def test_a_rollout_that_cannot_run_is_refused_when_planned(
+    options: LoopOptions, change: dict[str, object], message: str
+) -> None:
+    with pytest.raises(LoopError, match=message):
+        plan_loop(LoopOptions(**{**options.__dict__, **change}))

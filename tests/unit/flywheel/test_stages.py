@@ -45,7 +45,7 @@ def test_each_stage_points_at_code_that_exists(stage: Stage) -> None:
         assert (ROOT / path).exists(), path
 
 
-def test_the_loop_reads_in_order_from_capture_to_promote() -> None:
+def test_the_loop_reads_in_order_from_capture_to_rollout() -> None:
     names = [stage.name for stage in STAGES]
     assert names == [
         "capture",
@@ -56,5 +56,6 @@ def test_the_loop_reads_in_order_from_capture_to_promote() -> None:
         "gate",
         "register",
         "promote",
+        "rollout",
     ]
     assert describe().splitlines()[0].startswith("1. capture:")
