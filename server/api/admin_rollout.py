@@ -184,7 +184,9 @@ def recorder(services: Services, served: ServedModel) -> Callable[[RolloutRun], 
             _write(ModelRegistry(path), summary, promoted, to_base), name=f"record-{run.id}"
         )
         services.background.append(task)
-        task.add_done_callback(services.background.remove)
+        task.add_done_callback(
+            lambda done: services.background.remove(done) if done in services.background else None
+        )
 
     return record
 

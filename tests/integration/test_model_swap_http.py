@@ -1,8 +1,8 @@
 """Hot swap on the real server: promote through the admin API while clients keep asking.
 
-Two real versions of SmolLM2 (the shipped Q4_1 and a Q4_0 requantized from it) and a file that
-only looks like a GGUF are registered; the server starts on v1. Under load (streamed and plain
-chat completions, /ready probes) the broken version is refused with the old model still
+Two real versions of SmolLM2 (the shipped Q4_1 and a Q4_0 requantized from it) and a GGUF
+that reads as a model but holds no loadable weights are registered; the server starts on v1.
+Under load (streamed and plain chat completions, /ready probes) the broken version is refused with the old model still
 serving, v2 is promoted with the CLI, then rolled back: not one request fails, /ready never
 leaves 200, and /v1/models, /metrics, the logs and the registry name the version.
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fixtures.tiny_gguf import write_gguf
 from tests.integration.load import LoadGenerator
 from tests.integration.server_proc import MODEL, ROOT, running_server
 
@@ -54,8 +55,8 @@ def _requantize(source: Path, target: Path) -> Path:
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("swap")
     v2 = _requantize(MODEL, folder / "smollm2-q4_0.gguf")
-    broken = folder / "broken.gguf"
-    broken.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + os.urandom(4096))
+    # Readable metadata (it registers as a model) but not a loadable llama: one tensor of 4x4.
+    broken = write_gguf(folder / "broken.gguf", fill=0.5)
     path = folder / "registry.json"
     for model in (MODEL, v2, broken):
         result = _cli("models", "register", str(model), "--registry", str(path))
