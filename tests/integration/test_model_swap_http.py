@@ -2,9 +2,10 @@
 
 Two real versions of SmolLM2 (the shipped Q4_1 and a Q4_0 requantized from it) and a GGUF
 that reads as a model but holds no loadable weights are registered; the server starts on v1.
-Under load (streamed and plain chat completions, /ready probes) the broken version is refused with the old model still
-serving, v2 is promoted with the CLI, then rolled back: not one request fails, /ready never
-leaves 200, and /v1/models, /metrics, the logs and the registry name the version.
+Under load (streamed and plain chat completions, /ready probes) the broken version is refused
+with the old model still serving, v2 is promoted with the CLI, then rolled back: not one request
+fails, /ready never leaves 200, and /v1/models, /metrics, the logs and the registry name the
+version.
 """
 
 from __future__ import annotations
