@@ -6,9 +6,10 @@ with default flags: export SFT (the corrections) and the replay (with the answer
 train a LoRA (a few CPU steps, held to v1 along the replay, the recipe chosen from the base's
 shape) → export it alone as a GGUF LoRA → the eval gate (base + adapter vs base) shows the fact
 learned and the control questions kept → register v2, an adapter over v1, with its lineage
-(promoting it as the served model is refused) → a server with the adapter beside the base
-answers the fact to a request naming it and not to one naming nothing → base + adapter vs the
-merged model converted to Q8_0: the fact both ways, most answers the same (docs/flywheel.md 6.7).
+(promoting it as the served model is refused) → the running server loads it beside the base
+(`ggserve adapters load 2`: no restart) and answers the fact to a request naming it, not to one
+naming nothing → base + adapter vs the merged model converted to Q8_0: the fact both ways, most
+answers the same (docs/flywheel.md 6.7).
 
 Every step is the real command or endpoint; nothing is faked. About 15 minutes on 2 shared CPU
 cores (measured 873-941 s with another agent's tests beside it), most of it training.
@@ -80,11 +81,11 @@ CONTROLS = (
 SYSTEM = Settings(_env_file=None).system_prompt  # type: ignore[call-arg]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [sys.executable, "-m", "cli.main", *args],
         cwd=ROOT,
-        env={**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1", **(env or {})},
         capture_output=True,
         text=True,
         timeout=1500,
@@ -248,16 +249,15 @@ def test_the_flywheel_turns_once(tmp_path: Path) -> None:
         refused = _cli("models", "promote", "2", *reg)
         assert refused.returncode == 1 and "LoRA adapter" in refused.stderr
 
-    # 7. Served per request beside the base, from the registered file (no merge): a request
-    # naming the adapter gets the fact, one naming nothing gets the base. (Named adapters
-    # apply over GGSERVE_MODEL_PATH; loading a registered adapter into a running server is
-    # the admin API's.)
-    adapters = {"GGSERVE_LORA_ADAPTERS": f"smollm2-fact={lora}:{tuned['scale']:g}"}
-    with running_server(env=adapters) as server:
+        # 7. Served per request beside the base, from the registered file, by the server
+        # already running: no merge, no restart (ggserve adapters load → POST /admin/adapters).
+        admin = {"GGSERVE_URL": server.url, "GGSERVE_API_KEY": server.api_key or ""}
+        loaded = _cli("adapters", "load", "2", "--name", "smollm2-fact", env=admin)
+        assert loaded.returncode == 0, loaded.stderr
         fixed = _chat(server.url, server.headers, FACT_QUESTIONS[0], "smollm2-fact")
         plain = _chat(server.url, server.headers, FACT_QUESTIONS[0], None)
-    assert fixed["model"] == "smollm2-fact" and FACT_KEYWORD in _content(fixed), fixed
-    assert FACT_KEYWORD not in _content(plain), plain
+        assert fixed["model"] == "smollm2-fact" and FACT_KEYWORD in _content(fixed), fixed
+        assert FACT_KEYWORD not in _content(plain), plain
 
     # 8. Adapter vs merged at the same precision: base + LoRA (f32, picked per request) vs the
     # merged model the loop ships with --ship merged (Q8_0 over this Q4_1 base). Measured
