@@ -258,25 +258,14 @@ def _merged_steps(
                 recipe.quant,
             ),
         ),
-        Step(
-            _STAGE["gate"],
+        _gate_step(
+            options,
+            "--candidate",
             "the candidate against the base on the suites (and the held-out rows)",
-            (str(candidate), base, *(str(s) for s in options.suites), f"{held_out} (if any)"),
-            (str(report),),
-            (
-                "eval",
-                "--candidate",
-                str(candidate),
-                "--baseline",
-                base,
-                *suites,
-                "--suite",
-                str(held_out),
-                "--report",
-                str(report),
-                "--room",
-            ),
-            optional_suite=held_out,
+            candidate,
+            report,
+            held_out,
+            suites,
         ),
         Step(
             _STAGE["register"],
@@ -293,6 +282,40 @@ def _merged_steps(
                 str(options.registry),
             ),
         ),
+    )
+
+
+def _gate_step(
+    options: LoopOptions,
+    candidate_flag: str,
+    purpose: str,
+    candidate: Path,
+    report: Path,
+    held_out: Path,
+    suites: list[str],
+) -> Step:
+    """The gate: ``candidate`` (a model with ``--candidate``, a LoRA over the base with
+    ``--candidate-adapter``) against the base, on the suites and the held-out rows."""
+    base = str(options.base)
+    return Step(
+        _STAGE["gate"],
+        purpose,
+        (str(candidate), base, *(str(s) for s in options.suites), f"{held_out} (if any)"),
+        (str(report),),
+        (
+            "eval",
+            candidate_flag,
+            str(candidate),
+            "--baseline",
+            base,
+            *suites,
+            "--suite",
+            str(held_out),
+            "--report",
+            str(report),
+            "--room",
+        ),
+        optional_suite=held_out,
     )
 
 
@@ -326,26 +349,15 @@ def _adapter_steps(
                 recipe.adapter_outtype,
             ),
         ),
-        Step(
-            _STAGE["gate"],
+        _gate_step(
+            options,
+            "--candidate-adapter",
             "the base with the adapter applied against the base alone, on the suites (and "
             "the held-out rows)",
-            (str(candidate), base, *(str(s) for s in options.suites), f"{held_out} (if any)"),
-            (str(report),),
-            (
-                "eval",
-                "--candidate-adapter",
-                str(candidate),
-                "--baseline",
-                base,
-                *suites,
-                "--suite",
-                str(held_out),
-                "--report",
-                str(report),
-                "--room",
-            ),
-            optional_suite=held_out,
+            candidate,
+            report,
+            held_out,
+            suites,
         ),
         Step(
             _STAGE["register"],
