@@ -64,6 +64,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("profile_engine", "bench.experiments.profile_engine", "experiment"),
     Command("kv_share_probe", "bench.experiments.kv_share_probe", "experiment"),
     Command("logprobs_overhead", "bench.experiments.logprobs_overhead", "experiment"),
+    Command("c8_trace", "bench.experiments.c8_trace", "experiment"),
 )
 
 BY_NAME = {command.name: command for command in COMMANDS}

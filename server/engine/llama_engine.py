@@ -47,6 +47,7 @@ from server.engine.outbox import Outbox
 from server.engine.planner import DecodeToken, Phase, PlanState, Restore, StepPlan, plan
 from server.engine.prompt_cache import PromptCache
 from server.engine.prompt_store import PromptStore, file_sha256
+from server.engine.reuse_cost import ReuseCost
 from server.engine.sampling import SamplerChain
 from server.engine.scheduling import AdmissionQueue, FairShare, admission_order
 from server.engine.speculation import Acceptance, NgramDrafter, StepCost, draft_length
@@ -271,6 +272,7 @@ class LlamaEngine:
         # model's state cannot do.
         self._speculate = config.speculative == "ngram" and not self._model.is_recurrent
         self._step_cost = StepCost()
+        self._reuse_cost = ReuseCost(config.prefix_copy_min_tokens, self._model.n_ctx_per_slot)
         self._adapters: dict[str, tuple[object, float]] = {}
         try:
             for name, path, scale in config.adapters:
@@ -658,13 +660,15 @@ class LlamaEngine:
                 self._reap()
                 self._run_commands()
                 waiting = self._waiting_in_admission_order()
+                per_token = self._step_cost.per_token_seconds()
                 step = plan(
                     PlanState(
                         slots=self._slots,
                         running=list(self._running.values()),
                         waiting=waiting,
                         batch_capacity=self._model.n_batch,
-                        min_copy_tokens=self.config.prefix_copy_min_tokens,
+                        min_copy_tokens=self._reuse_cost.min_copy_tokens(per_token),
+                        min_restore_tokens=self._reuse_cost.min_restore_tokens(per_token),
                         score_chunk=PROMPT_LOGPROB_CHUNK,
                         # Only admissions read the RAM entries: none to copy out otherwise.
                         ram=self._prompt_cache.entries() if waiting else (),
@@ -852,16 +856,17 @@ class LlamaEngine:
         does not give, or one larger than the whole cache, is simply not kept)."""
         started = time.perf_counter()
         saved = self._executor.save(slot.seq_id)
+        if saved is None:
+            return
+        spent = time.perf_counter() - started
+        self._reuse_cost.observe_state(saved[1], len(slot.cached_tokens), spent)
         if (
-            saved is not None
-            and self._prompt_cache.put(
-                slot.cached_tokens, *saved, salt=slot.salt, adapter=slot.adapter
-            )
+            self._prompt_cache.put(slot.cached_tokens, *saved, salt=slot.salt, adapter=slot.adapter)
             is not None
         ):
             stats = self._prompt_cache.stats
             stats.saves += 1
-            stats.save_seconds += time.perf_counter() - started
+            stats.save_seconds += spent
 
     def _restore(self, generation: _Generation, restore: Restore) -> bool:
         """Give ``generation``'s slot the planned RAM state; False when it could not be (the
@@ -881,9 +886,11 @@ class LlamaEngine:
                 cache.drop(entry.entry_id)
             logger.warning("prompt cache entry %d not restored; prefilling", restore.entry_id)
             return False
+        spent = time.perf_counter() - started
+        self._reuse_cost.observe_restore(spent)
         cache.stats.restores += 1
         cache.stats.restored_tokens += kept
-        cache.stats.restore_seconds += time.perf_counter() - started
+        cache.stats.restore_seconds += spent
         return True
 
     def _count_prefix_use(self, generation: _Generation) -> None:

@@ -131,6 +131,7 @@ class PlanState:
     waiting: Sequence[SequenceView]  # WAITING, oldest first
     batch_capacity: int  # most tokens one llama_decode may take
     min_copy_tokens: int = 32  # a shorter gain is cheaper to recompute than to copy
+    min_restore_tokens: int = 32  # ... than to restore from RAM (and not worth saving)
     score_chunk: int = 64  # most prompt tokens per step for a prompt-scoring sequence
     ram: Sequence[CachedView] = ()  # the host-RAM prompt cache's entries
     keep_evicted: bool = False  # the RAM tier is on: save slot states before dropping them
@@ -327,7 +328,7 @@ def _held_elsewhere(cache: _Cache, caches: dict[int, _Cache], state: PlanState) 
     (which is not evicted this step) holds all of its tokens."""
     tokens = cache.view()
     n = len(tokens)
-    if n < state.min_copy_tokens:
+    if n < state.min_restore_tokens:
         return True
     holders = [e.tokens for e in state.ram] + [
         c.view() for c in caches.values() if c is not cache and c.occupied
@@ -351,7 +352,7 @@ def _admit(state: PlanState, caches: dict[int, _Cache]) -> _Admitted:
     Among free slots the one sharing the longest prefix wins; then one whose eviction loses
     nothing (its tokens are short or held elsewhere); then the least recently used. With the
     RAM tier on, a slot whose tokens would be lost is saved first, and a sequence whose prompt
-    a RAM entry holds longer than any slot (by ``min_copy_tokens``) restores it.
+    a RAM entry holds longer than any slot (by ``min_restore_tokens``) restores it.
     """
     out = _Admitted()
     if not state.waiting:
@@ -391,7 +392,7 @@ def _admit(state: PlanState, caches: dict[int, _Cache]) -> _Admitted:
                     if c is not best
                 ]
             )
-            if from_ram - from_slots >= state.min_copy_tokens:
+            if from_ram - from_slots >= state.min_restore_tokens:
                 out.restores.append(Restore(seq.key, best.slot.seq_id, entry_id, from_ram))
                 entry = next(e for e in state.ram if e.entry_id == entry_id)
                 best.tokens, best.length, best.copy_dst = entry.tokens, from_ram, True

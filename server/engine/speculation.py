@@ -111,6 +111,15 @@ class StepCost:
             return 1.0, 0.0  # extra tokens measured free (a GPU)
         return max(fixed, 0.0), per_token
 
+    def per_token_seconds(self) -> float | None:
+        """What one more token adds to a step; None until the fit is determined."""
+        if self._w < 4:
+            return None
+        mean_x = self._x / self._w
+        if self._xx / self._w - mean_x * mean_x < 0.25:
+            return None
+        return self.line()[1]
+
     def draft_threshold(self, decoding: int) -> float:
         """The acceptance probability a draft token needs to raise throughput when
         ``decoding`` sequences share the step: its share of the step's cost per token."""

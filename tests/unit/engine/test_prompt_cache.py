@@ -167,3 +167,21 @@ def test_a_new_state_replaces_only_its_own_tenants_shorter_entries() -> None:
     cache.put([1, 2, 3, 4], object(), 10, salt="a")
     held = {(e.tokens, e.salt) for e in cache.entries()}
     assert held == {((1, 2), "b"), ((1, 2, 3, 4), "a")}
+
+
+def test_a_short_gain_is_restored_when_restores_are_cheap() -> None:
+    """The topic after a shared system prompt: 12 more tokens than the slot gives. Worth a
+    restore when restores cost less than 12 prompt tokens, not under the default bound."""
+    common = list(HISTORY_A[:24])
+    slot = FakeSlot(0, common + question(5, 30))
+    ram = [Entry(7, tuple(common + question(1, 12) + question(8, 40)))]
+    prompt = common + question(1, 12) + question(2, 10)
+    cheap = replace(ram_state([slot], [FakeSeq(1, prompt)], ram), min_restore_tokens=2)
+    assert plan(cheap).restores == (Restore(1, 0, 7, 36),)
+    assert plan(ram_state([slot], [FakeSeq(1, prompt)], ram)).restores == ()
+
+
+def test_with_cheap_restores_a_short_slot_is_worth_saving() -> None:
+    slot = FakeSlot(0, question(3, length=20))
+    step = plan(replace(ram_state([slot], [FakeSeq(1, HISTORY_B)]), min_restore_tokens=4))
+    assert step.saves == (Save(0, 20),)
