@@ -65,6 +65,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("kv_share_probe", "bench.experiments.kv_share_probe", "experiment"),
     Command("logprobs_overhead", "bench.experiments.logprobs_overhead", "experiment"),
     Command("c8_trace", "bench.experiments.c8_trace", "experiment"),
+    Command("reuse_costs", "bench.experiments.reuse_costs", "experiment"),
 )
 
 BY_NAME = {command.name: command for command in COMMANDS}

@@ -64,10 +64,10 @@ def cpu_seconds(pid: int) -> float:
     return float(times.user + times.system)
 
 
-def measure(server: RunningServer, concurrency: int, tag: str) -> dict[str, Any]:
+def measure(server: RunningServer, concurrency: int, tag: str, per_client: int) -> dict[str, Any]:
     """One sweep-shaped run with the counters around it."""
     before, cpu0, client0 = scrape(server), cpu_seconds(server.proc.pid), time.process_time()
-    requests = chat_requests(2 * concurrency, 64, tag)
+    requests = chat_requests(per_client * concurrency, 64, tag)
     run = asyncio.run(
         run_load(server.url, requests, concurrency, extra_body=server.spec.extra_body)
     )
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--per-client", type=int, default=2, help="requests per client")
     parser.add_argument("--variant", action="append", default=[])
     parser.add_argument("--no-llama-server", action="store_true")
     parser.add_argument("--against", type=Path, help="a checkout of the baseline commit")
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
                 shift = round_no % len(servers)
                 for server in servers[shift:] + servers[:shift]:
                     time.sleep(1.0)
-                    row = measure(server, concurrency, f", trace {round_no}.{concurrency}")
+                    tag = f", trace {round_no}.{concurrency}"
+                    row = measure(server, concurrency, tag, args.per_client)
                     print(f"r{round_no} c={concurrency} {server.spec.name:24s} {row}", flush=True)
     print(f"load average after: {os.getloadavg()}", flush=True)
 

@@ -3,11 +3,16 @@
 llama.cpp's CPU backend here is built with OpenMP: every graph node ends in a barrier where all
 decode threads meet, and libgomp's idle threads spin for GOMP_SPINCOUNT iterations (300,000 by
 default) before sleeping. In a server, the event loop wakes after every decode step to stream
-tokens; with the default spin, a spinning worker holds the core the event loop (and then the
-preempted decode thread) needs, and throughput collapses (8 clients on 2 cores: 12 tok/s).
-A bounded spin keeps barriers fast and yields the core soon after a step: 123 tok/s with both
-cores, against 63 tok/s with one decode thread (docs/engine.md, "Threads"). So the default is
-all physical cores and GOMP_SPINCOUNT=10000, unless the environment already sets a policy.
+tokens. When that cost a millisecond or more per step, a spinning worker held the core the
+event loop (and then the preempted decode thread) needed, and libgomp's default spin collapsed
+throughput (8 clients on 2 cores: 12 tok/s), so the spin was bounded to 10,000. With the
+event loop's share down to 0.12 ms of CPU per streamed token (one wake-up per step, our own
+SSE response), that short spin became the cost: a worker fell asleep in the Python part of
+every step and paid a futex wake-up at the next one. 100,000 keeps it awake across a step's
+Python part and still yields the core within about a millisecond: over HTTP on 2 cores it
+measured 91-100 / 151-192 / 185-193 tok/s at 1 / 8 / 16 clients against 65-94 / 145-186 /
+154-186 with 10,000, in the same runs (docs/engine.md, "Threads"). So the default is all
+physical cores and GOMP_SPINCOUNT=100000, unless the environment already sets a policy.
 
 """
 
@@ -28,7 +33,7 @@ def physical_cores() -> int:
     return max(1, min(physical, usable))
 
 
-GOMP_SPINCOUNT_DEFAULT = "10000"
+GOMP_SPINCOUNT_DEFAULT = "100000"
 
 
 def apply_openmp_defaults() -> None:

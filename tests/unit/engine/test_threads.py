@@ -29,6 +29,6 @@ def _spin_after_import(env: dict[str, str]) -> str:
 
 
 def test_openmp_spin_is_bounded_unless_the_operator_set_a_policy() -> None:
-    assert _spin_after_import({}) == "10000"
+    assert _spin_after_import({}) == "100000"
     assert _spin_after_import({"GOMP_SPINCOUNT": "5"}) == "5"
     assert _spin_after_import({"OMP_WAIT_POLICY": "passive"}) == "-"
