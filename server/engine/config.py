@@ -49,6 +49,11 @@ class EngineConfig:
     # A prompt prefix held by another slot is copied (whole-stream KV copy, ~10 ms for 2,048
     # tokens of SmolLM2) rather than recomputed when it saves at least this many tokens.
     prefix_copy_min_tokens: int = 32
+    # True: below that bound, copy or restore whenever it measures cheaper than recomputing
+    # (server/engine/reuse_cost.py). False: exactly that bound, whatever the timings (tests
+    # that compare outputs bit for bit with flash attention on, where a copied prefix is not
+    # bit-identical to a recomputed one).
+    prefix_reuse_cost_aware: bool = True
     # Host RAM for the states of evicted slots (the prompt cache's second tier); 0 = off.
     prompt_cache_mb: int = 2048
     # The RAM tier mirrored to files here (one subdirectory per model/context/KV/LoRA), loaded

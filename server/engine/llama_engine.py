@@ -660,7 +660,8 @@ class LlamaEngine:
                 self._reap()
                 self._run_commands()
                 waiting = self._waiting_in_admission_order()
-                per_token = self._step_cost.per_token_seconds()
+                aware = self.config.prefix_reuse_cost_aware
+                per_token = self._step_cost.per_token_seconds() if aware else None
                 step = plan(
                     PlanState(
                         slots=self._slots,

@@ -18,7 +18,9 @@ from server.settings import Settings
 SETTING_FOR_FIELD = {"use_mmap": "model_mmap"}
 # EngineConfig fields that are tuning knobs of the engine itself, not user settings, or
 # that are built below (the named adapters, from a string setting, for the configured model).
-ENGINE_ONLY_FIELDS = frozenset({"prefix_copy_min_tokens", "speculative_cost_aware", "adapters"})
+ENGINE_ONLY_FIELDS = frozenset(
+    {"prefix_copy_min_tokens", "prefix_reuse_cost_aware", "speculative_cost_aware", "adapters"}
+)
 
 
 def engine_config(

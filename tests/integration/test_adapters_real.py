@@ -43,6 +43,7 @@ def engine(lora: Path) -> Iterator[LlamaEngine]:
         n_ctx=256,
         adapters=(("fix", lora, 1.0),),
         speculative="off",  # drafts follow step timings; these comparisons are bit for bit
+        prefix_reuse_cost_aware=False,  # and so would prefix copies of short prompts
     )
     eng = LlamaEngine(config)
     yield eng
@@ -58,7 +59,14 @@ async def answers(eng: LlamaEngine, adapter: str = "") -> list[list[int]]:
 
 
 async def reference(lora: Path | None) -> list[list[int]]:
-    config = EngineConfig(model_path=MODEL, n_slots=1, n_ctx=256, lora_path=lora, speculative="off")
+    config = EngineConfig(
+        model_path=MODEL,
+        n_slots=1,
+        n_ctx=256,
+        lora_path=lora,
+        speculative="off",
+        prefix_reuse_cost_aware=False,
+    )
     eng = LlamaEngine(config)
     try:
         return await answers(eng)

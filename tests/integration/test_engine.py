@@ -630,9 +630,17 @@ async def test_n_beyond_the_slots_is_refused_before_queueing(engine: LlamaEngine
 
 async def test_greedy_output_with_flash_attention_is_identical_alone_and_among_7_others() -> None:
     """The condition for turning flash attention on by default (llama-server's CPU default)."""
-    eng = LlamaEngine(
-        EngineConfig(model_path=MODEL, n_slots=8, n_ctx=512, max_queue=8, flash_attn=True)
+    # A prefix copied from a busy slot is another matter (docs/engine.md, flash_attn): the
+    # fixed bound keeps this prompt's short shared prefix recomputed, whatever the timings.
+    config = EngineConfig(
+        model_path=MODEL,
+        n_slots=8,
+        n_ctx=512,
+        max_queue=8,
+        flash_attn=True,
+        prefix_reuse_cost_aware=False,
     )
+    eng = LlamaEngine(config)
     try:
         target = chat(eng, "Tell me a short story about a robot who learns to paint.")
         params = SamplingParams(max_tokens=48, temperature=0.0)

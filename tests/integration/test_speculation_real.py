@@ -40,7 +40,12 @@ def engine() -> Iterator[LlamaEngine]:
     # Cost-unaware: the engine drafts whatever the lookup finds, so which rows are drafted does
     # not depend on measured step times and each run verifies the same drafts.
     config = EngineConfig(
-        model_path=MODEL, n_slots=4, n_ctx=1024, max_queue=32, speculative_cost_aware=False
+        model_path=MODEL,
+        n_slots=4,
+        n_ctx=1024,
+        max_queue=32,
+        speculative_cost_aware=False,
+        prefix_reuse_cost_aware=False,  # prefix copies must not follow step times either
     )
     eng = LlamaEngine(config)
     eng.warmup()
@@ -52,7 +57,12 @@ def engine() -> Iterator[LlamaEngine]:
 def eager() -> Iterator[LlamaEngine]:
     """Drafts whatever the lookup finds, so a busy batch speculates too."""
     config = EngineConfig(
-        model_path=MODEL, n_slots=4, n_ctx=1024, max_queue=32, speculative_cost_aware=False
+        model_path=MODEL,
+        n_slots=4,
+        n_ctx=1024,
+        max_queue=32,
+        speculative_cost_aware=False,
+        prefix_reuse_cost_aware=False,  # prefix copies must not follow step times either
     )
     eng = LlamaEngine(config)
     eng.warmup()
