@@ -33,41 +33,35 @@ QUESTION = f"Context: {PASSAGE}\n\nWho designed the Eiffel Tower? Answer with th
 STORY = "Write a short story about a robot who learns to paint."
 
 
-@pytest.fixture(scope="module")
-def engine() -> Iterator[LlamaEngine]:
+def _cost_unaware_engine() -> Iterator[LlamaEngine]:
+    """An engine that drafts whatever the lookup finds, so which rows are drafted does not
+    depend on measured step times and each run verifies the same drafts; prefix copies do not
+    follow step times either."""
     if not MODEL.is_file():
         pytest.fail(f"{MODEL} missing: run 'make setup' (ggserve models fetch) first")
-    # Cost-unaware: the engine drafts whatever the lookup finds, so which rows are drafted does
-    # not depend on measured step times and each run verifies the same drafts.
     config = EngineConfig(
         model_path=MODEL,
         n_slots=4,
         n_ctx=1024,
         max_queue=32,
         speculative_cost_aware=False,
-        prefix_reuse_cost_aware=False,  # prefix copies must not follow step times either
+        prefix_reuse_cost_aware=False,
     )
     eng = LlamaEngine(config)
     eng.warmup()
     yield eng
     eng.close()
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[LlamaEngine]:
+    yield from _cost_unaware_engine()
 
 
 @pytest.fixture(scope="module")
 def eager() -> Iterator[LlamaEngine]:
-    """Drafts whatever the lookup finds, so a busy batch speculates too."""
-    config = EngineConfig(
-        model_path=MODEL,
-        n_slots=4,
-        n_ctx=1024,
-        max_queue=32,
-        speculative_cost_aware=False,
-        prefix_reuse_cost_aware=False,  # prefix copies must not follow step times either
-    )
-    eng = LlamaEngine(config)
-    eng.warmup()
-    yield eng
-    eng.close()
+    """Drafts whatever the lookup finds, so a busy batch speculates too (an engine of its own)."""
+    yield from _cost_unaware_engine()
 
 
 def chat(engine: LlamaEngine, text: str) -> list[int]:
