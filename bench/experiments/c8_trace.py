@@ -35,6 +35,9 @@ from bench.harness.server import MODEL, ROOT, RunningServer, ServerSpec, physica
 
 METRICS = (
     "ggserve_engine_decode_steps_total",
+    "ggserve_engine_graph_passes_total",
+    "ggserve_speculative_draft_tokens_total",
+    "ggserve_speculative_accepted_tokens_total",
     "ggserve_engine_busy_seconds_total",
     "ggserve_engine_decode_seconds_total",
     "ggserve_engine_idle_seconds_total",

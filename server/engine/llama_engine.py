@@ -42,6 +42,7 @@ from server.engine.logprobs import (
     prompt_logprobs,
     token_logprob,
 )
+from server.engine.micro_batches import graph_passes
 from server.engine.model import LoadedModel, ModelInfo, llama_cpp_version
 from server.engine.outbox import Outbox
 from server.engine.planner import DecodeToken, Phase, PlanState, Restore, StepPlan, plan
@@ -50,7 +51,13 @@ from server.engine.prompt_store import PromptStore, file_sha256
 from server.engine.reuse_cost import ReuseCost
 from server.engine.sampling import SamplerChain
 from server.engine.scheduling import AdmissionQueue, FairShare, admission_order
-from server.engine.speculation import Acceptance, NgramDrafter, StepCost, draft_length
+from server.engine.speculation import (
+    Acceptance,
+    NgramDrafter,
+    StepCost,
+    choose_drafts,
+    draft_length,
+)
 from server.engine.stop_strings import StopStringMatcher
 from server.engine.types import (
     ChatFormat,
@@ -162,6 +169,7 @@ class _Counters:
     prompt_tokens_cached: int = 0
     tokens_generated: int = 0
     decode_steps: int = 0
+    graph_passes: int = 0  # micro-batches llama.cpp ran for those steps (graph_passes)
     queue_wait_s: float = 0.0
     prefix_hits: int = 0
     prefix_misses: int = 0
@@ -272,6 +280,7 @@ class LlamaEngine:
         # model's state cannot do.
         self._speculate = config.speculative == "ngram" and not self._model.is_recurrent
         self._step_cost = StepCost()
+        self._n_ubatch = min(config.n_ubatch, config.n_batch)
         self._reuse_cost = ReuseCost(config.prefix_copy_min_tokens, self._model.n_ctx_per_slot)
         self._adapters: dict[str, tuple[object, float]] = {}
         try:
@@ -402,6 +411,7 @@ class LlamaEngine:
             prompt_tokens_cached_total=c.prompt_tokens_cached,
             tokens_generated_total=c.tokens_generated,
             decode_steps_total=c.decode_steps,
+            graph_passes_total=c.graph_passes,
             queue_wait_seconds_total=c.queue_wait_s,
             prefix_cache_hits_total=c.prefix_hits,
             prefix_cache_misses_total=c.prefix_misses,
@@ -781,9 +791,15 @@ class LlamaEngine:
         started = time.perf_counter()
         result = self._executor.decode(step, lambda key: running[key].prompt)
         decoded = time.perf_counter() - started
-        self._step_cost.observe(step.n_tokens, decoded)
+        passes = graph_passes(
+            [*((d.seq_id, 1 + len(d.draft)) for d in step.decodes)]
+            + [(c.seq_id, c.end - c.start) for c in step.chunks],
+            self._n_ubatch,
+        )
+        self._step_cost.observe(step.n_tokens, decoded, passes)
         self._counters.decode_s += decoded
         self._counters.decode_steps += 1
+        self._counters.graph_passes += passes
         if result.status != 0:
             self._fail_active(f"llama_decode failed with status {result.status}")
             return
@@ -842,6 +858,7 @@ class LlamaEngine:
         aware = self.config.speculative_cost_aware
         threshold = self._step_cost.draft_threshold(len(decoding)) if aware else 0.0
         ceiling = self.config.speculative_max_draft
+        proposed: dict[int, tuple[float, int]] = {}  # seq id -> (acceptance rate, length)
         for generation in self._running.values():
             drafter, acceptance = generation.drafter, generation.acceptance
             generation.draft = ()
@@ -851,6 +868,19 @@ class LlamaEngine:
             length = draft_length(acceptance.rate, threshold, min(ceiling, left))
             if length > 0:
                 generation.draft = drafter.draft(length)
+                if generation.draft and generation.slot is not None:
+                    proposed[generation.slot.seq_id] = (acceptance.rate, len(generation.draft))
+        if not aware or len(decoding) < 2 or not proposed:
+            return  # alone, a draft rides in the step's one pass: its tokens were the cost
+        keep = choose_drafts(
+            [g.slot.seq_id for g in decoding if g.slot is not None],
+            proposed,
+            self._step_cost,
+            self._n_ubatch,
+        )
+        for generation in decoding:
+            if generation.slot is not None and generation.slot.seq_id not in keep:
+                generation.draft = ()
 
     def _save(self, slot: _Slot) -> None:
         """Keep an evicted slot's state in the RAM prompt cache (best effort: a state llama.cpp

@@ -19,8 +19,10 @@ near-certain continuations.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+from server.engine.micro_batches import graph_passes
 
 MIN_NGRAM = 2  # a 1-gram match proposes noise far more often than a quote
 MAX_NGRAM = 4
@@ -72,60 +74,140 @@ class NgramDrafter:
 
 
 class StepCost:
-    """The cost of a decode step as ``fixed + per_token * n_tokens``, fitted online.
+    """The cost of a decode step as ``fixed + per_pass * extra_passes + per_token * n_tokens``,
+    fitted online.
 
-    A least-squares line over recent small steps (exponentially weighted), so the engine knows
+    A least-squares fit over recent small steps (exponentially weighted), so the engine knows
     what a draft token costs on this machine: on a compute-bound CPU nearly as much as a step
-    of its own, on a GPU almost nothing. Until the steps it has seen vary in size it assumes a
-    draft token costs as much as the fixed part of a step.
+    of its own, on a GPU almost nothing. ``extra_passes`` counts the micro-batches beyond the
+    first (``micro_batches.graph_passes``): a draft beside other decoding sequences, or an idle
+    slot between busy ones, makes llama.cpp run the weights once more, which on the 2-core CPU
+    costs as much as 3–4 tokens. Until the steps seen vary in size, a token is priced like the
+    fixed part of a step; until they vary in passes, so is an extra pass.
     """
 
     def __init__(self, decay: float = 0.98, max_tokens: int = 64) -> None:
         self._decay = decay
         self._max_tokens = max_tokens  # larger steps are prompt chunks: another regime
-        self._w = self._x = self._y = self._xx = self._xy = 0.0
+        # Weighted sums of 1, t (tokens), p (extra passes), y (seconds) and their products.
+        self._w = self._t = self._p = self._y = 0.0
+        self._tt = self._pp = self._tp = self._ty = self._py = 0.0
 
-    def observe(self, n_tokens: int, seconds: float) -> None:
-        """One decode of ``n_tokens`` took ``seconds``."""
+    def observe(self, n_tokens: int, seconds: float, passes: int = 1) -> None:
+        """One decode of ``n_tokens`` in ``passes`` micro-batches took ``seconds``."""
         if not 0 < n_tokens <= self._max_tokens or seconds <= 0:
             return
-        d = self._decay
+        d, t, p, y = self._decay, float(n_tokens), float(max(passes - 1, 0)), seconds
         self._w = self._w * d + 1.0
-        self._x = self._x * d + n_tokens
-        self._y = self._y * d + seconds
-        self._xx = self._xx * d + n_tokens * n_tokens
-        self._xy = self._xy * d + n_tokens * seconds
+        self._t = self._t * d + t
+        self._p = self._p * d + p
+        self._y = self._y * d + y
+        self._tt = self._tt * d + t * t
+        self._pp = self._pp * d + p * p
+        self._tp = self._tp * d + t * p
+        self._ty = self._ty * d + t * y
+        self._py = self._py * d + p * y
+
+    def fit(self) -> tuple[float, float, float] | None:
+        """(fixed, per_pass, per_token) seconds; None until steps of different sizes were seen.
+
+        ``per_pass`` is ``fixed`` until steps with and without extra passes were seen (or
+        when passes and tokens rose together, so the two cannot be told apart)."""
+        w = self._w
+        if w < 4:
+            return None
+        mt, mp, my = self._t / w, self._p / w, self._y / w
+        vtt = self._tt / w - mt * mt
+        if vtt < 0.25:  # every step the same size: no slope to read
+            return None
+        vpp, vtp = self._pp / w - mp * mp, self._tp / w - mt * mp
+        vty, vpy = self._ty / w - mt * my, self._py / w - mp * my
+        det = vtt * vpp - vtp * vtp
+        if vpp >= 0.02 and det >= 0.1 * vtt * vpp:
+            per_token = (vty * vpp - vpy * vtp) / det
+            per_pass = max((vpy * vtt - vty * vtp) / det, 0.0)
+            fixed = my - per_token * mt - per_pass * mp
+        else:
+            per_token = vty / vtt
+            fixed = my - per_token * mt
+            per_pass = -1.0  # unknown: priced as the fixed part below
+        if per_token <= 0:
+            return max(fixed, 0.0), max(per_pass, 0.0), 0.0  # extra tokens measured free (a GPU)
+        fixed = max(fixed, 0.0)
+        return fixed, per_pass if per_pass >= 0 else fixed, per_token
 
     def line(self) -> tuple[float, float]:
         """(fixed, per_token) seconds; (1.0, 1.0) as a prior until the fit is determined."""
-        w = self._w
-        if w < 4:
-            return 1.0, 1.0
-        mean_x, mean_y = self._x / w, self._y / w
-        var_x = self._xx / w - mean_x * mean_x
-        if var_x < 0.25:  # every step the same size: no slope to read
-            return 1.0, 1.0
-        per_token = (self._xy / w - mean_x * mean_y) / var_x
-        fixed = mean_y - per_token * mean_x
-        if per_token <= 0:
-            return 1.0, 0.0  # extra tokens measured free (a GPU)
-        return max(fixed, 0.0), per_token
+        fitted = self.fit()
+        return (1.0, 1.0) if fitted is None else (fitted[0], fitted[2])
 
     def per_token_seconds(self) -> float | None:
         """What one more token adds to a step; None until the fit is determined."""
-        if self._w < 4:
-            return None
-        mean_x = self._x / self._w
-        if self._xx / self._w - mean_x * mean_x < 0.25:
-            return None
-        return self.line()[1]
+        fitted = self.fit()
+        return None if fitted is None else fitted[2]
+
+    def step_seconds(self, n_tokens: int, passes: int) -> float:
+        """Predicted seconds of a step (the prior prices a token and a pass like a step)."""
+        fixed, per_pass, per_token = self.fit() or (1.0, 1.0, 1.0)
+        return fixed + per_pass * max(passes - 1, 0) + per_token * n_tokens
 
     def draft_threshold(self, decoding: int) -> float:
         """The acceptance probability a draft token needs to raise throughput when
         ``decoding`` sequences share the step: its share of the step's cost per token."""
         fixed, per_token = self.line()
         busy = max(decoding, 1) * per_token
-        return busy / (fixed + busy) if fixed + busy > 0 else 1.0
+        return busy / (fixed + busy) if busy > 0 else 0.0
+
+
+def expected_yield(rate: float, length: int) -> float:
+    """Expected accepted tokens of a ``length``-token draft whose j-th token is accepted with
+    probability ``rate ** j`` (acceptance stops at the first miss)."""
+    return sum(rate**j for j in range(1, length + 1))
+
+
+def choose_drafts(
+    decoding: Sequence[int],
+    drafts: Mapping[int, tuple[float, int]],
+    cost: StepCost,
+    n_ubatch: int = 512,
+) -> set[int]:
+    """The sequences whose drafts the next step should verify, for the most tokens per second.
+
+    ``decoding``: the seq ids decoding one token each; ``drafts``: seq id -> (acceptance
+    rate, draft length) of the candidates, each already worth its tokens on their own
+    (``draft_length``). What they miss is that a draft beside other sequences adds a pass
+    over the weights (``graph_passes``), shared only by drafts of equal length on consecutive
+    seq ids. Greedy: add the draft that raises expected tokens per second the most, while one
+    does; then the whole set is tried too (two drafts can pay for one shared pass together).
+    """
+    if not drafts:
+        return set()
+    base = {seq_id: 1 for seq_id in decoding}
+
+    def tokens_per_second(chosen: Iterable[int]) -> float:
+        rows = dict(base)
+        produced = float(len(base))
+        for seq_id in chosen:
+            rate, length = drafts[seq_id]
+            rows[seq_id] = rows.get(seq_id, 0) + length
+            produced += expected_yield(rate, length)
+        seconds = cost.step_seconds(sum(rows.values()), graph_passes(rows.items(), n_ubatch))
+        return produced / seconds if seconds > 0 else produced
+
+    chosen: set[int] = set()
+    best = tokens_per_second(chosen)
+    while True:
+        options = [(tokens_per_second(chosen | {s}), s) for s in drafts if s not in chosen]
+        if not options:
+            break
+        value, seq_id = max(options)
+        if value <= best:
+            break
+        chosen.add(seq_id)
+        best = value
+    if len(chosen) < len(drafts) and tokens_per_second(drafts) > best:
+        return set(drafts)
+    return chosen
 
 
 @dataclass

@@ -199,6 +199,7 @@ class EngineStats:
     prompt_tokens_cached_total: int = 0  # reused from the KV cache
     tokens_generated_total: int = 0
     decode_steps_total: int = 0  # llama_decode calls
+    graph_passes_total: int = 0  # micro-batches llama.cpp split those calls into
     # Where the engine thread's time goes: steps (of which the decode call) and idle waits.
     engine_busy_seconds_total: float = 0.0
     engine_decode_seconds_total: float = 0.0

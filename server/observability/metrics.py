@@ -80,6 +80,11 @@ class _LiveCollector(Collector):
                 ),
                 ("engine_decode_steps", "llama_decode calls.", stats.decode_steps_total),
                 (
+                    "engine_graph_passes",
+                    "Micro-batches (passes over the weights) of the decode calls.",
+                    stats.graph_passes_total,
+                ),
+                (
                     "engine_busy_seconds",
                     "Engine-thread time in steps (planning, KV edits, decode, sampling, delivery).",
                     stats.engine_busy_seconds_total,

@@ -6,7 +6,14 @@ import random
 
 import pytest
 
-from server.engine.speculation import Acceptance, NgramDrafter, StepCost, draft_length
+from server.engine.speculation import (
+    Acceptance,
+    NgramDrafter,
+    StepCost,
+    choose_drafts,
+    draft_length,
+    expected_yield,
+)
 
 
 def naive_draft(tokens: list[int], limit: int, min_n: int = 2, max_n: int = 4) -> tuple[int, ...]:
@@ -112,3 +119,71 @@ def test_free_extra_tokens_mean_drafting_is_always_worth_it() -> None:
     for n in (1, 4, 8) * 3:
         cost.observe(n, 0.01)
     assert cost.draft_threshold(8) == pytest.approx(0.0, abs=1e-9)
+
+
+def fitted(fixed: float, per_pass: float, per_token: float) -> StepCost:
+    """A StepCost that has seen steps of this machine: sizes 1..9, some with extra passes."""
+    cost = StepCost(decay=1.0)
+    for n in (1, 2, 3, 5, 8, 9) * 3:
+        for extra in (0, 0, 1, 2):
+            cost.observe(n, fixed + per_pass * extra + per_token * n, 1 + extra)
+    return cost
+
+
+def test_step_cost_tells_a_pass_from_a_token() -> None:
+    cost = fitted(0.012, 0.010, 0.0027)
+    assert cost.fit() == pytest.approx((0.012, 0.010, 0.0027))
+    assert cost.line() == pytest.approx((0.012, 0.0027))  # what a draft's tokens cost
+    assert cost.step_seconds(8, 1) == pytest.approx(0.012 + 8 * 0.0027)
+    assert cost.step_seconds(9, 2) == pytest.approx(0.022 + 9 * 0.0027)
+
+
+def test_step_cost_prices_an_unseen_pass_like_the_fixed_part() -> None:
+    cost = StepCost(decay=1.0)
+    assert cost.fit() is None
+    assert cost.step_seconds(3, 2) == pytest.approx(1.0 + 1.0 + 3.0)  # the prior
+    for n in (1, 2, 3, 5, 9) * 3:
+        cost.observe(n, 0.005 + 0.006 * n)  # one sequence: never an extra pass
+    assert cost.fit() == pytest.approx((0.005, 0.005, 0.006))
+
+
+def test_step_cost_keeps_a_token_price_when_passes_rise_with_tokens() -> None:
+    cost = StepCost(decay=1.0)
+    for n in (1, 2, 3, 4) * 4:  # every extra token came with an extra pass: no telling apart
+        cost.observe(n, 0.01 * n, passes=n)
+    fixed, per_pass, per_token = cost.fit() or (0, 0, 0)
+    assert per_token == pytest.approx(0.01) and per_pass == pytest.approx(fixed)
+
+
+def test_expected_yield_is_the_sum_of_the_acceptance_run() -> None:
+    assert expected_yield(0.5, 0) == 0
+    assert expected_yield(0.5, 3) == pytest.approx(0.5 + 0.25 + 0.125)
+    assert expected_yield(1.0, 4) == 4
+
+
+CPU = (0.012, 0.010, 0.0027)  # the 2-core box, SmolLM2 Q4_1: a pass costs ~4 tokens
+GPU = (0.010, 0.0005, 0.0)  # extra rows free, a pass nearly so
+
+
+def test_one_draft_beside_seven_decoding_sequences_is_not_worth_its_pass_on_a_cpu() -> None:
+    decoding = list(range(8))
+    assert choose_drafts(decoding, {5: (0.9, 4)}, fitted(*CPU)) == set()
+    assert choose_drafts(decoding, {5: (0.9, 4)}, fitted(*GPU)) == {5}
+
+
+def test_a_lone_sequence_keeps_a_draft_worth_its_tokens() -> None:
+    assert choose_drafts([3], {3: (0.9, 4)}, fitted(*CPU)) == {3}
+    assert choose_drafts([3], {3: (0.1, 4)}, fitted(*CPU)) == set()
+
+
+def test_drafts_that_share_one_pass_are_kept_together() -> None:
+    decoding = list(range(8))
+    cheap_tokens = (0.010, 0.010, 0.0005)
+    everyone = {s: (0.8, 4) for s in decoding}  # equal drafts on all 8: still one pass
+    assert choose_drafts(decoding, everyone, fitted(*cheap_tokens)) == set(decoding)
+    apart = {1: (0.8, 4), 3: (0.8, 4), 5: (0.8, 4)}  # each its own pass: none pays
+    assert choose_drafts(decoding, apart, fitted(*cheap_tokens)) == set()
+
+
+def test_choose_drafts_with_no_candidates_is_empty() -> None:
+    assert choose_drafts([0, 1], {}, fitted(*CPU)) == set()
