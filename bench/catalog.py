@@ -66,6 +66,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("logprobs_overhead", "bench.experiments.logprobs_overhead", "experiment"),
     Command("c8_trace", "bench.experiments.c8_trace", "experiment"),
     Command("reuse_costs", "bench.experiments.reuse_costs", "experiment"),
+    Command("pass_costs", "bench.experiments.pass_costs", "experiment"),
 )
 
 BY_NAME = {command.name: command for command in COMMANDS}

@@ -146,14 +146,38 @@ def test_prefix_in_a_busy_slot_is_copied_not_recomputed() -> None:
 
 
 def test_prefix_in_another_idle_slot_is_copied_when_own_slot_is_taken() -> None:
-    # slot 0 holds the prefix but is busy with an unrelated request; slot 2 holds it and is idle
-    # but a request that also wants slot 2 arrived first; the later one copies from slot 2.
-    slots = [FakeSlot(0, [5] * 50), FakeSlot(1, []), FakeSlot(2, SYSTEM, last_used=3.0)]
-    unrelated = FakeSeq(0, [5] * 50 + [6], Phase.DECODING, 51, 0, next_token=1)
+    # slot 1 is busy with an unrelated request; slot 2 holds the prefix and is idle but a
+    # request that also wants slot 2 arrived first; the later one copies from slot 2.
+    slots = [FakeSlot(0, []), FakeSlot(1, [5] * 50), FakeSlot(2, SYSTEM, last_used=3.0)]
+    unrelated = FakeSeq(0, [5] * 50 + [6], Phase.DECODING, 51, 1, next_token=1)
     first, second = FakeSeq(1, SYSTEM + question(1)), FakeSeq(2, SYSTEM + question(2))
     step = plan(state(slots, running=[unrelated], waiting=[first, second]))
-    assert step.admissions == (Admission(1, 2, len(SYSTEM)), Admission(2, 1, 0))
-    assert step.copies == (PrefixCopy(2, src=2, dst=1, keep=len(SYSTEM)),)
+    assert step.admissions == (Admission(1, 2, len(SYSTEM)), Admission(2, 0, 0))
+    assert step.copies == (PrefixCopy(2, src=2, dst=0, keep=len(SYSTEM)),)
+
+
+def test_a_slot_next_to_busy_ones_wins_and_copies_the_prefix_from_further_away() -> None:
+    # Busy seqs 0 and 1: a sequence in slot 5 would make every shared step two passes over the
+    # weights ({0, 1}, then {5}); slot 2 keeps them one, and the prefix is copied once.
+    slots = [FakeSlot(0, [5] * 50), FakeSlot(1, [6] * 50), FakeSlot(2, [7] * 80)]
+    slots += [FakeSlot(i, []) for i in (3, 4)] + [FakeSlot(5, SYSTEM)]
+    busy = [
+        FakeSeq(0, [5] * 50 + [1], Phase.DECODING, 51, 0, next_token=1),
+        FakeSeq(1, [6] * 50 + [1], Phase.DECODING, 51, 1, next_token=1),
+    ]
+    step = plan(state(slots, running=busy, waiting=[FakeSeq(2, SYSTEM + question(1))]))
+    assert step.admissions == (Admission(2, 2, 0),)
+    assert step.copies == (PrefixCopy(2, src=5, dst=2, keep=len(SYSTEM)),)
+
+
+def test_a_slot_between_two_busy_runs_joins_them() -> None:
+    slots = [FakeSlot(i, []) for i in range(5)]
+    busy = [
+        FakeSeq(k, [9, k], Phase.DECODING, 2, seq_id, next_token=1)
+        for k, seq_id in ((0, 1), (1, 3))
+    ]
+    step = plan(state(slots, running=busy, waiting=[FakeSeq(2, [1, 2, 3])]))
+    assert step.admissions == (Admission(2, 2, 0),)  # 0 and 4 touch one busy slot, 2 touches two
 
 
 def test_short_shared_prefix_is_recomputed_rather_than_copied() -> None:
