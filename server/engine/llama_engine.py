@@ -54,7 +54,7 @@ from server.engine.scheduling import AdmissionQueue, FairShare, admission_order
 from server.engine.speculation import (
     Acceptance,
     NgramDrafter,
-    StepCost,
+    StepCosts,
     choose_drafts,
     draft_length,
 )
@@ -279,7 +279,7 @@ class LlamaEngine:
         # Rejected drafts are dropped with a partial llama_memory_seq_rm, which a recurrent
         # model's state cannot do.
         self._speculate = config.speculative == "ngram" and not self._model.is_recurrent
-        self._step_cost = StepCost()
+        self._step_costs = StepCosts()
         self._n_ubatch = min(config.n_ubatch, config.n_batch)
         self._reuse_cost = ReuseCost(config.prefix_copy_min_tokens, self._model.n_ctx_per_slot)
         self._adapters: dict[str, tuple[object, float]] = {}
@@ -671,7 +671,7 @@ class LlamaEngine:
                 self._run_commands()
                 waiting = self._waiting_in_admission_order()
                 aware = self.config.prefix_reuse_cost_aware
-                per_token = self._step_cost.per_token_seconds() if aware else None
+                per_token = self._step_costs.overall.per_token_seconds() if aware else None
                 step = plan(
                     PlanState(
                         slots=self._slots,
@@ -796,7 +796,7 @@ class LlamaEngine:
             + [(c.seq_id, c.end - c.start) for c in step.chunks],
             self._n_ubatch,
         )
-        self._step_cost.observe(step.n_tokens, decoded, passes)
+        self._step_costs.observe(len(step.decodes), step.n_tokens, decoded, passes)
         self._counters.decode_s += decoded
         self._counters.decode_steps += 1
         self._counters.graph_passes += passes
@@ -856,7 +856,8 @@ class LlamaEngine:
         beats what they cost this machine with this many sequences decoding."""
         decoding = [g for g in self._running.values() if g.next_token is not None]
         aware = self.config.speculative_cost_aware
-        threshold = self._step_cost.draft_threshold(len(decoding)) if aware else 0.0
+        cost = self._step_costs.for_decoding(len(decoding))
+        threshold = cost.draft_threshold(len(decoding)) if aware else 0.0
         ceiling = self.config.speculative_max_draft
         proposed: dict[int, tuple[float, int]] = {}  # seq id -> (acceptance rate, length)
         for generation in self._running.values():
@@ -875,7 +876,7 @@ class LlamaEngine:
         keep = choose_drafts(
             [g.slot.seq_id for g in decoding if g.slot is not None],
             proposed,
-            self._step_cost,
+            cost,
             self._n_ubatch,
         )
         for generation in decoding:

@@ -159,6 +159,40 @@ class StepCost:
         return busy / (fixed + busy) if busy > 0 else 0.0
 
 
+class StepCosts:
+    """``StepCost`` fitted separately per number of decoding sequences (1, 2, 3–4, 5–8, ...).
+
+    On a CPU a token is dearer in a small micro-batch than in a large one (on the 2-core box
+    9 ms alone, 4 ms among 8: ``python -m bench pass_costs``), so one line over every step
+    would price a lone sequence's draft at the 8-sequence rate and draft far too much. Each
+    bucket starts from the prior (a token priced like a step's fixed part); ``overall`` fits
+    every step, for what does not depend on the batch (the prefix-reuse thresholds).
+    """
+
+    def __init__(self) -> None:
+        self.overall = StepCost()
+        self._buckets: dict[int, StepCost] = {}
+
+    @staticmethod
+    def bucket(decoding: int) -> int:
+        """The bucket of a step with ``decoding`` sequences: the next power of two."""
+        return 1 if decoding <= 1 else 1 << (decoding - 1).bit_length()
+
+    def observe(self, decoding: int, n_tokens: int, seconds: float, passes: int = 1) -> None:
+        """A step with ``decoding`` decoding sequences ran ``n_tokens`` in ``passes``."""
+        self.overall.observe(n_tokens, seconds, passes)
+        if decoding <= 0:
+            return  # a prompt-only step says nothing about what a draft costs
+        key = self.bucket(decoding)
+        if key not in self._buckets:
+            self._buckets[key] = StepCost()
+        self._buckets[key].observe(n_tokens, seconds, passes)
+
+    def for_decoding(self, decoding: int) -> StepCost:
+        """The cost model of steps with ``decoding`` sequences (the prior until seen)."""
+        return self._buckets.get(self.bucket(decoding)) or StepCost()
+
+
 def expected_yield(rate: float, length: int) -> float:
     """Expected accepted tokens of a ``length``-token draft whose j-th token is accepted with
     probability ``rate ** j`` (acceptance stops at the first miss)."""

@@ -10,6 +10,7 @@ from server.engine.speculation import (
     Acceptance,
     NgramDrafter,
     StepCost,
+    StepCosts,
     choose_drafts,
     draft_length,
     expected_yield,
@@ -187,3 +188,18 @@ def test_drafts_that_share_one_pass_are_kept_together() -> None:
 
 def test_choose_drafts_with_no_candidates_is_empty() -> None:
     assert choose_drafts([0, 1], {}, fitted(*CPU)) == set()
+
+
+def test_step_costs_price_a_token_by_how_many_sequences_share_the_step() -> None:
+    costs = StepCosts()
+    for extra in (0, 1, 3) * 4:  # a lone sequence: 9 ms, drafts 7 ms a token
+        costs.observe(1, 1 + extra, 0.009 + 0.007 * extra)
+    for n in (8, 9, 11) * 4:  # eight sequences: 3 ms a token
+        costs.observe(8, n, 0.037 + 0.003 * (n - 8))
+    costs.observe(0, 40, 0.5)  # a prompt-only step: no bucket
+    assert costs.for_decoding(1).per_token_seconds() == pytest.approx(0.007)
+    assert costs.for_decoding(8).per_token_seconds() == pytest.approx(0.003)
+    assert costs.for_decoding(6) is costs.for_decoding(8)  # 5-8 share a bucket
+    assert costs.for_decoding(2).fit() is None  # unseen: the prior
+    assert costs.for_decoding(1).draft_threshold(1) > costs.for_decoding(8).draft_threshold(1)
+    assert [StepCosts.bucket(d) for d in (0, 1, 2, 3, 4, 5, 8, 9)] == [1, 1, 2, 4, 4, 8, 8, 16]
