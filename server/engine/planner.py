@@ -351,13 +351,13 @@ def _admit(state: PlanState, caches: dict[int, _Cache]) -> _Admitted:
 
     Among free slots, first the one next to the most busy slots: llama.cpp runs the busy seq
     ids of a step in passes of consecutive ids (``micro_batches``), so a sequence admitted into
-    a gap (busy 0 and 1, admitted into 3) costs every step they share an extra pass, which on
-    a CPU is 3–4 tokens' worth, while a prefix held by a slot further away is copied from it
-    once (when worth a copy; see ``min_copy_tokens``). Then the one sharing the longest prefix;
-    then one whose eviction loses nothing (its tokens are short or held elsewhere); then the
-    least recently used. With the RAM tier on, a slot whose tokens would be lost is saved
-    first, and a sequence whose prompt a RAM entry holds longer than any slot (by
-    ``min_restore_tokens``) restores it.
+    a gap (busy 0 and 1, admitted into 3) costs every step they share an extra pass (+26 % on
+    an 8-sequence step of the 2-core CPU), while a prefix held by a slot further away is
+    copied from it once (when worth a copy; see ``min_copy_tokens``). Then the one sharing the
+    longest prefix; then one whose eviction loses nothing (its tokens are short or held
+    elsewhere); then the least recently used. With the RAM tier on, a slot whose tokens would
+    be lost is saved first, and a sequence whose prompt a RAM entry holds longer than any slot
+    (by ``min_restore_tokens``) restores it.
     """
     out = _Admitted()
     if not state.waiting:
