@@ -93,11 +93,14 @@ class StepCost:
         # Weighted sums of 1, t (tokens), p (extra passes), y (seconds) and their products.
         self._w = self._t = self._p = self._y = 0.0
         self._tt = self._pp = self._tp = self._ty = self._py = 0.0
+        self._fitted: tuple[float, float, float] | None = None
+        self._stale = False  # _fitted is None and right until the first observation
 
     def observe(self, n_tokens: int, seconds: float, passes: int = 1) -> None:
         """One decode of ``n_tokens`` in ``passes`` micro-batches took ``seconds``."""
         if not 0 < n_tokens <= self._max_tokens or seconds <= 0:
             return
+        self._stale = True
         d, t, p, y = self._decay, float(n_tokens), float(max(passes - 1, 0)), seconds
         self._w = self._w * d + 1.0
         self._t = self._t * d + t
@@ -113,7 +116,13 @@ class StepCost:
         """(fixed, per_pass, per_token) seconds; None until steps of different sizes were seen.
 
         ``per_pass`` is ``fixed`` until steps with and without extra passes were seen (or
-        when passes and tokens rose together, so the two cannot be told apart)."""
+        when passes and tokens rose together, so the two cannot be told apart). Solved once per
+        observation: a step reads it several times (thresholds, draft choice)."""
+        if self._stale:
+            self._fitted, self._stale = self._solve(), False
+        return self._fitted
+
+    def _solve(self) -> tuple[float, float, float] | None:
         w = self._w
         if w < 4:
             return None
@@ -173,6 +182,7 @@ class StepCosts:
     def __init__(self) -> None:
         self.overall = StepCost()
         self._buckets: dict[int, StepCost] = {}
+        self._prior = StepCost()  # never observed: what an unseen bucket answers
 
     @staticmethod
     def bucket(decoding: int) -> int:
@@ -191,7 +201,7 @@ class StepCosts:
 
     def for_decoding(self, decoding: int) -> StepCost:
         """The cost model of steps with ``decoding`` sequences (the prior until seen)."""
-        return self._buckets.get(self.bucket(decoding)) or StepCost()
+        return self._buckets.get(self.bucket(decoding), self._prior)
 
 
 def expected_yield(rate: float, length: int) -> float:
