@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     questions = [json.loads(line) for line in (EVAL / "questions.jsonl").read_text().splitlines()]
-    embedder = Embedder(args.embedder)
+    embedder = Embedder(args.embedder, threads=1)  # llama.cpp decodes in this process
     print(f"# ggserve RAG evaluation — {platform.machine()}, {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as tmp:
         report = build_index(EVAL / "docs", Path(tmp) / "eval", embedder)

@@ -83,7 +83,7 @@ def workloads(quick: bool, embedder_dir: Path) -> dict[str, list[list[dict[str, 
     if quick:
         questions = questions[:4]
     settings = Settings(_env_file=None)
-    embedder = Embedder(embedder_dir)
+    embedder = Embedder(embedder_dir, threads=1)  # llama.cpp decodes in this process
     ask, quote = [], []
     with tempfile.TemporaryDirectory() as tmp:
         build_index(EVAL / "docs", Path(tmp) / "eval", embedder)

@@ -154,7 +154,7 @@ def _retriever(index: Path, embedder: Path) -> Searcher:
         raise _fail(f"--index {index} is not a folder (build one with 'ggserve index build')")
     try:
         with console.status("loading the index …"):
-            return Retriever.load(index, Embedder(embedder))
+            return Retriever.load(index, Embedder(embedder, threads=1))  # the cores decode
     except (RagError, OSError, ValueError) as exc:
         raise _fail(f"cannot load index {index}: {exc}") from exc
 

@@ -277,6 +277,13 @@ class Settings(BaseSettings):
     embedder_path: Path = Field(
         Path("models/all-MiniLM-L6-v2"), description="sentence-transformers model folder."
     )
+    embedder_threads: int = Field(
+        1,
+        ge=0,
+        le=1024,
+        description="torch threads per embedding call in the server; 0 = one per core. More "
+        "than 1 slows every later CPU decode step (llama.cpp shares torch's OpenMP runtime).",
+    )
     rag_top_k: int = Field(4, ge=1, le=50, description="Passages retrieved per question.")
     rag_score_threshold: float = Field(
         0.3, description="Cosine similarity a passage needs to be used."

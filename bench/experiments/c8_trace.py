@@ -10,6 +10,8 @@ it is the bottleneck.
     python -m bench c8_trace --concurrency 8 --rounds 3
     python -m bench c8_trace --variant spin1k=GOMP_SPINCOUNT=1000
     python -m bench c8_trace --against /work/wt-base   # a worktree of the baseline
+    python -m bench c8_trace --concurrency 1 --embed-first \
+        --variant threads0=GGSERVE_EMBEDDER_THREADS=0      # after a batched /v1/embeddings
 
 A lab tool: results go to stdout (and docs/benchmarks.md by hand), not to bench/results/.
 """
@@ -92,6 +94,14 @@ def measure(server: RunningServer, concurrency: int, tag: str, per_client: int) 
     return row
 
 
+def embed_batch(server: RunningServer, texts: int = 64) -> None:
+    """One batched ``/v1/embeddings`` call, as a RAG client indexing documents makes: it
+    loads the server's embedder and runs torch (with the server's thread setting)."""
+    body = {"input": [f"passage {i} about the weather in the mountains" for i in range(texts)]}
+    reply = httpx.post(server.url + "/v1/embeddings", json=body, timeout=300)
+    reply.raise_for_status()
+
+
 def variant_specs(model: Path, threads: int, variants: list[str]) -> list[ServerSpec]:
     """ggserve as benchmarked, plus one spec per ``name=ENV=VALUE[,ENV=VALUE]`` variant."""
     base = ggserve_spec(model, threads, 8, 1024)
@@ -110,6 +120,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-client", type=int, default=2, help="requests per client")
     parser.add_argument("--variant", action="append", default=[])
     parser.add_argument("--no-llama-server", action="store_true")
+    parser.add_argument(
+        "--embed-first",
+        action="store_true",
+        help="each ggserve server embeds a batch of 64 texts (/v1/embeddings) before the runs",
+    )
     parser.add_argument("--against", type=Path, help="a checkout of the baseline commit")
     args = parser.parse_args(argv)
     threads = physical_cores()
@@ -127,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
         for server in servers:
             warm = chat_requests(2, 8)
             asyncio.run(run_load(server.url, warm, 1, extra_body=server.spec.extra_body))
+            if args.embed_first and server.spec.name.startswith("ggserve"):
+                embed_batch(server)
         for round_no in range(args.rounds):
             for concurrency in args.concurrency:
                 shift = round_no % len(servers)

@@ -25,15 +25,33 @@ class Embedder:
 
     torch and sentence-transformers are imported here, on first construction, so that
     importing ``server`` stays light.
+
+    ``threads`` is torch's intra-op thread count for every encode; None leaves torch's default
+    (one per core), right for a process that only embeds (``ggserve index``). A process that
+    also decodes with llama.cpp on the CPU passes 1: torch and llama.cpp share one libgomp,
+    and a torch thread team lives on in its worker thread's pool. Once libgomp manages more
+    threads than there are cores it spins only ~100 iterations before sleeping, so every
+    barrier of every later decode step pays a futex wake-up: on 2 cores a single chat decoded
+    25-40 % slower after the first batched embedding (docs/engine.md, "Threads").
     """
 
-    def __init__(self, path: Path, *, device: str = "cpu", batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        device: str = "cpu",
+        batch_size: int = 32,
+        threads: int | None = None,
+    ) -> None:
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be at least 1, or None for torch's default: {threads}")
         if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
             raise EmbedderLoadError(
                 f"embedder folder {path} is not a sentence-transformers model (no modules.json "
                 "or config.json). Run 'ggserve models fetch' or set GGSERVE_EMBEDDER_PATH."
             )
         try:
+            import torch
             from sentence_transformers import SentenceTransformer
             from transformers.utils import logging as hf_logging
 
@@ -44,6 +62,8 @@ class Embedder:
                 f"cannot load the embedder from {path}: {type(exc).__name__}: {exc}"
             ) from exc
         self._model = model
+        self._torch: Any = torch
+        self.threads = threads
         self.path = path
         self.name: str = path.resolve().name
         self.dimension: int = int(model.get_embedding_dimension())
@@ -85,9 +105,13 @@ class Embedder:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(texts), self.batch_size):
             rows_of = order[start : start + self.batch_size]
-            # One encode at a time: torch already uses every core, and concurrent calls from
-            # request threads would only fight over them (and share the tokenizer, see _lock).
+            # One encode at a time: torch's threads (every core by default) would only fight
+            # over the cores, and the calls share the tokenizer (see _lock).
             with self._lock:
+                if self.threads is not None:
+                    # Per call: torch applies the count to the calling thread's OpenMP
+                    # settings, and encodes run on whichever worker thread asks.
+                    self._torch.set_num_threads(self.threads)
                 rows = self._model.encode(
                     [texts[i] for i in rows_of],
                     batch_size=self.batch_size,

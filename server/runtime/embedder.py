@@ -12,11 +12,13 @@ class EmbedderProvider:
     """Loads the embedder in a worker thread the first time it is asked for, then keeps it.
 
     Loading costs seconds and ~100 MB, so an app that never embeds (no index, no
-    /v1/embeddings call) never pays for it.
+    /v1/embeddings call) never pays for it. ``threads`` defaults to 1: the server's cores
+    belong to llama.cpp's decode (see ``Embedder``).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: int = 1) -> None:
         self.path = path
+        self.threads = threads  # torch threads per encode; 0 = torch's default (one per core)
         self._embedder: Embedder | None = None
         self._lock = asyncio.Lock()
 
@@ -32,5 +34,7 @@ class EmbedderProvider:
         async with self._lock:
             if self._embedder is None:
                 # Embedder turns every library error into EmbedderLoadError with the reason.
-                self._embedder = await asyncio.to_thread(Embedder, self.path)
+                self._embedder = await asyncio.to_thread(
+                    Embedder, self.path, threads=self.threads or None
+                )
         return self._embedder

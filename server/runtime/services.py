@@ -214,7 +214,7 @@ def build_services(settings: Settings) -> Services:
         metrics=metrics,
         limiter=limiter,
         guardrails=guardrails,
-        embedder=EmbedderProvider(settings.embedder_path),
+        embedder=EmbedderProvider(settings.embedder_path, settings.embedder_threads),
         models=ActiveModel(close=retire),
         default_model_id=settings.model_alias or settings.model_path.stem,
         drain=Drain(settings.drain_timeout_s),
