@@ -52,11 +52,12 @@ from server.engine.reuse_cost import ReuseCost
 from server.engine.sampling import SamplerChain
 from server.engine.scheduling import AdmissionQueue, FairShare, admission_order
 from server.engine.speculation import (
-    Acceptance,
+    AcceptanceCurve,
+    AcceptanceCurves,
     NgramDrafter,
     StepCosts,
+    best_draft_length,
     choose_drafts,
-    draft_length,
 )
 from server.engine.stop_strings import StopStringMatcher
 from server.engine.types import (
@@ -111,8 +112,8 @@ class _Generation:
     generated: list[int] = field(default_factory=list)
     next_token: int | None = None  # sampled, not yet in the KV cache
     drafter: NgramDrafter | None = None  # speculation on: the prompt and the answer so far
-    acceptance: Acceptance | None = None
     draft: tuple[int, ...] = ()  # DECODING: proposed to follow next_token this step
+    draft_curve: AcceptanceCurve | None = None  # what the draft's outcome teaches
     detokenizer: IncrementalDetokenizer = field(default_factory=IncrementalDetokenizer)
     stops: StopStringMatcher = field(init=False)
 
@@ -280,6 +281,7 @@ class LlamaEngine:
         # model's state cannot do.
         self._speculate = config.speculative == "ngram" and not self._model.is_recurrent
         self._step_costs = StepCosts()
+        self._acceptance = AcceptanceCurves()  # the model's, learnt across requests
         self._n_ubatch = min(config.n_ubatch, config.n_batch)
         self._reuse_cost = ReuseCost(config.prefix_copy_min_tokens, self._model.n_ctx_per_slot)
         self._adapters: dict[str, tuple[object, float]] = {}
@@ -844,33 +846,43 @@ class LlamaEngine:
             accepted += 1  # already in the KV cache: the next sample reads its row
         self._counters.draft_tokens += len(draft)
         self._counters.accepted_tokens += accepted
-        if generation.acceptance is not None:
-            generation.acceptance.record(len(draft), accepted)
+        if generation.draft_curve is not None:
+            generation.draft_curve.record(len(draft), accepted)
         slot = generation.slot
         keep = decode.pos + 1 + accepted
         if slot is not None and self._executor.keep_prefix(slot.seq_id, keep) != keep:
             self._finish(generation, "error", "the KV cache refused to drop a rejected draft")
 
     def _propose_drafts(self) -> None:
-        """Each decoding sequence's draft for the next step: the tokens whose expected yield
-        beats what they cost this machine with this many sequences decoding."""
+        """Each decoding sequence's draft for the next step: the length whose expected accepted
+        tokens (by the length of the repeat it continues) buy the most tokens per second at
+        this machine's step cost with this many sequences decoding."""
         decoding = [g for g in self._running.values() if g.next_token is not None]
         aware = self.config.speculative_cost_aware
         cost = self._step_costs.for_decoding(len(decoding))
-        threshold = cost.draft_threshold(len(decoding)) if aware else 0.0
+        rows = max(len(decoding), 1)
         ceiling = self.config.speculative_max_draft
-        proposed: dict[int, tuple[float, int]] = {}  # seq id -> (acceptance rate, length)
+        proposed: dict[int, tuple[float, int]] = {}  # seq id -> (expected accepted, length)
         for generation in self._running.values():
-            drafter, acceptance = generation.drafter, generation.acceptance
-            generation.draft = ()
-            if drafter is None or acceptance is None or generation.next_token is None:
+            generation.draft, generation.draft_curve = (), None
+        for generation in decoding:
+            drafter = generation.drafter
+            if drafter is None:
                 continue
-            left = generation.params.max_tokens - len(generation.generated) - 1
-            length = draft_length(acceptance.rate, threshold, min(ceiling, left))
+            left = min(ceiling, generation.params.max_tokens - len(generation.generated) - 1)
+            draft = drafter.propose(left)
+            if not draft.tokens:
+                continue
+            curve = self._acceptance.curve(draft.match)
+            length = (
+                best_draft_length(curve, len(draft.tokens), cost.step_seconds, rows)
+                if aware
+                else len(draft.tokens)
+            )
             if length > 0:
-                generation.draft = drafter.draft(length)
-                if generation.draft and generation.slot is not None:
-                    proposed[generation.slot.seq_id] = (acceptance.rate, len(generation.draft))
+                generation.draft, generation.draft_curve = draft.tokens[:length], curve
+                if generation.slot is not None:
+                    proposed[generation.slot.seq_id] = (curve.expected(length), length)
         if not aware or len(decoding) < 2 or not proposed:
             return  # alone, a draft rides in the step's one pass: its tokens were the cost
         keep = choose_drafts(
@@ -881,7 +893,7 @@ class LlamaEngine:
         )
         for generation in decoding:
             if generation.slot is not None and generation.slot.seq_id not in keep:
-                generation.draft = ()
+                generation.draft, generation.draft_curve = (), None
 
     def _save(self, slot: _Slot) -> None:
         """Keep an evicted slot's state in the RAM prompt cache (best effort: a state llama.cpp
@@ -962,7 +974,6 @@ class LlamaEngine:
             self._counters.ttft.observe(now - generation.submitted)
             if self._speculate and params.speculative:
                 generation.drafter = NgramDrafter(generation.prompt)
-                generation.acceptance = Acceptance()
         else:
             self._counters.inter_token.observe(now - generation.last_token_at)
         generation.last_token_at = now

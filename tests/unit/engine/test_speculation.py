@@ -1,4 +1,4 @@
-"""Prompt-lookup drafting and the per-sequence draft budget, without a model."""
+"""Prompt-lookup drafting, the acceptance curves and the draft budget, without a model."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import random
 import pytest
 
 from server.engine.speculation import (
-    Acceptance,
+    MAX_MATCH,
+    AcceptanceCurve,
+    AcceptanceCurves,
     NgramDrafter,
     StepCost,
     StepCosts,
+    best_draft_length,
     choose_drafts,
-    draft_length,
-    expected_yield,
 )
 
 
@@ -64,46 +65,72 @@ def test_bad_sizes_are_refused() -> None:
         NgramDrafter(min_n=3, max_n=2)
 
 
-def test_acceptance_starts_optimistic_and_learns() -> None:
-    acceptance = Acceptance(prior=0.8, weight=2.0)
-    assert acceptance.rate == pytest.approx(0.8)
-    acceptance.record(4, 0)  # one position tested, rejected
-    assert acceptance.rate == pytest.approx(1.6 / 3)
-    acceptance.record(4, 4)  # four accepted, no rejection tested
-    assert acceptance.rate == pytest.approx(5.6 / 7)
-    acceptance.record(0, 0)  # nothing drafted: nothing learnt
-    assert acceptance.rate == pytest.approx(5.6 / 7)
+def test_a_proposal_says_how_long_a_repeat_it_continues() -> None:
+    passage = [20, 21, 22, 23, 24, 25, 26, 27]
+    drafter = NgramDrafter([1, *passage, 2])
+    drafter.extend([9, 20, 21])  # a 2-token repeat
+    assert drafter.propose(3).tokens == (22, 23, 24) and drafter.propose(3).match == 2
+    drafter.extend([22, 23, 24, 25])  # the answer quotes on: 6 tokens repeat
+    assert drafter.propose(2).tokens == (26, 27) and drafter.propose(2).match == 6
+    assert drafter.propose(0).tokens == () and NgramDrafter([1, 2]).propose(4).match == 0
+    looped = NgramDrafter([7, 8] * 40)  # the repeat's length is capped
+    assert looped.propose(1).match == MAX_MATCH
 
 
-@pytest.mark.parametrize(
-    ("rate", "threshold", "ceiling", "expected"),
-    [
-        (0.9, 0.5, 8, 6),  # 0.9**6 = 0.53 > 0.5 > 0.9**7
-        (0.9, 0.5, 4, 4),  # the ceiling rules
-        (0.6, 0.5, 8, 1),
-        (0.5, 0.5, 8, 0),  # no better than its cost
-        (0.8, 0.9, 8, 0),  # a busy batch: only near-certain drafts
-        (0.99, 0.0, 8, 8),  # free draft tokens (a GPU)
-        (1.0, 0.5, 8, 8),
-        (0.0, 0.5, 8, 0),
-    ],
-)
-def test_draft_length_weighs_yield_against_cost(
-    rate: float, threshold: float, ceiling: int, expected: int
-) -> None:
-    assert draft_length(rate, threshold, ceiling) == expected
+def test_acceptance_curve_learns_each_position_given_the_ones_before() -> None:
+    curve = AcceptanceCurve(prior=0.8, weight=2.0, ceiling=4)
+    assert curve.conditional(1) == pytest.approx(0.8)
+    assert curve.expected(2) == pytest.approx(0.8 + 0.64)
+    curve.record(4, 0)  # position 1 tested and rejected; 2..4 never reached
+    assert curve.conditional(1) == pytest.approx(1.6 / 3)
+    assert curve.conditional(2) == pytest.approx(0.8)
+    curve.record(4, 4)  # positions 1..4 accepted, nothing rejected
+    curve.record(3, 2)  # 1 and 2 accepted, 3 rejected
+    assert curve.conditional(1) == pytest.approx(3.6 / 5)
+    assert curve.conditional(2) == pytest.approx(3.6 / 4)
+    assert curve.conditional(3) == pytest.approx(2.6 / 4)
+    assert curve.conditional(9) == curve.conditional(4)  # past the ceiling: the last one
+    curve.record(0, 0)  # nothing drafted: nothing learnt
+    assert curve.conditional(1) == pytest.approx(3.6 / 5)
+
+
+def test_drafts_are_learnt_apart_by_the_length_of_their_repeat() -> None:
+    curves = AcceptanceCurves()
+    assert [curves.bucket(m) for m in (2, 3, 4, 5, 6, 9, 10, 32)] == [2, 3, 5, 5, 9, 9, 32, 32]
+    assert curves.curve(4) is curves.curve(5) and curves.curve(3) is not curves.curve(4)
+    for _ in range(20):
+        curves.curve(2).record(4, 0)
+    assert (
+        curves.curve(2).conditional(1) < 0.2 < 0.8 == pytest.approx(curves.curve(12).conditional(1))
+    )
+
+
+# A lone sequence's step on the 2-core box (ms, 1..9 tokens): the first extra token is dear.
+CPU_SHAPES = (10.6, 18.3, 22.6, 26.9, 33.6, 37.9, 42.5, 45.3, 51.6)
+
+
+def cpu_seconds(n: int) -> float:
+    return CPU_SHAPES[n - 1] / 1000
+
+
+def test_a_draft_is_as_long_as_its_expected_tokens_pay_for() -> None:
+    quoting = AcceptanceCurve(prior=0.95, weight=1000)  # a long repeat: nearly always kept
+    assert best_draft_length(quoting, 8, cpu_seconds) == 7  # 8 rows in 45.3 ms beat 9 in 51.6
+    guessing = AcceptanceCurve(prior=0.5, weight=1000)
+    assert best_draft_length(guessing, 8, cpu_seconds) == 0  # 1.5 tokens for 1.7 steps: no
+    assert best_draft_length(guessing, 8, lambda n: 0.010) == 8  # rows free (a GPU): all
+    assert best_draft_length(quoting, 3, cpu_seconds) == 3  # what the drafter found
+    assert best_draft_length(quoting, 0, cpu_seconds) == 0
 
 
 def test_step_cost_fits_a_line_and_prices_a_draft_token() -> None:
     cost = StepCost(decay=1.0)
     assert cost.line() == (1.0, 1.0)  # the prior: a token costs the fixed part
-    assert cost.draft_threshold(1) == pytest.approx(0.5)
     for n in (1, 2, 3, 5, 9) * 3:
         cost.observe(n, 0.005 + 0.006 * n)
     fixed, per_token = cost.line()
     assert fixed == pytest.approx(0.005) and per_token == pytest.approx(0.006)
-    assert cost.draft_threshold(1) == pytest.approx(0.006 / 0.011)
-    assert cost.draft_threshold(8) == pytest.approx(0.048 / 0.053)
+    assert cost.step_seconds(4) == pytest.approx(0.029)  # a shape never seen: the line
     cost.observe(512, 9.0)  # a prompt chunk: another regime, ignored
     assert cost.line() == pytest.approx((0.005, 0.006))
 
@@ -119,7 +146,24 @@ def test_free_extra_tokens_mean_drafting_is_always_worth_it() -> None:
     cost = StepCost(decay=1.0)
     for n in (1, 4, 8) * 3:
         cost.observe(n, 0.01)
-    assert cost.draft_threshold(8) == pytest.approx(0.0, abs=1e-9)
+    assert cost.per_token_seconds() == pytest.approx(0.0, abs=1e-12)
+    assert best_draft_length(AcceptanceCurve(prior=0.3), 6, cost.step_seconds) == 6
+
+
+def test_a_shape_seen_a_few_times_is_priced_at_its_own_recent_mean() -> None:
+    cost = StepCost(decay=1.0)
+    for n in range(1, 10):  # a CPU's curve, not a line
+        for _ in range(3):
+            cost.observe(n, cpu_seconds(n))
+    assert cost.step_seconds(2) == pytest.approx(0.0183)  # the line says ~0.0167
+    assert cost.step_seconds(9) == pytest.approx(0.0516)
+    fixed, per_token = cost.line()
+    assert cost.step_seconds(12) == pytest.approx(fixed + 12 * per_token)  # unseen: the line
+    for _ in range(30):  # the machine slowed down: the shape's mean follows
+        cost.observe(2, 0.030)
+    assert cost.step_seconds(2) == pytest.approx(0.030, rel=0.02)
+    curve = AcceptanceCurve(prior=0.75, weight=1000)
+    assert best_draft_length(curve, 8, cost.step_seconds) > 0
 
 
 def fitted(fixed: float, per_pass: float, per_token: float) -> StepCost:
@@ -156,33 +200,27 @@ def test_step_cost_keeps_a_token_price_when_passes_rise_with_tokens() -> None:
     assert per_token == pytest.approx(0.01) and per_pass == pytest.approx(fixed)
 
 
-def test_expected_yield_is_the_sum_of_the_acceptance_run() -> None:
-    assert expected_yield(0.5, 0) == 0
-    assert expected_yield(0.5, 3) == pytest.approx(0.5 + 0.25 + 0.125)
-    assert expected_yield(1.0, 4) == 4
-
-
 CPU = (0.012, 0.010, 0.0027)  # the 2-core box, SmolLM2 Q4_1: a pass costs ~4 tokens
 GPU = (0.010, 0.0005, 0.0)  # extra rows free, a pass nearly so
 
 
 def test_one_draft_beside_seven_decoding_sequences_is_not_worth_its_pass_on_a_cpu() -> None:
     decoding = list(range(8))
-    assert choose_drafts(decoding, {5: (0.9, 4)}, fitted(*CPU)) == set()
-    assert choose_drafts(decoding, {5: (0.9, 4)}, fitted(*GPU)) == {5}
+    assert choose_drafts(decoding, {5: (3.1, 4)}, fitted(*CPU)) == set()
+    assert choose_drafts(decoding, {5: (3.1, 4)}, fitted(*GPU)) == {5}
 
 
 def test_a_lone_sequence_keeps_a_draft_worth_its_tokens() -> None:
-    assert choose_drafts([3], {3: (0.9, 4)}, fitted(*CPU)) == {3}
+    assert choose_drafts([3], {3: (3.1, 4)}, fitted(*CPU)) == {3}
     assert choose_drafts([3], {3: (0.1, 4)}, fitted(*CPU)) == set()
 
 
 def test_drafts_that_share_one_pass_are_kept_together() -> None:
     decoding = list(range(8))
     cheap_tokens = (0.010, 0.010, 0.0005)
-    everyone = {s: (0.8, 4) for s in decoding}  # equal drafts on all 8: still one pass
+    everyone = {s: (2.4, 4) for s in decoding}  # equal drafts on all 8: still one pass
     assert choose_drafts(decoding, everyone, fitted(*cheap_tokens)) == set(decoding)
-    apart = {1: (0.8, 4), 3: (0.8, 4), 5: (0.8, 4)}  # each its own pass: none pays
+    apart = {1: (2.4, 4), 3: (2.4, 4), 5: (2.4, 4)}  # each its own pass: none pays
     assert choose_drafts(decoding, apart, fitted(*cheap_tokens)) == set()
 
 
@@ -201,5 +239,4 @@ def test_step_costs_price_a_token_by_how_many_sequences_share_the_step() -> None
     assert costs.for_decoding(8).per_token_seconds() == pytest.approx(0.003)
     assert costs.for_decoding(6) is costs.for_decoding(8)  # 5-8 share a bucket
     assert costs.for_decoding(2).fit() is None  # unseen: the prior
-    assert costs.for_decoding(1).draft_threshold(1) > costs.for_decoding(8).draft_threshold(1)
     assert [StepCosts.bucket(d) for d in (0, 1, 2, 3, 4, 5, 8, 9)] == [1, 1, 2, 4, 4, 8, 8, 16]
