@@ -838,15 +838,19 @@ class LlamaEngine:
         sampler picks it; the rejected tail leaves the KV cache."""
         draft = decode.draft
         accepted = 0
+        finished = False
         for offset in range(len(draft) + 1):
             if not self._sample(generation, row + offset):
-                break  # finished: the slot keeps every decoded token, as its mirror says
+                finished = True  # the slot keeps every decoded token, as its mirror says
+                break
             if offset == len(draft) or generation.next_token != draft[offset]:
                 break
             accepted += 1  # already in the KV cache: the next sample reads its row
         self._counters.draft_tokens += len(draft)
         self._counters.accepted_tokens += accepted
-        if generation.draft_curve is not None:
+        if generation.draft_curve is not None and not finished:
+            # A request that ended inside its draft (a stop, the budget) says nothing of
+            # whether the draft's next token would have been accepted.
             generation.draft_curve.record(len(draft), accepted)
         slot = generation.slot
         keep = decode.pos + 1 + accepted
@@ -879,10 +883,12 @@ class LlamaEngine:
                 if aware
                 else len(draft.tokens)
             )
-            if length > 0:
-                generation.draft, generation.draft_curve = draft.tokens[:length], curve
-                if generation.slot is not None:
-                    proposed[generation.slot.seq_id] = (curve.expected(length), length)
+            if length == 0:
+                curve.skipped()
+                continue
+            generation.draft, generation.draft_curve = draft.tokens[:length], curve
+            if generation.slot is not None:
+                proposed[generation.slot.seq_id] = (curve.expected(length), length)
         if not aware or len(decoding) < 2 or not proposed:
             return  # alone, a draft rides in the step's one pass: its tokens were the cost
         keep = choose_drafts(
@@ -1024,7 +1030,7 @@ class LlamaEngine:
         self._running.pop(generation.key, None)
         generation.phase = Phase.FINISHED
         generation.next_token = None
-        generation.draft = ()
+        generation.draft, generation.draft_curve = (), None
         generation.sampler.free()
         self._queue.finished()
         admitted = generation.admitted if generation.admitted is not None else now

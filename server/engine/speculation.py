@@ -30,6 +30,9 @@ MAX_NGRAM = 4
 MAX_MATCH = 32  # how far back a matched tail is followed to measure its length
 SHAPE_DECAY = 0.9  # a step shape's mean follows its last ~10 observations (context grows)
 SHAPE_SEEN = 2.5  # decayed observations before a shape's own mean replaces the line
+SHAPE_STALE = 256  # steps after a shape's last observation when its mean is no longer used
+RECORD_DECAY = 0.99  # an acceptance curve weighs about its last 100 verifications
+SKIP_DECAY = 0.998  # and forgets slowly while it keeps pricing drafts out
 
 
 @dataclass(frozen=True)
@@ -112,8 +115,8 @@ class StepCost:
 
     A CPU's step is not quite a line: the first extra token costs more than the next ones
     (on the 2-core box 1 token 10.6 ms, 2 tokens 18.3, 5 tokens 33.6). So a step of a shape
-    seen a few times (tokens, passes) is priced at its own recent mean, and the line answers
-    for the shapes not seen yet.
+    (tokens, passes) seen a few times lately is priced at its own recent mean, and the line
+    answers for the others.
     """
 
     def __init__(self, decay: float = 0.98, max_tokens: int = 64) -> None:
@@ -124,17 +127,24 @@ class StepCost:
         self._tt = self._pp = self._tp = self._ty = self._py = 0.0
         self._fitted: tuple[float, float, float] | None = None
         self._stale = False  # _fitted is None and right until the first observation
-        # (tokens, passes) -> (weight, weighted seconds), decayed per observation of the shape
-        self._shapes: dict[tuple[int, int], tuple[float, float]] = {}
+        # (tokens, passes) -> (weight, weighted seconds, step number when last seen); decayed
+        # per observation of the shape
+        self._shapes: dict[tuple[int, int], tuple[float, float, int]] = {}
+        self._steps = 0
 
     def observe(self, n_tokens: int, seconds: float, passes: int = 1) -> None:
         """One decode of ``n_tokens`` in ``passes`` micro-batches took ``seconds``."""
         if not 0 < n_tokens <= self._max_tokens or seconds <= 0:
             return
         self._stale = True
+        self._steps += 1
         shape = (n_tokens, max(passes, 1))
-        weight, total = self._shapes.get(shape, (0.0, 0.0))
-        self._shapes[shape] = (weight * SHAPE_DECAY + 1.0, total * SHAPE_DECAY + seconds)
+        weight, total, _ = self._shapes.get(shape, (0.0, 0.0, 0))
+        self._shapes[shape] = (
+            weight * SHAPE_DECAY + 1.0,
+            total * SHAPE_DECAY + seconds,
+            self._steps,
+        )
         d, t, p, y = self._decay, float(n_tokens), float(max(passes - 1, 0)), seconds
         self._w = self._w * d + 1.0
         self._t = self._t * d + t
@@ -191,11 +201,13 @@ class StepCost:
         return None if fitted is None else fitted[2]
 
     def step_seconds(self, n_tokens: int, passes: int = 1) -> float:
-        """Predicted seconds of a step: the recent mean of that shape once seen a few times,
-        else the fit (whose prior prices a token and a pass like a step)."""
+        """Predicted seconds of a step: once the line is fitted, the recent mean of that shape
+        if it was seen a few times and lately (a mean measured on a busy minute must not price
+        a shape out for good), else the line; before the fit, the prior (a token and a pass
+        priced like a step)."""
         fitted = self.fit()
-        weight, total = self._shapes.get((n_tokens, max(passes, 1)), (0.0, 0.0))
-        if fitted is not None and weight >= SHAPE_SEEN:
+        weight, total, last = self._shapes.get((n_tokens, max(passes, 1)), (0.0, 0.0, 0))
+        if fitted is not None and weight >= SHAPE_SEEN and self._steps - last <= SHAPE_STALE:
             return total / weight
         fixed, per_pass, per_token = fitted or (1.0, 1.0, 1.0)
         return fixed + per_pass * max(passes - 1, 0) + per_token * n_tokens
@@ -288,18 +300,32 @@ class AcceptanceCurve:
     is accepted token after token, a miss at its first token), which one rate per token, raised
     to the j-th power, prices badly."""
 
-    def __init__(self, prior: float = 0.8, weight: float = 2.0, ceiling: int = 16) -> None:
+    def __init__(self, prior: float = 0.8, weight: float = 2.0, ceiling: int = 64) -> None:
         self._prior, self._weight = prior, weight
-        self._accepted = [0] * (ceiling + 1)
-        self._tested = [0] * (ceiling + 1)
+        self._accepted = [0.0] * (ceiling + 1)
+        self._tested = [0.0] * (ceiling + 1)
 
     def record(self, drafted: int, accepted: int) -> None:
         """One verification of ``drafted`` tokens of which the first ``accepted`` were kept:
-        positions 1 .. accepted were accepted, position accepted + 1 (if drafted) was not."""
+        positions 1 .. accepted were accepted, position accepted + 1 (if drafted) was not.
+        Older evidence fades (``RECORD_DECAY``): the traffic, and so the acceptance, changes."""
+        if drafted <= 0:
+            return
+        self._fade(RECORD_DECAY)
         top = min(drafted, accepted + 1, len(self._tested) - 1)
         for j in range(1, top + 1):
-            self._tested[j] += 1
-            self._accepted[j] += j <= accepted
+            self._tested[j] += 1.0
+            self._accepted[j] += 1.0 if j <= accepted else 0.0
+
+    def skipped(self) -> None:
+        """A draft this curve priced out was not verified. Its evidence fades slowly
+        (``SKIP_DECAY``) so that the prior comes back and a curve that a few early misses
+        priced out is tried again (a few thousand skipped proposals later)."""
+        self._fade(SKIP_DECAY)
+
+    def _fade(self, factor: float) -> None:
+        self._accepted = [count * factor for count in self._accepted]
+        self._tested = [count * factor for count in self._tested]
 
     def conditional(self, j: int) -> float:
         """P(token j accepted | tokens 1 .. j-1 accepted)."""

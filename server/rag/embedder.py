@@ -56,6 +56,8 @@ class Embedder:
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()
+            if threads is not None:
+                torch.set_num_threads(threads)  # the load runs torch ops on this thread too
             model: Any = SentenceTransformer(str(path), device=device, local_files_only=True)
         except Exception as exc:  # any library error becomes one actionable message
             raise EmbedderLoadError(

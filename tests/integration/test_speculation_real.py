@@ -64,6 +64,17 @@ def eager() -> Iterator[LlamaEngine]:
     yield from _cost_unaware_engine()
 
 
+@pytest.fixture(scope="module")
+def priced() -> Iterator[LlamaEngine]:
+    """The serving default: drafts priced by measured step costs and learnt acceptance."""
+    if not MODEL.is_file():
+        pytest.fail(f"{MODEL} missing: run 'make setup' (ggserve models fetch) first")
+    eng = LlamaEngine(EngineConfig(model_path=MODEL, n_slots=2, n_ctx=1024, max_queue=8))
+    eng.warmup()
+    yield eng
+    eng.close()
+
+
 def chat(engine: LlamaEngine, text: str) -> list[int]:
     return engine.tokenize(ChatPrompt(engine).render([{"role": "user", "content": text}]))
 
@@ -200,3 +211,17 @@ async def test_a_request_can_opt_out(engine: LlamaEngine) -> None:
         SamplingParams(max_tokens=48, temperature=0.0, speculative=False),
     )
     assert engine.stats().speculative_draft_tokens_total == before
+
+
+async def test_the_default_engine_learns_to_draft_a_quote_and_keeps_most_of_it(
+    priced: LlamaEngine,
+) -> None:
+    """The cost-aware path end to end: the repeat-length curves and step prices are learnt
+    from the first runs, then a copy of the prompt is drafted, mostly accepted, and the
+    output is the tokens decoding one at a time gives."""
+    prompt = chat(priced, QUOTE)
+    params = SamplingParams(max_tokens=96, temperature=0.0)
+    for _ in range(3):
+        off, on, drafted, accepted = await both_ways(priced, prompt, params)
+        assert on[0] == off[0]
+    assert drafted > 0 and accepted >= 0.6 * drafted, (drafted, accepted)

@@ -8,6 +8,8 @@ import pytest
 
 from server.engine.speculation import (
     MAX_MATCH,
+    RECORD_DECAY,
+    SHAPE_STALE,
     AcceptanceCurve,
     AcceptanceCurves,
     NgramDrafter,
@@ -86,12 +88,30 @@ def test_acceptance_curve_learns_each_position_given_the_ones_before() -> None:
     assert curve.conditional(2) == pytest.approx(0.8)
     curve.record(4, 4)  # positions 1..4 accepted, nothing rejected
     curve.record(3, 2)  # 1 and 2 accepted, 3 rejected
-    assert curve.conditional(1) == pytest.approx(3.6 / 5)
-    assert curve.conditional(2) == pytest.approx(3.6 / 4)
-    assert curve.conditional(3) == pytest.approx(2.6 / 4)
+    d = RECORD_DECAY  # each record fades what came before
+    tested_1, accepted_1 = d * d + d + 1, d + 1
+    assert curve.conditional(1) == pytest.approx((accepted_1 + 1.6) / (tested_1 + 2))
+    assert curve.conditional(2) == pytest.approx((d + 1 + 1.6) / (d + 1 + 2))
+    assert curve.conditional(3) == pytest.approx((d + 1.6) / (d + 1 + 2))
     assert curve.conditional(9) == curve.conditional(4)  # past the ceiling: the last one
-    curve.record(0, 0)  # nothing drafted: nothing learnt
-    assert curve.conditional(1) == pytest.approx(3.6 / 5)
+    before = curve.conditional(1)
+    curve.record(0, 0)  # nothing drafted: nothing learnt, nothing faded
+    assert curve.conditional(1) == before
+
+
+def test_a_curve_priced_out_by_early_misses_is_tried_again_later() -> None:
+    curve = AcceptanceCurve()
+    for _ in range(30):
+        curve.record(2, 0)
+    assert best_draft_length(curve, 8, cpu_seconds) == 0
+    skipped = 0
+    while best_draft_length(curve, 8, cpu_seconds) == 0:
+        curve.skipped()
+        skipped += 1
+    assert 500 < skipped < 5000  # thousands of steps of no drafts, then one more try
+    for _ in range(200):  # and recent evidence outweighs old: the traffic turned to quotes
+        curve.record(4, 4)
+    assert curve.conditional(1) > 0.95
 
 
 def test_drafts_are_learnt_apart_by_the_length_of_their_repeat() -> None:
@@ -164,6 +184,20 @@ def test_a_shape_seen_a_few_times_is_priced_at_its_own_recent_mean() -> None:
     assert cost.step_seconds(2) == pytest.approx(0.030, rel=0.02)
     curve = AcceptanceCurve(prior=0.75, weight=1000)
     assert best_draft_length(curve, 8, cost.step_seconds) > 0
+
+
+def test_a_shape_not_seen_lately_is_priced_by_the_line_again() -> None:
+    cost = StepCost(decay=1.0)
+    for n in range(1, 10):
+        for _ in range(3):
+            cost.observe(n, cpu_seconds(n))
+    for _ in range(3):
+        cost.observe(5, 0.5)  # a busy minute: 5-token steps measured absurdly slow
+    assert cost.step_seconds(5) > 0.1
+    for _ in range(SHAPE_STALE + 1):  # then only plain steps
+        cost.observe(1, cpu_seconds(1))
+    fixed, per_token = cost.line()
+    assert cost.step_seconds(5) == pytest.approx(fixed + 5 * per_token)
 
 
 def fitted(fixed: float, per_pass: float, per_token: float) -> StepCost:

@@ -40,6 +40,7 @@ def test_the_server_embeds_on_one_torch_thread_unless_told_otherwise(
             made.append(threads)
 
     monkeypatch.setattr("server.runtime.embedder.Embedder", Recorded)
+    monkeypatch.delenv("GGSERVE_EMBEDDER_THREADS", raising=False)
     for setting, expected in (("", 1), ("3", 3), ("0", None)):  # 0 = torch's own default
         if setting:
             monkeypatch.setenv("GGSERVE_EMBEDDER_THREADS", setting)
