@@ -864,7 +864,6 @@ class LlamaEngine:
         decoding = [g for g in self._running.values() if g.next_token is not None]
         aware = self.config.speculative_cost_aware
         cost = self._step_costs.for_decoding(len(decoding))
-        rows = max(len(decoding), 1)
         ceiling = self.config.speculative_max_draft
         proposed: dict[int, tuple[float, int]] = {}  # seq id -> (expected accepted, length)
         for generation in self._running.values():
@@ -879,7 +878,7 @@ class LlamaEngine:
                 continue
             curve = self._acceptance.curve(draft.match)
             length = (
-                best_draft_length(curve, len(draft.tokens), cost.step_seconds, rows)
+                best_draft_length(curve, len(draft.tokens), cost.step_seconds, len(decoding))
                 if aware
                 else len(draft.tokens)
             )

@@ -302,8 +302,11 @@ class AcceptanceCurve:
 
     def __init__(self, prior: float = 0.8, weight: float = 2.0, ceiling: int = 64) -> None:
         self._prior, self._weight = prior, weight
+        # Counts in units of ``_unit``, what one new observation adds: fading all the evidence
+        # by f is dividing the unit by f, O(1) on the engine's hot path.
         self._accepted = [0.0] * (ceiling + 1)
         self._tested = [0.0] * (ceiling + 1)
+        self._unit = 1.0
 
     def record(self, drafted: int, accepted: int) -> None:
         """One verification of ``drafted`` tokens of which the first ``accepted`` were kept:
@@ -314,8 +317,9 @@ class AcceptanceCurve:
         self._fade(RECORD_DECAY)
         top = min(drafted, accepted + 1, len(self._tested) - 1)
         for j in range(1, top + 1):
-            self._tested[j] += 1.0
-            self._accepted[j] += 1.0 if j <= accepted else 0.0
+            self._tested[j] += self._unit
+            if j <= accepted:
+                self._accepted[j] += self._unit
 
     def skipped(self) -> None:
         """A draft this curve priced out was not verified. Its evidence fades slowly
@@ -324,15 +328,18 @@ class AcceptanceCurve:
         self._fade(SKIP_DECAY)
 
     def _fade(self, factor: float) -> None:
-        self._accepted = [count * factor for count in self._accepted]
-        self._tested = [count * factor for count in self._tested]
+        self._unit /= factor
+        if self._unit > 1e100:  # rescale before the counts overflow
+            self._accepted = [count / self._unit for count in self._accepted]
+            self._tested = [count / self._unit for count in self._tested]
+            self._unit = 1.0
 
     def conditional(self, j: int) -> float:
         """P(token j accepted | tokens 1 .. j-1 accepted)."""
         if j >= len(self._tested):
             j = len(self._tested) - 1
-        prior = self._prior * self._weight
-        return (self._accepted[j] + prior) / (self._tested[j] + self._weight)
+        accepted, tested = self._accepted[j] / self._unit, self._tested[j] / self._unit
+        return (accepted + self._prior * self._weight) / (tested + self._weight)
 
     def expected(self, length: int) -> float:
         """Expected accepted tokens of a ``length``-token draft."""
